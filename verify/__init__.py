@@ -1,0 +1,1 @@
+"""hmmtx verification: comparisons, bounds bookkeeping, sweeps, probes, reports and the CLI."""
