@@ -22,3 +22,7 @@ __all__ = [
     "sequence_probability_exact",
     "brute_force_filter",
 ]
+
+from hmm.mixture import HMMMixture, MixtureResult, bayes_predictive, bayes_predictive_exact  # noqa: E402
+
+__all__ += ["HMMMixture", "MixtureResult", "bayes_predictive", "bayes_predictive_exact"]
