@@ -1,0 +1,518 @@
+"""The window (restarted, fixed-memory) filter and its error bounds (SPEC §4 H2).
+
+**Convention.** For a window length ``r >= 1`` the window filter at position ``t`` looks only at the last ``r``
+tokens ``x_s..x_t`` with ``s = t - r + 1``:
+
+* if ``s >= 1`` (the window does not reach the sequence start) the hidden state ``z_s`` at the window's *first*
+  position gets the reference prior ``mu`` (``P(z_s = i) = mu_i``, *before* ``x_s`` is observed), and
+  ``window_filtered_t ∝ mu^T D_{x_s} A D_{x_{s+1}} ... A D_{x_t}`` (``D_x = diag(B[:, x])``: ``r`` emissions and
+  ``r - 1`` transitions);
+* if ``s <= 0`` (``t <= r - 1``: the window reaches BOS) it covers the whole prefix ``x_0..x_t`` and uses
+  ``initial_probs`` as the prior of ``z_0``: there it *is* the exact filter.
+
+``window_next_token_t = window_filtered_t^T A B``. The reference prior is ``"stationary"`` (default: the stationary
+distribution of ``A``), ``"uniform"``, or a given probability vector; it must have full support (every entry > 0),
+so that a window has probability zero under ``mu`` only when it is impossible under every prior.
+
+**Bounds** (derived in ``docs/constructions/window_filter.md``). With ``Delta = Delta(A)``, ``tau = tanh(Delta/4)``
+and ``delta_mu = max_i d_H(A_i, mu)`` (the Hilbert distance from the prior to the rows of ``A``, which contain every
+true prior ``P(z_s | x_<s) = filtered_{s-1} A``):
+
+    ||filtered_t - window_filtered_t||_1 <= 2 tanh( d_r / 4 ),     d_r = min(Delta tau^(r-2) [r >= 2], delta_mu tau^(r-1))
+    ||next_t - window_next_t||_1         <= 2 tanh( tau d_r / 4 )
+
+``Delta tau^(r-2)`` is SPEC §4's prior-free form; for the stationary prior ``delta_mu <= Delta`` so the bound gains
+one factor ``tau``. When ``A`` has a zero entry ``Delta = inf`` and there is no a-priori bound (said in words). The
+a-posteriori bound uses the window's own product: the true belief is a convex combination of the normalised rows of
+``A D_{x_s} A ... A D_{x_t}`` (the beliefs reachable from any true prior), so its L1 distance to the window belief is
+at most the largest distance from the window belief to one of those rows. It needs no positivity.
+
+Float results carry round-off; :func:`roundoff_allowance` is the stated allowance used when a float error is compared
+with a bound. Exact variants (Fractions, with bounds evaluated by :mod:`mpmath`) check bounds below round-off.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from hmm.errors import HmmtxError
+from hmm.model import HMM
+
+PRIOR_NAMES = ("stationary", "uniform")
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def check_window_length(r: Any, name: str = "r") -> int:
+    """``r`` must be an integer >= 1."""
+    if isinstance(r, bool) or not isinstance(r, (int, np.integer)):
+        raise HmmtxError(f"{name}: the window length must be an integer >= 1, got {r!r}")
+    if int(r) < 1:
+        raise HmmtxError(f"{name}: the window length must be >= 1, got {int(r)}")
+    return int(r)
+
+
+def resolve_prior(hmm: HMM, prior: Any = "stationary", *, exact: bool | None = None) -> np.ndarray:
+    """The reference prior ``mu`` (S,) of the window's first hidden state.
+
+    Args:
+        prior: ``"stationary"`` (stationary distribution of ``A``), ``"uniform"``, or a probability vector (numbers
+            or ``"p/q"`` strings).
+        exact: return Fractions (object array) when True, float64 when False; default: as the HMM.
+
+    Raises :class:`HmmtxError` when the prior is malformed, not unique (reducible ``A``) or lacks full support.
+    """
+    from hmm.model import check_stochastic, to_float_array, to_fraction_array
+
+    exact = hmm.exact if exact is None else bool(exact)
+    S = hmm.num_states
+    if isinstance(prior, str):
+        key = prior.strip().lower()
+        if key == "stationary":
+            from hmm.diagnostics import stationary_distribution
+
+            A = hmm.as_exact().transition_matrix if exact else hmm.as_float().transition_matrix
+            mu = stationary_distribution(A)
+            if not exact:
+                mu = np.asarray(mu, dtype=np.float64)
+                mu = mu / mu.sum()
+        elif key == "uniform":
+            mu = np.array([Fraction(1, S)] * S, dtype=object) if exact else np.full(S, 1.0 / S)
+        else:
+            raise HmmtxError(f"prior: expected 'stationary', 'uniform' or a probability vector, got {prior!r}")
+        name = f"prior ({key})"
+    else:
+        conv = to_fraction_array if exact else to_float_array
+        mu = conv(prior if not isinstance(prior, np.ndarray) else prior.tolist(), "prior", 1)
+        if mu.shape != (S,):
+            raise HmmtxError(f"prior has {mu.shape[0]} entries, expected {S} (one per hidden state)")
+        check_stochastic(mu, "prior")
+        name = "prior"
+    bad = [i for i in range(S) if not mu[i] > 0]
+    if bad:
+        raise HmmtxError(
+            f"{name}: entry {bad[0]} is {mu[bad[0]]}; the window filter needs a prior with full support (every entry "
+            "> 0) so that only impossible windows get probability zero (try --prior uniform)"
+        )
+    return mu
+
+
+# ---------------------------------------------------------------------------------------------- references
+class WindowResult(NamedTuple):
+    """Window-filter output (N sequences of length T; no N axis for a single sequence).
+
+    Fields:
+        filtered_probs:   (N, T, S) ``P_mu(z_t | x_{t-r+1..t})`` (exact filter where the window reaches the start)
+        next_token_probs: (N, T, V) ``window_filtered_t^T A B``
+        window_start:     (T,) int, ``max(0, t - r + 1)``: first position of each window
+        reaches_start:    (T,) bool, ``t <= r - 1``: prior = ``initial_probs``, the result equals the exact filter
+    """
+
+    filtered_probs: Any
+    next_token_probs: Any
+    window_start: np.ndarray
+    reaches_start: np.ndarray
+
+
+def _window_index(T: int, r: int) -> tuple[np.ndarray, np.ndarray]:
+    t = np.arange(T)
+    return np.maximum(t - r + 1, 0), t <= r - 1
+
+
+def _impossible(t: int, seq: int | None, r: int) -> HmmtxError:
+    where = f"position {t}" + (f" of sequence {seq}" if seq is not None else "")
+    return HmmtxError(
+        f"tokens: the window of length {r} ending at {where} has probability zero under this HMM "
+        "(the sequence is impossible)"
+    )
+
+
+def window_filter(hmm: HMM, tokens: Any, r: int, prior: Any = "stationary", dtype: Any = np.float64) -> WindowResult:
+    """Batched, vectorised window filter in numpy (every window advanced in lock-step, ``r`` steps).
+
+    Args:
+        tokens: (T,) or (N, T) token ids.
+        r: window length (>= 1).
+        prior: reference prior, see :func:`resolve_prior` (a given array is used as is, rounded to ``dtype``).
+        dtype: numpy float dtype for every operation.
+    """
+    r = check_window_length(r)
+    x = hmm.check_tokens(tokens)
+    single = x.ndim == 1
+    x = x[None] if single else x
+    N, T = x.shape
+    pi, A, B = hmm.arrays(dtype)
+    mu = np.asarray(resolve_prior(hmm, prior, exact=False), dtype=dtype)
+    Bt = np.ascontiguousarray(B.T)
+    start, reaches = _window_index(T, r)
+    t = np.arange(T)
+    # p[n, t] = current (normalised) belief of window t; windows reaching the start begin from pi at z_0.
+    p = np.where(reaches[None, :, None], pi[None, None, :], mu[None, None, :]).astype(dtype)
+    p = np.broadcast_to(p, (N, T, A.shape[0])).copy()
+    for k in range(r):
+        pos = t - r + 1 + k  # position of the window's k-th token (may be < 0: not yet started)
+        active = pos >= 0
+        if not np.any(active):
+            continue
+        idx = np.where(active)[0]
+        joint = p[:, idx] * Bt[x[:, pos[idx]]]
+        c = joint.sum(axis=2)
+        if not np.all(c > 0):
+            n, j = (int(v[0]) for v in np.nonzero(~(c > 0)))
+            raise _impossible(int(idx[j]), None if single else n, r)
+        f = joint / c[..., None]
+        p[:, idx] = f if k == r - 1 else f @ A
+    filt = p
+    nxt = filt @ A @ B
+    if single:
+        return WindowResult(filt[0], nxt[0], start, reaches)
+    return WindowResult(filt, nxt, start, reaches)
+
+
+def window_filter_exact(hmm: HMM, tokens: Any, r: int, prior: Any = "stationary") -> WindowResult:
+    """Exact window filter over Fractions (float HMMs converted exactly); a batch is done one sequence at a time."""
+    r = check_window_length(r)
+    x = hmm.check_tokens(tokens)
+    if x.ndim == 2:
+        parts = [window_filter_exact(hmm, row, r, prior) for row in x]
+        return WindowResult(
+            np.stack([p.filtered_probs for p in parts]),
+            np.stack([p.next_token_probs for p in parts]),
+            parts[0].window_start,
+            parts[0].reaches_start,
+        )
+    h = hmm.as_exact()
+    S, V, T = h.num_states, h.num_obs, len(x)
+    A = h.transition_matrix.tolist()
+    B = h.emission_probs.tolist()
+    AB = [[sum((A[i][j] * B[j][v] for j in range(S)), Fraction(0)) for v in range(V)] for i in range(S)]
+    mu = list(resolve_prior(h, prior, exact=True))
+    pi = list(h.initial_probs)
+    start, reaches = _window_index(T, r)
+    xs = x.tolist()
+    filt, nxt = [], []
+    for t in range(T):
+        alpha = list(pi if reaches[t] else mu)
+        for k, pos in enumerate(range(int(start[t]), t + 1)):
+            o = xs[pos]
+            alpha = [alpha[i] * B[i][o] for i in range(S)]
+            if pos < t:
+                alpha = [sum((alpha[i] * A[i][j] for i in range(S)), Fraction(0)) for j in range(S)]
+        mass = sum(alpha, Fraction(0))
+        if mass == 0:
+            raise _impossible(t, None, r)
+        f = [a / mass for a in alpha]
+        filt.append(f)
+        nxt.append([sum((f[i] * AB[i][v] for i in range(S)), Fraction(0)) for v in range(V)])
+    obj = lambda rows: np.array(rows, dtype=object)  # noqa: E731
+    return WindowResult(obj(filt), obj(nxt), start, reaches)
+
+
+# ---------------------------------------------------------------------------------------------- a-priori bound
+class AprioriBound(NamedTuple):
+    """Sequence-independent bounds on the window filter's error, valid at every position ``t``.
+
+    Fields (floats, or :class:`mpmath.mpf` when computed with ``dps``; ``None`` where no bound exists):
+        filtered:     bound on ``||filtered_t - window_filtered_t||_1``: ``2 tanh(d_r / 4)``
+        next_token:   bound on ``||next_t - window_next_t||_1``: ``2 tanh(tau d_r / 4)``
+        spec_form:    SPEC §4's prior-free form ``2 tanh(Delta tau^(r-2) / 4)`` (None for r < 2 or Delta = inf)
+        hilbert:      ``d_r = min(Delta tau^(r-2) [r >= 2], delta_mu tau^(r-1))``, the Hilbert-metric bound
+        Delta:        projective diameter of A (inf when A has a zero)
+        tau:          Birkhoff contraction ``tanh(Delta/4)`` (1 when A has a zero)
+        prior_distance: ``delta_mu = max_i d_H(A_i, mu)`` (inf when A has a zero)
+        r:            window length
+        note:         the bound in words, or why there is none
+    """
+
+    filtered: Any
+    next_token: Any
+    spec_form: Any
+    hilbert: Any
+    Delta: Any
+    tau: Any
+    prior_distance: Any
+    r: int
+    note: str
+
+
+def _max_ratio_exact(num: list[Fraction], den: list[Fraction]) -> Fraction:
+    return max(a / b for a, b in zip(num, den))
+
+
+def a_priori_bound(hmm: HMM, r: int, prior: Any = "stationary", *, dps: int | None = None) -> AprioriBound:
+    """The a-priori (Birkhoff) bound for window length ``r`` and reference prior ``prior``.
+
+    With ``dps`` the bound is evaluated with :mod:`mpmath` at ``dps`` digits from the *exact* matrix (cross-ratios are
+    exact Fractions; only ``log``/``tanh`` are rounded, at ``dps`` digits) for comparison with exact errors below
+    float64 round-off. Without it, float64 (relative error a few ulps).
+    """
+    from hmm.diagnostics import projective_diameter, projective_diameter_mp
+
+    r = check_window_length(r)
+    h = hmm.as_exact() if dps is not None else hmm.as_float()
+    A = h.transition_matrix
+    mu = resolve_prior(h, prior, exact=dps is not None)
+    if dps is not None:
+        import mpmath
+
+        ctx = mpmath.mp.clone()
+        ctx.dps = dps + 10
+        log, tanh, inf = ctx.log, ctx.tanh, ctx.inf
+        Delta = projective_diameter_mp(A, dps=dps + 10)
+        if Delta == mpmath.inf:
+            Delta = inf
+        if any(v == 0 for v in A.ravel()):
+            dmu = inf
+        else:
+            rows = [list(row) for row in A.tolist()]
+            mus = list(mu)
+            ratios = [_max_ratio_exact(row, mus) * _max_ratio_exact(mus, row) for row in rows]
+            big = max(ratios)
+            dmu = log(ctx.mpf(big.numerator)) - log(ctx.mpf(big.denominator))
+        tau = ctx.mpf(1) if Delta == inf else tanh(Delta / 4)
+    else:
+        log, tanh, inf = math.log, math.tanh, math.inf
+        Af = np.asarray(A, dtype=np.float64)
+        Delta = projective_diameter(Af)
+        if np.any(Af == 0):
+            dmu = inf
+        else:
+            L = np.log(Af) - np.log(np.asarray(mu, dtype=np.float64))[None, :]
+            dmu = float(np.max(L.max(axis=1) - L.min(axis=1)))
+        tau = 1.0 if math.isinf(Delta) else math.tanh(Delta / 4)
+    cands = []
+    if r >= 2 and Delta != inf:
+        cands.append(Delta * tau ** (r - 2))
+    if dmu != inf:
+        cands.append(dmu * tau ** (r - 1))
+    spec = 2 * tanh(Delta * tau ** (r - 2) / 4) if (r >= 2 and Delta != inf) else None
+    if not cands:
+        if Delta == inf:
+            note = (
+                "no a-priori bound: A has a zero entry, so Delta(A) = inf and tau(A) = 1 (Birkhoff's theorem gives no "
+                "contraction); use the a-posteriori bound from the window's own product"
+            )
+        else:
+            note = "no a-priori bound for r = 1 without a finite prior distance"
+        return AprioriBound(None, None, None, None, Delta, tau, dmu, r, note)
+    d = min(cands)
+    filt = 2 * tanh(d / 4)
+    nxt = 2 * tanh(tau * d / 4)
+    if dps is not None:
+        import mpmath
+
+        with mpmath.workdps(dps):
+            filt, nxt, d = +filt, +nxt, +d
+            spec = +spec if spec is not None else None
+    note = (
+        f"Birkhoff: d_H <= min(Delta tau^(r-2), delta_mu tau^(r-1)) = {float(d):.3e} "
+        f"(Delta = {float(Delta):.4g}, tau = {float(tau):.4g}, delta_mu = {float(dmu):.4g})"
+    )
+    if float(tau) > 0.999:
+        note += "; tau is close to 1 (slow mixing / sticky A), so the bound decays very slowly in r"
+    return AprioriBound(filt, nxt, spec, d, Delta, tau, dmu, r, note)
+
+
+# ---------------------------------------------------------------------------------------------- a-posteriori bound
+class PosterioriBound(NamedTuple):
+    """Per-position bounds from the window's own product matrix (0 where the window reaches the start).
+
+    Fields (shapes (N, T), or (T,) for one sequence):
+        filtered:   ``max_i ||v_i - w_t||_1`` over the normalised rows ``v_i`` of ``A D_{x_s} A ... A D_{x_t}``
+                    (the beliefs reachable from the possible true priors), ``w_t`` the window belief
+        next_token: ``max_i ||(v_i - w_t) A B||_1``
+        hilbert_diameter: Hilbert diameter of the ``v_i`` (inf when their supports differ); ``2 tanh(diam / 4)`` is
+                    the weaker, Hilbert-metric form of the same bound (None unless requested)
+    """
+
+    filtered: Any
+    next_token: Any
+    hilbert_diameter: Any
+
+
+def a_posteriori_bound(
+    hmm: HMM,
+    tokens: Any,
+    r: int,
+    prior: Any = "stationary",
+    dtype: Any = np.float64,
+    *,
+    window: WindowResult | None = None,
+    with_hilbert: bool = False,
+) -> PosterioriBound:
+    """A-posteriori bound for every position of every sequence (float, vectorised over windows).
+
+    Valid for any HMM (zeros allowed): for ``s = t - r + 1 >= 1`` the true prior of ``z_s`` is ``filtered_{s-1} A``,
+    a convex combination of the rows ``A_i``, so the true belief at ``t`` is a convex combination of the normalised
+    non-zero rows ``v_i`` of ``A M`` (``M = D_{x_s} A ... A D_{x_t}``); the L1 norm is convex, so the distance from the
+    window belief ``w_t`` is at most ``max_i ||v_i - w_t||_1``; likewise after the linear map ``A B``.
+    """
+    r = check_window_length(r)
+    x = hmm.check_tokens(tokens)
+    single = x.ndim == 1
+    x = x[None] if single else x
+    N, T = x.shape
+    _, A, B = hmm.arrays(dtype)
+    S = A.shape[0]
+    if window is None:
+        window = window_filter(hmm, x, r, prior, dtype)
+    w = np.asarray(window.filtered_probs)
+    w = w[None] if w.ndim == 2 else w
+    filt = np.zeros((N, T), dtype=dtype)
+    nxt = np.zeros((N, T), dtype=dtype)
+    hil = np.zeros((N, T), dtype=np.float64) if with_hilbert else None
+    if T > r:
+        ts = np.arange(r, T)  # windows with s = t - r + 1 >= 1
+        Bt = np.ascontiguousarray(B.T)
+        P = np.broadcast_to(A, (N, len(ts), S, S)).copy()  # row i: belief from prior A_i
+        for k in range(r):
+            P = P * Bt[x[:, ts - r + 1 + k]][:, :, None, :]
+            c = P.sum(axis=3, keepdims=True)
+            P = np.divide(P, c, out=np.zeros_like(P), where=c > 0)
+            if k < r - 1:
+                P = P @ A
+        valid = c[..., 0] > 0  # (N, nt, S)
+        diff = P - w[:, ts, None, :]
+        d1 = np.where(valid, np.abs(diff).sum(axis=3), 0)
+        d2 = np.where(valid, np.abs(diff @ (A @ B)).sum(axis=3), 0)
+        filt[:, ts] = d1.max(axis=2)
+        nxt[:, ts] = d2.max(axis=2)
+        if with_hilbert:
+            with np.errstate(divide="ignore"):
+                L = np.log(P)
+            diam = np.zeros(valid.shape[:2])
+            for i in range(S):
+                for j in range(i + 1, S):
+                    both = valid[..., i] & valid[..., j]
+                    same = np.all((P[..., i, :] > 0) == (P[..., j, :] > 0), axis=-1)
+                    sup = P[..., i, :] > 0
+                    dl = np.where(sup, L[..., i, :] - L[..., j, :], 0.0)
+                    dl_max = np.where(sup, dl, -np.inf).max(axis=-1)
+                    dl_min = np.where(sup, dl, np.inf).min(axis=-1)
+                    dij = np.where(same, dl_max - dl_min, np.inf)
+                    diam = np.where(both, np.maximum(diam, dij), diam)
+            hil[:, ts] = diam
+    if single:
+        return PosterioriBound(filt[0], nxt[0], hil[0] if with_hilbert else None)
+    return PosterioriBound(filt, nxt, hil)
+
+
+def a_posteriori_bound_exact(hmm: HMM, tokens: Any, r: int, prior: Any = "stationary") -> PosterioriBound:
+    """The same a-posteriori bound in exact Fractions for one sequence (T,); ``hilbert_diameter`` is None."""
+    r = check_window_length(r)
+    x = hmm.check_tokens(tokens)
+    if x.ndim != 1:
+        raise HmmtxError(f"tokens: expected one sequence of shape (T,), got {x.shape}")
+    h = hmm.as_exact()
+    S, V, T = h.num_states, h.num_obs, len(x)
+    A = h.transition_matrix.tolist()
+    B = h.emission_probs.tolist()
+    AB = [[sum((A[i][j] * B[j][v] for j in range(S)), Fraction(0)) for v in range(V)] for i in range(S)]
+    w = window_filter_exact(h, x, r, prior).filtered_probs
+    zero = Fraction(0)
+    filt = np.array([zero] * T, dtype=object)
+    nxt = np.array([zero] * T, dtype=object)
+    xs = x.tolist()
+    for t in range(r, T):
+        best1, best2 = zero, zero
+        for i in range(S):
+            v = list(A[i])
+            for pos in range(t - r + 1, t + 1):
+                v = [v[a] * B[a][xs[pos]] for a in range(S)]
+                if pos < t:
+                    v = [sum((v[a] * A[a][b] for a in range(S)), zero) for b in range(S)]
+            m = sum(v, zero)
+            if m == 0:
+                continue
+            d = [v[a] / m - w[t][a] for a in range(S)]
+            best1 = max(best1, sum((abs(e) for e in d), zero))
+            best2 = max(best2, sum((abs(sum((d[a] * AB[a][o] for a in range(S)), zero)) for o in range(V)), zero))
+        filt[t], nxt[t] = best1, best2
+    return PosterioriBound(filt, nxt, None)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def roundoff_allowance(num_states: int, T: int, r: int, dtype: Any = np.float64) -> float:
+    """Stated allowance for float round-off when a float-measured L1 error is compared with a bound.
+
+    Every step of a normalised forward filter (multiply by ``B[:, x]``, divide by the sum, multiply by ``A``) changes
+    each entry by a relative amount of at most about ``(S + 3) eps`` (all terms are non-negative, so there is no
+    cancellation); a relative perturbation ``e`` moves a vector by at most ``2e`` in the Hilbert metric, Bayes steps
+    are Hilbert isometries and ``A`` is non-expanding, so after ``T`` steps the Hilbert error is at most
+    ``2 (S + 3) T eps`` and the L1 error at most half of that. Measured errors involve two filters (``T`` and ``r``
+    steps), the bound itself and the vertices of the a-posteriori bound; the allowance doubles the sum:
+    ``4 (S + 3) (T + r + 2) eps``.
+    """
+    eps = float(np.finfo(dtype).eps)
+    return 4.0 * (num_states + 3) * (T + r + 2) * eps
+
+
+def exact_le(measured: Any, bound: Any, dps: int = 50) -> bool:
+    """``measured <= bound`` for an exact Fraction ``measured`` and an mpmath ``bound`` evaluated at ``dps`` digits.
+
+    The bound carries a relative rounding allowance of ``10^-(dps - 10)`` (``log``/``tanh`` evaluated at ``dps``
+    digits); the Fraction is converted with ``dps + 20`` digits.
+    """
+    import mpmath
+
+    with mpmath.workdps(dps + 20):
+        m = mpmath.mpf(Fraction(measured).numerator) / mpmath.mpf(Fraction(measured).denominator)
+        return bool(m <= mpmath.mpf(bound) * (1 + mpmath.mpf(10) ** (-(dps - 10))))
+
+
+class WindowError(NamedTuple):
+    """Measured window-filter error per position (shapes (N, T), or (T,) for one sequence).
+
+    Fields:
+        filtered:   ``||filtered_t - window_filtered_t||_1``
+        next_token: ``||next_t - window_next_t||_1``
+    """
+
+    filtered: Any
+    next_token: Any
+
+
+def window_error(hmm: HMM, tokens: Any, r: int, prior: Any = "stationary", dtype: Any = np.float64) -> WindowError:
+    """Float L1 errors of the window filter against the full forward filter."""
+    from hmm.reference import forward_filter
+
+    full = forward_filter(hmm, tokens, dtype)
+    win = window_filter(hmm, tokens, r, prior, dtype)
+    return WindowError(
+        np.abs(full.filtered_probs - win.filtered_probs).sum(axis=-1),
+        np.abs(full.next_token_probs - win.next_token_probs).sum(axis=-1),
+    )
+
+
+def window_error_exact(hmm: HMM, tokens: Any, r: int, prior: Any = "stationary") -> WindowError:
+    """Exact (Fraction) L1 errors for one sequence (T,)."""
+    from hmm.reference import forward_filter_exact
+
+    full = forward_filter_exact(hmm, tokens)
+    win = window_filter_exact(hmm, tokens, r, prior)
+    l1 = lambda a, b: np.array([sum((abs(u - v) for u, v in zip(p, q)), Fraction(0)) for p, q in zip(a, b)],  # noqa: E731
+                               dtype=object)
+    return WindowError(l1(full.filtered_probs, win.filtered_probs), l1(full.next_token_probs, win.next_token_probs))
+
+
+__all__ = [
+    "PRIOR_NAMES",
+    "check_window_length",
+    "resolve_prior",
+    "WindowResult",
+    "window_filter",
+    "window_filter_exact",
+    "AprioriBound",
+    "a_priori_bound",
+    "PosterioriBound",
+    "a_posteriori_bound",
+    "a_posteriori_bound_exact",
+    "roundoff_allowance",
+    "exact_le",
+    "WindowError",
+    "window_error",
+    "window_error_exact",
+]
