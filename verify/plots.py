@@ -1,0 +1,109 @@
+"""Plots of a verification run: measured error and claimed bound against T and against S, per construction.
+
+Each construction gets two PNGs, ``<construction>-vs-T.png`` and ``<construction>-vs-S.png``. At every T (or S)
+the plot shows, per float number mode, the largest measured error (markers, solid) and the largest claimed bound
+(dashed) and bound + allowance (dotted) over the other axes' cases. Exact mode is a yes/no check and is not drawn.
+A log axis cannot show 0: zero errors are drawn at the floor :data:`ZERO_FLOOR` with hollow markers; infinite
+bounds (no finite bound for that input) are left out. matplotlib runs headless (Agg); files are written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Sequence
+
+from hmm.errors import HmmtxError
+from hmm.io import atomic_write_bytes
+from verify.suite import CaseResult
+
+#: Where zero errors are drawn on the log axis.
+ZERO_FLOOR = 1e-20
+
+_COLOURS = {"float64": "tab:blue", "float32": "tab:orange"}
+_AXES = {"T": ("length", "sequence length T"), "S": ("states", "hidden states S")}
+
+
+def _series(results: Sequence[CaseResult], axis: str, dtype: str) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Per x value: (xs, max error, max finite bound, max finite bound + allowance); crashes are skipped."""
+    attr = _AXES[axis][0]
+    groups: dict[int, list[CaseResult]] = {}
+    for r in results:
+        x = getattr(r.case, attr)
+        if r.case.dtype != dtype or x is None or r.error is None or math.isnan(r.error):
+            continue
+        groups.setdefault(int(x), []).append(r)
+    xs = sorted(groups)
+    err, bnd, tot = [], [], []
+    for x in xs:
+        rs = groups[x]
+        err.append(max(r.error for r in rs))  # type: ignore[type-var]
+        finite = [r for r in rs if r.bound is not None and math.isfinite(r.bound)]
+        bnd.append(max((r.bound for r in finite), default=math.nan))  # type: ignore[type-var]
+        tot.append(max((r.bound + (r.allowance or 0.0) for r in finite), default=math.nan))  # type: ignore[operator]
+    return xs, err, bnd, tot
+
+
+def plot_construction(results: Sequence[CaseResult], construction: str, axis: str, path: Path | str) -> Path | None:
+    """One PNG of error and bound against ``axis`` (``"T"`` or ``"S"``); None (no file) when nothing to draw."""
+    if axis not in _AXES:
+        raise HmmtxError(f"plot axis must be 'T' or 'S', got {axis!r}")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mine = [r for r in results if r.case.construction == construction]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    drawn = False
+    for dtype, colour in _COLOURS.items():
+        xs, err, bnd, tot = _series(mine, axis, dtype)
+        if not xs:
+            continue
+        drawn = True
+        shown = [e if e > 0 else ZERO_FLOOR for e in err]
+        ax.plot(xs, shown, "o-", color=colour, label=f"error ({dtype})")
+        zeros = [(x, ZERO_FLOOR) for x, e in zip(xs, err) if e == 0]
+        if zeros:
+            ax.plot(*zip(*zeros), "o", mfc="white", color=colour)
+        if any(math.isfinite(b) and b > 0 for b in bnd):
+            ax.plot(xs, [b if b > 0 else math.nan for b in bnd], "--", color=colour, label=f"bound ({dtype})")
+        if any(math.isfinite(t) and t > 0 for t in tot) and tot != bnd:
+            ax.plot(xs, [t if t > 0 else math.nan for t in tot], ":", color=colour,
+                    label=f"bound + allowance ({dtype})")
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel(_AXES[axis][1])
+    ax.set_ylabel("max |error| (log)")
+    ax.set_title(f"{construction}: error and bound against {axis}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def write_plots(results: Sequence[CaseResult], folder: Path | str) -> list[Path]:
+    """Both plots for every construction in ``results`` into ``folder`` (created if missing); returns the files."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HmmtxError(f"--plots {folder}: cannot create the folder ({exc.strerror or exc})") from None
+    names = list(dict.fromkeys(r.case.construction for r in results))
+    out = []
+    for name in names:
+        for axis in ("T", "S"):
+            p = plot_construction(results, name, axis, folder / f"{name}-vs-{axis}.png")
+            if p is not None:
+                out.append(p)
+    return out
+
+
+__all__ = ["ZERO_FLOOR", "plot_construction", "write_plots"]

@@ -1,0 +1,402 @@
+"""The verification suite: sweep every registered construction over HMMs and lengths and check it.
+
+Vocabulary (also used by the JSON report, ``docs/report-format.md``):
+
+* a **case** (:class:`Case`) is one construction run on one input: a zoo family and seed (the HMM or task mixture),
+  a number of hidden states ``S``, a sequence length ``T``, a number mode (``float64``, ``float32`` or ``exact``)
+  and the construction's own parameters (attention kind, beta, window r, ...);
+* an **outcome** (:class:`Outcome`) is what running a case measures: the error against the exact reference, the
+  construction's claimed bound for that input, the stated round-off allowance, and for exact mode whether the
+  Fraction run agrees bit for bit with the Fraction reference;
+* a **result** (:class:`CaseResult`) is the outcome judged: ``pass``, ``bound`` (error > bound + allowance),
+  ``exact`` (exact mode disagrees) or ``crash`` (the construction raised).
+
+Constructions are discovered from the registry (:mod:`constructions.registry`); this module never lists them by
+hand. The registry says what a construction *is* (builder, reference, bound); the verify-side :class:`Adapter`
+protocol adds what a sweep needs: which cases to run for a plan (:meth:`Adapter.cases`) and how to run one
+(:meth:`Adapter.run`). :func:`adapters` builds one adapter per registered construction.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
+
+from hmm.errors import HmmtxError
+
+#: Number modes a case can run in. ``exact`` runs the construction's Fraction executor (hard attention).
+DTYPES: tuple[str, ...] = ("float64", "float32", "exact")
+
+#: Case statuses, in the order a summary reports them.
+STATUSES: tuple[str, ...] = ("pass", "bound", "exact", "crash")
+
+
+# ---------------------------------------------------------------------------------------------- plans
+@dataclass(frozen=True)
+class Plan:
+    """What a sweep covers (the generic axes; each adapter maps them onto its own inputs).
+
+    Fields:
+        preset:  ``"quick"``, ``"full"`` or ``"custom"`` (recorded in the report)
+        states:  hidden-state counts S to sweep
+        lengths: sequence lengths T to sweep
+        dtypes:  number modes (subset of :data:`DTYPES`)
+        seed:    base seed; case seeds are derived from it deterministically
+        exact_max_states, exact_max_length: exact (Fraction) mode runs only where S and T are at most these
+            (Fractions grow with T; SPEC §6 asks for bit-exactness at S <= 4, T <= 64)
+        seeds_per_point: HMMs drawn per (family, S, T) point
+    """
+
+    preset: str
+    states: tuple[int, ...]
+    lengths: tuple[int, ...]
+    dtypes: tuple[str, ...]
+    seed: int = 0
+    exact_max_states: int = 4
+    exact_max_length: int = 64
+    seeds_per_point: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.states:
+            raise HmmtxError("--states: give at least one state count")
+        if not self.lengths:
+            raise HmmtxError("--lengths: give at least one sequence length")
+        if not self.dtypes:
+            raise HmmtxError("--dtype: give at least one of " + ", ".join(DTYPES))
+        for s in self.states:
+            if not isinstance(s, int) or s < 1:
+                raise HmmtxError(f"--states: {s!r} is not a state count >= 1")
+        for t in self.lengths:
+            if not isinstance(t, int) or t < 1:
+                raise HmmtxError(f"--lengths: {t!r} is not a sequence length >= 1")
+        for d in self.dtypes:
+            if d not in DTYPES:
+                raise HmmtxError(f"--dtype: {d!r} is not one of {', '.join(DTYPES)}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise HmmtxError(f"--seed: {self.seed!r} is not an integer >= 0")
+        if self.seeds_per_point < 1:
+            raise HmmtxError(f"seeds_per_point: {self.seeds_per_point} must be >= 1")
+
+    def exact_allowed(self, states: int | None, length: int) -> bool:
+        return (states is None or states <= self.exact_max_states) and length <= self.exact_max_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "preset": self.preset,
+            "states": list(self.states),
+            "lengths": list(self.lengths),
+            "dtypes": list(self.dtypes),
+            "seed": self.seed,
+            "exact_max_states": self.exact_max_states,
+            "exact_max_length": self.exact_max_length,
+            "seeds_per_point": self.seeds_per_point,
+        }
+
+
+#: ``--quick``: small sizes, every mode; under a minute on 2 cores for every registered construction.
+QUICK = Plan(preset="quick", states=(2, 3), lengths=(4, 16), dtypes=DTYPES, seed=0)
+
+#: ``--full``: S up to 8, T up to 1024; exact mode where S <= 4 and T <= 64.
+FULL = Plan(preset="full", states=(2, 4, 8), lengths=(16, 64, 256, 1024), dtypes=DTYPES, seed=0)
+
+PRESETS: dict[str, Plan] = {"quick": QUICK, "full": FULL}
+
+
+# ---------------------------------------------------------------------------------------------- cases
+@dataclass(frozen=True)
+class Case:
+    """One construction run on one input.
+
+    Fields:
+        construction: CLI name (``exact-filter``, ``window``, ...)
+        family:       zoo family the HMM / task mixture was drawn from (``""`` when none applies)
+        states:       S, hidden states per HMM (None when the construction has no HMM)
+        length:       T, length of the token sequence (for in-context inputs: the flattened stream)
+        dtype:        one of :data:`DTYPES`
+        seed:         seed of the drawn HMM and tokens
+        params:       the construction's own parameters, sorted ``(name, value)`` pairs with JSON values
+    """
+
+    construction: str
+    family: str
+    states: int | None
+    length: int
+    dtype: str
+    seed: int
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise HmmtxError(f"case {self.construction}: dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.length < 1:
+            raise HmmtxError(f"case {self.construction}: length {self.length} must be >= 1")
+        if self.states is not None and self.states < 1:
+            raise HmmtxError(f"case {self.construction}: states {self.states} must be >= 1")
+        object.__setattr__(self, "params", tuple(sorted(dict(self.params).items())))
+
+    @property
+    def param_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    @property
+    def case_id(self) -> str:
+        """Stable, human-readable id: ``exact-filter/random/S3/T16/float64/seed7[/attention=softmax,beta=20]``."""
+        parts = [self.construction, self.family or "-"]
+        parts.append(f"S{self.states}" if self.states is not None else "S-")
+        parts += [f"T{self.length}", self.dtype, f"seed{self.seed}"]
+        if self.params:
+            parts.append(",".join(f"{k}={_fmt_param(v)}" for k, v in self.params))
+        return "/".join(parts)
+
+
+def _fmt_param(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+class Replay(NamedTuple):
+    """What a reproducer needs to replay a case with ``hmmtx run``.
+
+    Fields:
+        model_kind: ``"hmm"`` (written to ``hmm.json``, passed as ``--hmm``), ``"tasks"`` (``tasks.json``,
+                    ``--tasks``) or None (the construction takes no model file)
+        model:      the JSON object of that file (SPEC §2 format), or None
+        tokens:     the token string as the CLI takes it (``"0 1 2 | 1 0"``), or None
+        run_args:   the remaining ``hmmtx run`` arguments (``["--mode", "float32", "--attention", "softmax", ...]``)
+    """
+
+    model_kind: str | None
+    model: Mapping[str, Any] | None
+    tokens: str | None
+    run_args: tuple[str, ...]
+
+
+class Outcome(NamedTuple):
+    """What running one case measured.
+
+    Fields:
+        error:     max |construction - exact reference| over the compared quantity (a float; in exact mode the
+                   difference of Fractions converted to float)
+        bound:     the construction's claimed bound for this input (``math.inf`` when it has no finite bound)
+        allowance: the stated round-off allowance added to the bound in float modes (0 in exact mode)
+        exact_ok:  exact mode only: True when every compared Fraction equals the reference's; None otherwise
+        quantity:  what was compared (``next_token_probs``, ``bayes_predictive``, ...)
+        replay:    the inputs, for the reproducer
+        vocab:     V (observation symbols), None when not applicable
+        size:      construction size (``layers``, ``heads``, ``width``, ``ffn_width``; more keys allowed)
+        note:      free text shown in the report (how the bound was obtained, ...)
+    """
+
+    error: float
+    bound: float
+    allowance: float
+    exact_ok: bool | None
+    quantity: str
+    replay: Replay
+    vocab: int | None = None
+    size: Mapping[str, Any] = {}
+    note: str = ""
+
+
+class CaseResult(NamedTuple):
+    """A judged case (one row of the report's ``cases``).
+
+    ``status`` is ``pass``, ``bound`` (error > bound + allowance), ``exact`` (exact mode disagrees with the Fraction
+    reference) or ``crash`` (the construction raised: ``message`` says what). ``ratio`` is
+    ``error / (bound + allowance)`` (the tightness; <= 1 exactly when the bound holds), None when undefined (no
+    finite bound, or a crash).
+    """
+
+    case: Case
+    status: str
+    error: float | None
+    bound: float | None
+    allowance: float | None
+    ratio: float | None
+    exact_ok: bool | None
+    seconds: float
+    quantity: str
+    vocab: int | None
+    size: Mapping[str, Any]
+    message: str
+    replay: Replay | None
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+
+def tightness(error: float, bound: float, allowance: float) -> float | None:
+    """``error / (bound + allowance)``; None for an infinite bound; 0/0 = 0; x/0 = inf (a broken bound)."""
+    if math.isinf(bound):
+        return None
+    total = bound + allowance
+    if total == 0:
+        return 0.0 if error == 0 else math.inf
+    return error / total
+
+
+def judge(case: Case, outcome: Outcome, seconds: float) -> CaseResult:
+    """Turn an outcome into a result: the bound check (``error <= bound + allowance``) and the exact check."""
+    err, bound, allow = float(outcome.error), float(outcome.bound), float(outcome.allowance)
+    if math.isnan(err) or err < 0:
+        status, msg = "bound", f"measured error is {err!r} (NaN or negative): the construction output is not usable"
+    elif case.dtype == "exact" and outcome.exact_ok is not True:
+        status, msg = "exact", f"exact mode disagrees with the Fraction reference (max difference {err:.3e})"
+    elif not (err <= bound + allow):
+        status = "bound"
+        msg = f"error {err:.3e} exceeds bound {bound:.3e} + allowance {allow:.3e}"
+    else:
+        status, msg = "pass", outcome.note
+    ratio = None if math.isnan(err) else tightness(err, bound, allow)
+    return CaseResult(
+        case=case,
+        status=status,
+        error=err,
+        bound=bound,
+        allowance=allow,
+        ratio=ratio,
+        exact_ok=outcome.exact_ok if case.dtype == "exact" else None,
+        seconds=seconds,
+        quantity=outcome.quantity,
+        vocab=outcome.vocab,
+        size=dict(outcome.size),
+        message=msg if status != "pass" else outcome.note,
+        replay=outcome.replay,
+    )
+
+
+def crashed(case: Case, exc: BaseException, seconds: float, replay: Replay | None = None) -> CaseResult:
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    loc = f" (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
+    return CaseResult(
+        case=case,
+        status="crash",
+        error=None,
+        bound=None,
+        allowance=None,
+        ratio=None,
+        exact_ok=False if case.dtype == "exact" else None,
+        seconds=seconds,
+        quantity="",
+        vocab=None,
+        size={},
+        message=f"{type(exc).__name__}: {exc}{loc}",
+        replay=replay,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- adapters
+class Adapter(Protocol):
+    """Verify-side view of one registered construction.
+
+    Attributes:
+        name, summary, provenance: from the registry entry
+        dtypes: number modes it supports (``exact`` only with a Fraction executor)
+    """
+
+    name: str
+    summary: str
+    provenance: str
+    dtypes: tuple[str, ...]
+
+    def cases(self, plan: Plan) -> list[Case]:
+        """The cases this construction runs for ``plan`` (deterministic in ``plan.seed``)."""
+        ...
+
+    def run(self, case: Case) -> Outcome:
+        """Build the construction for the case's input, run it, compare with the exact reference."""
+        ...
+
+    def replay_for(self, case: Case) -> Replay | None:
+        """The reproducer inputs of a case without running it (used when :meth:`run` crashed)."""
+        ...
+
+
+def adapters() -> list[Adapter]:
+    """One adapter per construction in the registry, in registry order (empty while nothing is registered)."""
+    try:
+        from constructions import registry
+    except ImportError:
+        return []
+    return [adapter_for(entry) for entry in registry.all_entries()]
+
+
+def adapter_for(entry: Any) -> Adapter:  # pragma: no cover - replaced once the registry's entry type is known
+    raise HmmtxError(f"verify has no adapter for registry entry {entry!r}")
+
+
+def run_case(adapter: Adapter, case: Case) -> CaseResult:
+    """Run one case and judge it; any exception becomes a ``crash`` result (never propagates)."""
+    t0 = time.perf_counter()
+    try:
+        outcome = adapter.run(case)
+    except Exception as exc:  # noqa: BLE001 - a verifier reports a crashing construction, it does not die with it
+        seconds = time.perf_counter() - t0
+        try:
+            replay = adapter.replay_for(case)
+        except Exception:  # noqa: BLE001
+            replay = None
+        return crashed(case, exc, seconds, replay)
+    return judge(case, outcome, time.perf_counter() - t0)
+
+
+def run_suite(
+    selected: Sequence[Adapter],
+    plan: Plan,
+    progress: Callable[[CaseResult, int, int], None] | None = None,
+    on_plan: Callable[[int], None] | None = None,
+) -> list[CaseResult]:
+    """Run every case of every selected adapter for ``plan``, in order; ``progress`` is called after each case."""
+    todo = [(a, c) for a in selected for c in a.cases(plan)]
+    if on_plan is not None:
+        on_plan(len(todo))
+    results = []
+    for i, (adapter, case) in enumerate(todo):
+        res = run_case(adapter, case)
+        results.append(res)
+        if progress is not None:
+            progress(res, i + 1, len(todo))
+    return results
+
+
+def select(all_adapters: Sequence[Adapter], names: Iterable[str] | None) -> list[Adapter]:
+    """The adapters named (in registry order), all of them for None; unknown names raise HmmtxError listing the known."""
+    if not names:
+        return list(all_adapters)
+    known = {a.name: a for a in all_adapters}
+    wanted = list(dict.fromkeys(names))
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise HmmtxError(
+            f"--construction: unknown construction {', '.join(map(repr, unknown))}; registered: "
+            + (", ".join(known) or "(none)")
+        )
+    return [a for a in all_adapters if a.name in wanted]
+
+
+__all__ = [
+    "DTYPES",
+    "STATUSES",
+    "Plan",
+    "QUICK",
+    "FULL",
+    "PRESETS",
+    "Case",
+    "Replay",
+    "Outcome",
+    "CaseResult",
+    "Adapter",
+    "tightness",
+    "judge",
+    "crashed",
+    "run_case",
+    "run_suite",
+    "select",
+    "adapters",
+    "adapter_for",
+]
