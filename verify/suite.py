@@ -22,8 +22,12 @@ from __future__ import annotations
 import math
 import time
 import traceback
+import zlib
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
+
+import numpy as np
 
 from hmm.errors import HmmtxError
 
@@ -319,15 +323,245 @@ class Adapter(Protocol):
 
 def adapters() -> list[Adapter]:
     """One adapter per construction in the registry, in registry order (empty while nothing is registered)."""
-    try:
-        from constructions import registry
-    except ImportError:
-        return []
-    return [adapter_for(entry) for entry in registry.all_entries()]
+    from constructions import registry
+
+    return [adapter_for(entry) for entry in registry.entries().values()]
 
 
-def adapter_for(entry: Any) -> Adapter:  # pragma: no cover - replaced once the registry's entry type is known
-    raise HmmtxError(f"verify has no adapter for registry entry {entry!r}")
+def adapter_for(entry: Any) -> Adapter:
+    """The verify adapter of a registry entry: the entry's own ``extra["verify_adapter"]`` (a callable taking the
+    entry) when it has one, else :class:`RegistryAdapter`."""
+    custom = entry.extra.get("verify_adapter") if isinstance(entry.extra, dict) else None
+    if custom is not None:
+        return custom(entry)
+    return RegistryAdapter(entry)
+
+
+def derived_seed(base: int, *parts: Any) -> int:
+    """A deterministic seed in [0, 2**31) from the base seed and the case coordinates (stable across runs)."""
+    key = "/".join(str(p) for p in parts).encode()
+    return (int(base) * 1_000_003 + zlib.crc32(key)) % (2**31)
+
+
+#: Default softmax inverse temperatures swept (float64 only) for constructions that accept ``attention="softmax"``.
+DEFAULT_BETAS: tuple[float, ...] = (20.0,)
+
+
+class _Inputs(NamedTuple):
+    source: Any  # HMM, HMMMixture or None
+    tokens_text: str
+    tokens: Any  # entry.parse_tokens(tokens_text)
+    vocab: int | None
+
+
+class RegistryAdapter:
+    """Sweeps one registry entry with the generic case generator.
+
+    Cases: for every (S, T) of the plan one of the entry's random zoo families (rotating, so each family appears),
+    plus each classic zoo process (fixed size) whose S is within the plan's largest S, at every T. Each point runs
+    in every supported mode (``exact`` only where :meth:`Plan.exact_allowed`), with hard attention; float64 also
+    with softmax attention at each beta of ``entry.extra["verify_betas"]`` (default :data:`DEFAULT_BETAS`; ``()``
+    turns it off). Exact cases draw a rational HMM (small denominators, so Fractions stay small), float cases a
+    float one.
+
+    Inputs by ``entry.input_kind``:
+        ``hmm``: the zoo HMM (V = ``extra["verify_vocab"]``, default 3; at least S for ``observable``) and T tokens
+        sampled from it;
+        ``mixture``: ``extra["verify_tasks"]`` (default 2) tasks of the family and one context of total stream
+        length about T (3 demonstrations when T >= 8, else 1; the test segment a quarter of it);
+        ``none``: not sweepable generically; the entry must provide ``extra["verify_adapter"]``.
+
+    Run: ``model = entry.build(source, tokens, attention, beta, **params)``; ``model.run(tokens, mode)``;
+    ``entry.reference(source, tokens, exact=...)`` (exact Fractions in exact mode and wherever the plan allows exact
+    mode, float64 otherwise); error = max |output - reference| over every output both name; bound and allowance from
+    ``model.claimed_bound(tokens, mode)`` (``allowance = roundoff``, ``bound = value - allowance``).
+    """
+
+    def __init__(self, entry: Any) -> None:
+        self.entry = entry
+        self.name = entry.name
+        self.summary = entry.summary
+        self.provenance = entry.provenance
+        self.dtypes = tuple(d for d in DTYPES if d in entry.modes)
+        extra = entry.extra if isinstance(entry.extra, dict) else {}
+        self.betas = tuple(float(b) for b in extra.get("verify_betas", DEFAULT_BETAS))
+        self.vocab = int(extra.get("verify_vocab", 3))
+        self.num_tasks = int(extra.get("verify_tasks", 2))
+
+    # -------------------------------------------------------------- cases
+    def _families(self) -> tuple[list[str], list[tuple[str, int]]]:
+        from hmm.zoo import FAMILIES
+
+        fams = [f for f in self.entry.families if f in FAMILIES] or ["dirichlet"]
+        random_f = [f for f in fams if FAMILIES[f].fixed_size is None]
+        classic = [(f, FAMILIES[f].fixed_size[0]) for f in fams if FAMILIES[f].fixed_size is not None]
+        return random_f, classic
+
+    def _variants(self, dtype: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = [{"attention": "hard"}]
+        if dtype == "float64":
+            out += [{"attention": "softmax", "beta": b} for b in self.betas]
+        return out
+
+    def cases(self, plan: Plan) -> list[Case]:
+        if self.entry.input_kind not in ("hmm", "mixture"):
+            raise HmmtxError(
+                f"construction '{self.name}' has input kind {self.entry.input_kind!r}: verify needs "
+                "extra['verify_adapter'] in its registry entry to sweep it"
+            )
+        random_f, classic = self._families()
+        points: list[tuple[str, int, int]] = []
+        i = 0
+        for S in plan.states:
+            for T in plan.lengths:
+                if random_f:
+                    points.append((random_f[i % len(random_f)], S, T))
+                    i += 1
+        for fam, S in classic:
+            if S <= max(plan.states):
+                points += [(fam, S, T) for T in plan.lengths]
+        out = []
+        for fam, S, T in points:
+            for k in range(plan.seeds_per_point):
+                seed = derived_seed(plan.seed, self.name, fam, S, T, k)
+                for d in plan.dtypes:
+                    if d not in self.dtypes or (d == "exact" and not plan.exact_allowed(S, T)):
+                        continue
+                    for v in self._variants(d):
+                        out.append(Case(self.name, fam, S, T, d, seed, tuple(v.items())))
+        return out
+
+    # -------------------------------------------------------------- inputs
+    def _vocab_for(self, family: str, S: int) -> int:
+        from hmm.zoo import FAMILIES
+
+        fam = FAMILIES[family]
+        if fam.fixed_size is not None:
+            return fam.fixed_size[1]
+        return max(self.vocab, S) if family == "observable" else self.vocab
+
+    def inputs(self, case: Case) -> _Inputs:
+        """The HMM (or mixture) and tokens of a case, rebuilt deterministically from its coordinates."""
+        from hmm import zoo
+        from hmm.sampling import sample, sample_contexts
+
+        rational = case.dtype == "exact"
+        fam = zoo.FAMILIES[case.family]
+        S = None if fam.fixed_size is not None else case.states
+        V = self._vocab_for(case.family, case.states or 1)
+        Vn = None if fam.fixed_size is not None else V
+        if self.entry.input_kind == "hmm":
+            source = zoo.make(case.family, S, Vn, seed=case.seed, rational=rational)
+            toks = sample(source, 1, case.length, seed=case.seed + 1).tokens[0]
+            text = " ".join(str(int(x)) for x in toks)
+        else:
+            source = zoo.make_mixture(case.family, self.num_tasks, S, Vn, seed=case.seed, rational=rational)
+            n_demos, demo_len, test_len = context_shape(case.length)
+            ctx = sample_contexts(source, 1, n_demos, demo_len, test_len, seed=case.seed + 1)
+            text = " | ".join(" ".join(str(int(x)) for x in seg) for seg in ctx.segments(0))
+        return _Inputs(source, text, self.entry.parse_tokens(text), V)
+
+    def _params(self, case: Case) -> tuple[str, float | None, dict[str, Any]]:
+        p = case.param_dict
+        attention = p.pop("attention", "hard")
+        beta = p.pop("beta", None)
+        values = {q.name: p.get(q.name, q.default) for q in self.entry.params}
+        return attention, beta, values
+
+    def replay_for(self, case: Case) -> Replay:
+        inp = self.inputs(case)
+        return self._replay(case, inp)
+
+    def _replay(self, case: Case, inp: _Inputs) -> Replay:
+        attention, beta, values = self._params(case)
+        args = ["--mode", case.dtype, "--attention", attention]
+        if beta is not None:
+            args += ["--beta", repr(float(beta))]
+        for name, val in values.items():
+            if val is not None:
+                args += ["--" + name.replace("_", "-"), str(val)]
+        kind = {"hmm": "hmm", "mixture": "tasks"}[self.entry.input_kind]
+        return Replay(kind, inp.source.to_dict(), inp.tokens_text, tuple(args))
+
+    # -------------------------------------------------------------- run
+    def run(self, case: Case) -> Outcome:
+        inp = self.inputs(case)
+        attention, beta, values = self._params(case)
+        model = self.entry.build(inp.source, inp.tokens, attention=attention, beta=beta, **values)
+        res = model.run(inp.tokens, mode=case.dtype, record="final")
+        exact_ref = case.dtype == "exact"
+        ref = self.entry.reference(inp.source, inp.tokens, exact=exact_ref, **values)
+        names = [n for n in self.entry.outputs if n in res.outputs and n in ref]
+        if not names:
+            raise HmmtxError(
+                f"{self.name}: the model's outputs {sorted(res.outputs)} and the reference's {sorted(ref)} share no name"
+            )
+        err, same = 0.0, True
+        for n in names:
+            e, ok = compare(res.outputs[n], ref[n], exact=exact_ref, what=f"{self.name} output '{n}'")
+            err, same = max(err, e), same and ok
+        br = model.claimed_bound(inp.tokens, mode=case.dtype)
+        allowance = min(float(br.roundoff), float(br.value))
+        bound = float(br.value) - allowance
+        spec = model.spec
+        size = {"layers": spec.layers, "heads": spec.heads, "width": spec.width, "ffn_width": spec.ffn_width}
+        return Outcome(
+            error=err,
+            bound=bound,
+            allowance=allowance,
+            exact_ok=same if exact_ref else None,
+            quantity=",".join(names),
+            replay=self._replay(case, inp),
+            vocab=inp.vocab,
+            size=size,
+            note=str(br.notes),
+        )
+
+
+def context_shape(length: int) -> tuple[int, int, int]:
+    """(demonstrations, demonstration length, test length) of a context whose stream (demonstrations, SEPs and test,
+    BOS excluded) has about ``length`` tokens: 3 demonstrations when length >= 8, else 1 (or none below 3)."""
+    if length < 3:
+        return 0, 1, length
+    n = 3 if length >= 8 else 1
+    test = max(1, length // 4)
+    demo = max(1, (length - test) // n - 1)
+    return n, demo, test
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def compare(got: Any, ref: Any, *, exact: bool, what: str = "output") -> tuple[float, bool]:
+    """(max |got - ref| as a float, exact equality). Shapes must agree up to a leading batch axis of size 1.
+
+    exact: both are object arrays of Fractions and the difference is taken exactly before converting to float.
+    """
+    g, r = _as_numpy(got), _as_numpy(ref)
+    if g.shape != r.shape:
+        if g.ndim == r.ndim + 1 and g.shape[0] == 1 and g.shape[1:] == r.shape:
+            g = g[0]
+        elif r.ndim == g.ndim + 1 and r.shape[0] == 1 and r.shape[1:] == g.shape:
+            r = r[0]
+        else:
+            raise HmmtxError(f"{what}: shape {g.shape} differs from the reference's {r.shape}")
+    if g.size == 0:
+        return 0.0, True
+    if exact:
+        if g.dtype != object or r.dtype != object:
+            raise HmmtxError(f"{what}: exact mode needs Fractions on both sides, got {g.dtype} and {r.dtype}")
+        diffs = [abs(Fraction(a) - Fraction(b)) for a, b in zip(g.ravel(), r.ravel())]
+        m = max(diffs)
+        return float(m), m == 0
+    gf = g.astype(np.float64) if g.dtype != object else np.array(g.tolist(), dtype=np.float64)
+    rf = r.astype(np.float64) if r.dtype != object else np.array(r.tolist(), dtype=np.float64)
+    d = np.abs(gf - rf)
+    if np.isnan(d).any():
+        return math.nan, False
+    return float(d.max()), bool((d == 0).all())
 
 
 def run_case(adapter: Adapter, case: Case) -> CaseResult:
@@ -399,4 +633,9 @@ __all__ = [
     "select",
     "adapters",
     "adapter_for",
+    "derived_seed",
+    "RegistryAdapter",
+    "DEFAULT_BETAS",
+    "context_shape",
+    "compare",
 ]
