@@ -1,0 +1,346 @@
+"""Exact weight containers and builders for the blocks of a :class:`~constructions.transformer.ConstructedTransformer`.
+
+Every weight is stored as an exact rational (numpy object array of :class:`fractions.Fraction`): these arrays are
+the source of truth. The torch module converts them to the requested dtype; the exact executor
+(:mod:`constructions.exact`) runs them as they are. Conventions (column vectors, TransformerLens names):
+
+* residual ``h`` (D,); embedding ``W_E`` (n_in, D): row ``W_E[id]`` is added for input id ``id``.
+* attention head: ``q = W_Q h_u`` (d_qk,), ``k = W_K h_v`` (d_qk,), value ``W_V h_v`` (d_v,), output ``W_O`` (D, d_v).
+  Score of query ``u`` at key ``v <= u`` (causal): ``beta * (q . k + b(u - v))`` with ``b`` = ``rel_bias[lag]``
+  (a relative-position bias table over lags, T5/ALiBi style). ``d_qk = 0`` makes a purely positional head.
+  Hard (argmax) attention averages the values over the tied maxima (exact ties, in the executing arithmetic).
+* bilinear FFN (gated linear unit with identity gate): ``W_3 ((W_1 h) * (W_2 h))``; constants enter through a
+  residual coordinate that always holds 1 (``one``), so there are no biases.
+* ReLU FFN: ``W_out relu(W_in h + b_in) + b_out``.
+* **projective normalisation (non-standard)**: replace a named block by itself divided by the sum of a named block
+  (default: itself). Not a standard Transformer operation; it is allowed here because beliefs and operator
+  products are only defined up to a positive scalar (scale invariance), so dividing by a positive sum changes no
+  output, it only keeps numbers in range. A zero sum raises :class:`HmmtxError` (probability-zero input).
+* readout: ``z = W_U h`` (unnormalised masses, ``n_out`` rows); the output is ``z / sum(z)`` (= softmax of log z),
+  normalised over the readout's last axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from constructions.layout import Layout
+from hmm.errors import HmmtxError
+
+Coord = tuple  # ("block_name", i, j, ...): a residual coordinate written by name
+
+ZERO = Fraction(0)
+ONE = Fraction(1)
+
+
+# ---------------------------------------------------------------------------------------------- exact arrays
+def frac_zeros(*shape: int) -> np.ndarray:
+    """Object array of ``Fraction(0)`` of the given shape."""
+    out = np.empty(shape, dtype=object)
+    out.fill(ZERO)
+    return out
+
+
+def as_frac_array(values: Any, name: str = "weights") -> np.ndarray:
+    """Convert numbers (ints, Fractions, floats converted exactly, strings 'p/q') to an object array of Fractions."""
+    arr = np.array(values, dtype=object)
+    out = np.empty(arr.shape, dtype=object)
+    for idx in np.ndindex(arr.shape):
+        v = arr[idx]
+        try:
+            out[idx] = v if isinstance(v, Fraction) else Fraction(v)
+        except (TypeError, ValueError) as exc:
+            raise HmmtxError(f"{name}{list(idx)}: cannot convert {v!r} to an exact rational ({exc})") from None
+    return out
+
+
+def _check_exact(arr: np.ndarray, name: str, shape: tuple[int, ...]) -> None:
+    if not isinstance(arr, np.ndarray) or arr.dtype != object:
+        raise HmmtxError(f"{name}: weights must be numpy object arrays of Fractions, got {type(arr).__name__}")
+    if arr.shape != shape:
+        raise HmmtxError(f"{name}: expected shape {shape}, got {arr.shape}")
+    for idx in np.ndindex(arr.shape):
+        if not isinstance(arr[idx], Fraction):
+            raise HmmtxError(f"{name}{list(idx)}: expected a Fraction, got {type(arr[idx]).__name__}")
+
+
+def coord(layout: Layout, c: Coord | str | int) -> int:
+    """Resolve ``("op", i, j)`` / ``"one"`` to a residual coordinate (ints pass through for hidden units)."""
+    if isinstance(c, (int, np.integer)):
+        return int(c)
+    if isinstance(c, str):
+        return layout.index(c)
+    return layout.index(c[0], *c[1:])
+
+
+# ---------------------------------------------------------------------------------------------- containers
+@dataclass(frozen=True, eq=False)
+class Embedding:
+    """Token lookup ``W_E`` (n_in, D); ``vocab[i]`` names input id ``i`` (e.g. ``"x=0"``, ``"NULL"``, ``"BOS"``)."""
+
+    W_E: np.ndarray
+    vocab: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.vocab) != self.W_E.shape[0]:
+            raise HmmtxError(f"embedding: {len(self.vocab)} vocabulary names for {self.W_E.shape[0]} rows of W_E")
+        _check_exact(self.W_E, "W_E", self.W_E.shape)
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionHead:
+    """One causal attention head with a relative-position bias (see module docstring for the score)."""
+
+    W_Q: np.ndarray  # (d_qk, D)
+    W_K: np.ndarray  # (d_qk, D)
+    W_V: np.ndarray  # (d_v, D)
+    W_O: np.ndarray  # (D, d_v)
+    rel_bias: np.ndarray  # (n_lags,): b(lag) for lag = 0 .. n_lags-1
+    name: str = ""
+    description: str = ""
+    value_labels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        D = self.W_O.shape[0]
+        d_qk, d_v = self.W_Q.shape[0], self.W_V.shape[0]
+        _check_exact(self.W_Q, f"{self.name}.W_Q", (d_qk, D))
+        _check_exact(self.W_K, f"{self.name}.W_K", (d_qk, D))
+        _check_exact(self.W_V, f"{self.name}.W_V", (d_v, D))
+        _check_exact(self.W_O, f"{self.name}.W_O", (D, d_v))
+        if self.rel_bias.ndim != 1 or self.rel_bias.shape[0] == 0:
+            raise HmmtxError(f"{self.name}.rel_bias: expected a non-empty 1-D table over lags, got {self.rel_bias.shape}")
+        _check_exact(self.rel_bias, f"{self.name}.rel_bias", self.rel_bias.shape)
+
+    @property
+    def d_qk(self) -> int:
+        return int(self.W_Q.shape[0])
+
+    @property
+    def d_v(self) -> int:
+        return int(self.W_V.shape[0])
+
+    @property
+    def n_lags(self) -> int:
+        return int(self.rel_bias.shape[0])
+
+    @property
+    def positional(self) -> bool:
+        """True when the score depends on the lag only (no content term)."""
+        return self.d_qk == 0 or all(v == 0 for v in self.W_Q.ravel()) or all(v == 0 for v in self.W_K.ravel())
+
+
+@dataclass(frozen=True, eq=False)
+class BilinearFFN:
+    """``W_3 ((W_1 h) * (W_2 h))``: W_1, W_2 (m, D), W_3 (D, m). ``hidden_labels`` name the m units."""
+
+    W_1: np.ndarray
+    W_2: np.ndarray
+    W_3: np.ndarray
+    hidden_labels: tuple[str, ...] = ()
+    kind: str = field(default="bilinear", init=False)
+
+    def __post_init__(self) -> None:
+        m, D = self.W_1.shape
+        _check_exact(self.W_1, "W_1", (m, D))
+        _check_exact(self.W_2, "W_2", (m, D))
+        _check_exact(self.W_3, "W_3", (D, m))
+
+    @property
+    def width(self) -> int:
+        return int(self.W_1.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class ReLUFFN:
+    """``W_out relu(W_in h + b_in) + b_out``: W_in (m, D), b_in (m,), W_out (D, m), b_out (D,)."""
+
+    W_in: np.ndarray
+    b_in: np.ndarray
+    W_out: np.ndarray
+    b_out: np.ndarray
+    hidden_labels: tuple[str, ...] = ()
+    kind: str = field(default="relu", init=False)
+
+    def __post_init__(self) -> None:
+        m, D = self.W_in.shape
+        _check_exact(self.W_in, "W_in", (m, D))
+        _check_exact(self.b_in, "b_in", (m,))
+        _check_exact(self.W_out, "W_out", (D, m))
+        _check_exact(self.b_out, "b_out", (D,))
+
+    @property
+    def width(self) -> int:
+        return int(self.W_in.shape[0])
+
+
+@dataclass(frozen=True)
+class ProjectiveNorm:
+    """**Non-standard** projective normalisation: ``h[block] <- h[block] / sum(h[by])`` (``by`` defaults to
+    ``block``). Justified only because the quantities held are defined up to a positive scale (beliefs, operator
+    products); a zero sum raises HmmtxError (the input has probability zero)."""
+
+    block: str
+    by: str = ""
+
+    @property
+    def denominator(self) -> str:
+        return self.by or self.block
+
+
+@dataclass(frozen=True, eq=False)
+class Layer:
+    """One pre-residual block: ``h <- h + sum_heads Attn(h)``; ``h <- h + FFN(h)``; then projective norms."""
+
+    name: str
+    heads: tuple[AttentionHead, ...] = ()
+    ffn: BilinearFFN | ReLUFFN | None = None
+    norms: tuple[ProjectiveNorm, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class Readout:
+    """Unembedding ``W_U`` (n_out, D) to unnormalised masses ``z``; output ``z / sum(z)`` over the last axis of
+    ``shape`` (``prod(shape) == n_out``; ``shape=(K, S)`` normalises each row separately)."""
+
+    name: str
+    W_U: np.ndarray
+    shape: tuple[int, ...]
+    description: str = ""
+    labels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        n = 1
+        for s in self.shape:
+            n *= s
+        if n != self.W_U.shape[0]:
+            raise HmmtxError(f"readout '{self.name}': shape {self.shape} has {n} entries but W_U has {self.W_U.shape[0]} rows")
+        _check_exact(self.W_U, f"readout '{self.name}'.W_U", self.W_U.shape)
+
+
+# ---------------------------------------------------------------------------------------------- builders
+def lag_bias(target_lag: int, n_lags: int, slope: int | Fraction = 1) -> np.ndarray:
+    """Tent bias ``b(lag) = -slope * |lag - target_lag|`` for lags ``0..n_lags-1`` (ALiBi-style, centred at a lag).
+
+    Hard attention with this bias picks lag ``target_lag`` when it exists (``u >= target_lag``); otherwise every
+    available lag is below the target and the score is largest at the largest lag ``u``, i.e. at position 0: a NULL
+    sink placed at position 0 is the automatic fall-back, no content term needed. Gap to the runner-up: ``slope``.
+    """
+    if n_lags <= 0:
+        raise HmmtxError(f"lag_bias: n_lags must be positive, got {n_lags}")
+    s = Fraction(slope)
+    return np.array([-s * abs(lag - target_lag) for lag in range(n_lags)], dtype=object)
+
+
+def copy_head(
+    layout: Layout,
+    src: str,
+    dst: str,
+    rel_bias: np.ndarray,
+    *,
+    content: Sequence[tuple[Coord | str, Coord | str, Any]] = (),
+    name: str = "",
+    description: str = "",
+) -> AttentionHead:
+    """A head whose value/output copy block ``src`` of the attended position into block ``dst`` (same size).
+
+    ``content``: optional score terms ``(query_coord, key_coord, weight)``; each adds ``weight * h_u[q] * h_v[k]``
+    to the score (one q/k dimension per term). Without content terms the head is purely positional.
+    """
+    D = layout.width
+    s_blk, d_blk = layout.block(src), layout.block(dst)
+    if s_blk.size != d_blk.size:
+        raise HmmtxError(f"copy_head: source '{src}' has size {s_blk.size} but destination '{dst}' has {d_blk.size}")
+    W_V = frac_zeros(s_blk.size, D)
+    W_O = frac_zeros(D, s_blk.size)
+    for i in range(s_blk.size):
+        W_V[i, s_blk.start + i] = ONE  # value i = h_v[src][i]
+        W_O[d_blk.start + i, i] = ONE  # written to dst[i]
+    W_Q = frac_zeros(len(content), D)
+    W_K = frac_zeros(len(content), D)
+    for r, (qc, kc, w) in enumerate(content):
+        W_Q[r, coord(layout, qc)] = Fraction(w)
+        W_K[r, coord(layout, kc)] = ONE
+    return AttentionHead(W_Q, W_K, W_V, W_O, as_frac_array(rel_bias), name=name, description=description,
+                         value_labels=tuple(s_blk.labels()))
+
+
+class BilinearBuilder:
+    """Accumulate bilinear hidden units against names, then :meth:`build` a :class:`BilinearFFN`.
+
+    ``unit(a, b, writes)`` adds one hidden unit computing ``h[a] * h[b]`` and adding ``coeff * unit`` to each
+    ``(coord, coeff)`` in ``writes``. Use ``"one"`` as a factor for linear terms.
+    """
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self._units: list[tuple[int, Fraction, int, Fraction, list[tuple[int, Fraction]], str]] = []
+
+    def unit(
+        self,
+        a: Coord | str,
+        b: Coord | str,
+        writes: Iterable[tuple[Coord | str, Any]],
+        *,
+        a_scale: Any = 1,
+        b_scale: Any = 1,
+        label: str = "",
+    ) -> None:
+        w = [(coord(self.layout, c), Fraction(v)) for c, v in writes]
+        self._units.append((coord(self.layout, a), Fraction(a_scale), coord(self.layout, b), Fraction(b_scale), w, label))
+
+    def __len__(self) -> int:
+        return len(self._units)
+
+    def build(self) -> BilinearFFN:
+        D, m = self.layout.width, len(self._units)
+        W_1, W_2, W_3 = frac_zeros(m, D), frac_zeros(m, D), frac_zeros(D, m)
+        labels = []
+        for u, (a, sa, b, sb, writes, label) in enumerate(self._units):
+            W_1[u, a] += sa
+            W_2[u, b] += sb
+            for c, v in writes:
+                W_3[c, u] += v
+            labels.append(label or f"u{u}")
+        return BilinearFFN(W_1, W_2, W_3, tuple(labels))
+
+
+def readout(
+    layout: Layout,
+    name: str,
+    terms: Sequence[tuple[int, Coord | str, Any]],
+    shape: tuple[int, ...],
+    *,
+    description: str = "",
+    labels: Sequence[str] = (),
+) -> Readout:
+    """Readout from ``(output_row, residual_coord, weight)`` terms: ``z[row] += weight * h[coord]``."""
+    n = 1
+    for s in shape:
+        n *= s
+    W_U = frac_zeros(n, layout.width)
+    for row, c, w in terms:
+        W_U[row, coord(layout, c)] += Fraction(w)
+    return Readout(name, W_U, tuple(shape), description, tuple(labels))
+
+
+__all__ = [
+    "Embedding",
+    "AttentionHead",
+    "BilinearFFN",
+    "ReLUFFN",
+    "ProjectiveNorm",
+    "Layer",
+    "Readout",
+    "BilinearBuilder",
+    "copy_head",
+    "lag_bias",
+    "readout",
+    "frac_zeros",
+    "as_frac_array",
+    "coord",
+]

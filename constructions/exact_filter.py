@@ -1,0 +1,247 @@
+"""H1: the exact HMM filter in logarithmic depth (parallel-prefix operator products).
+
+Provenance: the parallel-prefix construction described by Hu, Liu & Jin 2024 ("On Limitation of Transformer for
+Learning HMMs", the 2^L effective-length argument) and Liu et al. 2023 ("Transformers Learn Shortcuts to
+Automata", parallel-prefix composition of transition maps); Rizvi et al. 2024 use the same idea. Their full texts
+were not available to us: the weights below are our reconstruction of that idea (details such as the tent bias,
+the bilinear FFN and the projective normalisation are our choices; see docs/constructions/exact_filter.md).
+
+Positions: 0 = NULL sink holding ``I``; 1 = BOS holding ``1 pi^T``; ``t + 2`` = observation ``x_t`` holding
+``G_x = diag(B[:, x]) A`` (all stored normalised to entry sum 1). After ``L = ceil(log2(T + 1))`` doubling layers
+position ``t + 2`` holds ``1 alpha^T / (S 1^T alpha)`` with ``alpha^T = pi^T G_{x_0} ... G_{x_t}`` = the joint
+``P(x_0..x_t, z_{t+1})``. One extra lag-1 layer (``filtered=True``) fetches the previous position's product and
+multiplies by ``D_{x_t}`` (block ``emis`` = ``B[:, x_t]``) to give the filtered belief.
+
+Readouts (``1^T Q M`` normalised): ``next_token`` (M = B) at positions ``2..`` -> ``next_token_probs[t]``;
+``predicted`` (M = I) at positions ``1..T`` -> ``predicted_probs[t]``; ``filtered`` at ``2..`` -> ``filtered_probs[t]``.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from constructions.blocks import BilinearBuilder, Layer, copy_head, frac_zeros, lag_bias, readout
+from constructions.prefix import (
+    colsum_readout,
+    doubling_layer,
+    embed_operators,
+    num_doubling_layers,
+    prefix_layout,
+    prefix_leakage,
+    roundoff_allowance,
+)
+from constructions.registry import ConstructionEntry, Param, register
+from constructions.transformer import BoundReport, ConstructedTransformer, check_attention, spec_for
+from hmm.errors import HmmtxError
+from hmm.model import HMM
+
+NAME = "exact-filter"
+PROVENANCE = (
+    "reconstruction of the parallel-prefix construction (Hu, Liu & Jin 2024; Liu et al. 2023; Rizvi et al. 2024): "
+    "log-depth operator products with hard relative-position attention, bilinear FFN and projective normalisation"
+)
+FAMILIES = ("dirichlet", "sticky", "cyclic", "low_rank", "observable", "mess3", "rrxor", "even_process", "golden_mean")
+
+
+def exact_hmm_arrays(hmm: HMM) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pi, A, B) as exact Fractions: exact HMMs as they are, float HMMs converted entry by entry (no row fix-up,
+    so the construction computes exactly what the float HMM specifies)."""
+    if hmm.exact:
+        return hmm.initial_probs, hmm.transition_matrix, hmm.emission_probs
+    f = np.vectorize(Fraction, otypes=[object])
+    return f(hmm.initial_probs), f(hmm.transition_matrix), f(hmm.emission_probs)
+
+
+class FilterCodec:
+    """Tokens (T,) or (N, T) -> ids ``[NULL, BOS, x_0, ..]`` (NULL = V, BOS = V + 1); decodes FilterResult fields."""
+
+    def __init__(self, hmm: HMM, max_len: int) -> None:
+        self.V = hmm.num_obs
+        self.max_len = max_len
+        self._check = hmm.check_tokens
+
+    def encode(self, tokens: Any) -> np.ndarray:
+        x = self._check(tokens, max_len=self.max_len)
+        x = x[None] if x.ndim == 1 else x
+        N = x.shape[0]
+        head = np.tile(np.array([[self.V, self.V + 1]], dtype=np.int64), (N, 1))
+        return np.concatenate([head, x], axis=1)
+
+    def decode(self, model: ConstructedTransformer, trace: Any, tokens: Any) -> dict:
+        single = np.asarray(tokens).ndim == 1
+        out = {
+            "next_token_probs": model.read(trace, "next_token", slice(2, None)),
+            "predicted_probs": model.read(trace, "predicted", slice(1, -1)),
+        }
+        if "filtered" in trace.readouts:
+            out["filtered_probs"] = model.read(trace, "filtered", slice(2, None))
+        return {k: v[0] for k, v in out.items()} if single else out
+
+
+def build(
+    hmm: HMM,
+    max_len: int,
+    attention: str = "hard",
+    beta: float | None = None,
+    *,
+    filtered: bool = True,
+    dtype: Any = None,
+    device: Any = None,
+) -> ConstructedTransformer:
+    """Build H1 for sequences of up to ``max_len`` observations.
+
+    Size: ``L = ceil(log2(max_len + 1))`` doubling layers (+1 filtered layer), 1 head per layer, width
+    ``D = 2 S^2 + V + 3`` (+ ``2 S`` with ``filtered``), FFN width ``S^3 + 2 S^2``.
+    """
+    import torch
+
+    if not isinstance(hmm, HMM):
+        raise HmmtxError(f"exact-filter: expected an HMM, got {type(hmm).__name__}")
+    if not isinstance(max_len, (int, np.integer)) or max_len < 1:
+        raise HmmtxError(f"exact-filter: max_len must be a positive integer, got {max_len!r}")
+    beta = check_attention(attention, beta)
+    pi, A, B = exact_hmm_arrays(hmm)
+    S, V = B.shape
+    P = int(max_len) + 2
+    L = num_doubling_layers(P)
+
+    lay = prefix_layout(S, V, op_desc="held operator product Q (entry sum 1); finally 1 alpha^T / (S 1^T alpha)")
+    if filtered:
+        lay.add("emis", S, "B[:, x] at observation positions (likelihood of the token held here)")
+        lay.add("filtered", S, "unnormalised filtered belief predicted_t * B[:, x_t] (written by the last layer)")
+    lay.freeze()
+
+    eye = frac_zeros(S, S)
+    for i in range(S):
+        eye[i, i] = Fraction(1)
+    rows = []
+    for x in range(V):
+        G = np.array([[B[i, x] * A[i, j] for j in range(S)] for i in range(S)], dtype=object)  # G_x = D_x A
+        extra = {("emis", i): B[i, x] for i in range(S)} if filtered else {}
+        rows.append({"name": f"x={x}", "op": G, "token": x, "extra": extra})
+    rows.append({"name": "NULL", "op": eye, "flags": ["is_null"]})
+    rows.append({"name": "BOS", "op": np.array([[pi[j] for j in range(S)] for _ in range(S)], dtype=object), "flags": ["is_bos"]})
+    emb = embed_operators(lay, rows)
+
+    layers = [doubling_layer(lay, l, P) for l in range(L)]
+    if filtered:
+        head = copy_head(lay, "op", "fetched_op", lag_bias(1, P), name="lag1",
+                         description="fetch the previous position's final product 1 alpha_pred(t)^T")
+        ffn = BilinearBuilder(lay)
+        # Proof: filtered[j] = sum_i F[i,j] * B[j, x_t] = (column sum of F)_j B[j, x_t] ∝ predicted_t[j] B[j, x_t].
+        for i in range(S):
+            for j in range(S):
+                ffn.unit(("fetched_op", i, j), ("emis", j), [(("filtered", j), 1)], label=f"F[{i},{j}]*b[{j}]")
+        for i in range(S):
+            for j in range(S):
+                ffn.unit("one", ("fetched_op", i, j), [(("fetched_op", i, j), -1)], label=f"-F[{i},{j}]")
+        layers.append(Layer("filter", (head,), ffn.build(), (), "filtered belief: D_{x_t} applied to the previous prediction"))
+
+    state_labels = [f"z={j}" for j in range(S)]
+    readouts = [
+        colsum_readout(lay, "next_token", B, [f"x={v}" for v in range(V)], description="1^T Q B: next-token masses"),
+        colsum_readout(lay, "predicted", eye, state_labels,
+                       description="1^T Q: predicted-state masses"),
+    ]
+    if filtered:
+        readouts.append(readout(lay, "filtered", [(j, ("filtered", j), 1) for j in range(S)], (S,),
+                                description="filtered-state masses", labels=state_labels))
+    spec = spec_for(NAME, lay, layers, max_positions=P, attention=attention, beta=beta, provenance=PROVENANCE,
+                    parameters={"S": S, "V": V, "max_len": int(max_len), "doubling_layers": L, "filtered": filtered})
+    return ConstructedTransformer(
+        lay, emb, layers, readouts, spec, FilterCodec(hmm, int(max_len)),
+        bound_fn=claimed_bound, attention=attention, beta=beta,
+        dtype=torch.float64 if dtype is None else dtype, device=device,
+        info={"prefix_layers": list(range(L)), "n": S, "hmm": hmm},
+    )
+
+
+def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float64") -> BoundReport:
+    """Bound on max |next_token_probs - exact| (and predicted_probs) for ``tokens`` in ``mode``.
+
+    * exact mode (hard attention): 0 (bit-identical).
+    * float modes: stated round-off allowance :func:`~constructions.prefix.roundoff_allowance` (depth, S, eps).
+    * softmax attention: plus the certified leakage bound :func:`~constructions.prefix.prefix_leakage`, computed
+      from a hard float64 run on the same tokens; capped at the trivial bound 1.
+    """
+    import torch
+
+    from constructions.transformer import MODES
+
+    if mode not in MODES:
+        raise HmmtxError(f"mode must be one of {MODES}, got {mode!r}")
+    ids = model.check_input_ids(model.codec.encode(tokens))
+    P = ids.shape[1]
+    n = model.info["n"]
+    L = len(model.layers)
+    if mode == "exact":
+        if model.attention != "hard":
+            raise HmmtxError("exact mode runs hard attention only")
+        return BoundReport(0.0, 0.0, 0.0, 1.0, "exact rational arithmetic, hard attention: bit-identical")
+    eps = float(torch.finfo(torch.float64 if mode == "float64" else torch.float32).eps)
+    rnd = roundoff_allowance(L, n, P, eps)
+    leak = 0.0
+    note = f"round-off allowance {rnd:.3g} (L={L}, S={n}, P={P}, eps={eps:.3g})"
+    if model.attention == "softmax":
+        hard = model.materialise(torch.float64, model.device)
+        with torch.no_grad():
+            tr = hard.forward(ids, attention="hard", record="all")
+        one_minus_lam = prefix_leakage(model, tr, model.beta, model.info["prefix_layers"], n)
+        leak = float(one_minus_lam[:, 1:].max())
+        note += f"; softmax leakage (certified, from the hard run) {leak:.3g} at beta={model.beta:g}"
+    value = min(1.0, leak + rnd)
+    return BoundReport(value, leak, rnd, 1.0, note)
+
+
+# ---------------------------------------------------------------------------------------------- registry
+def _build_entry(hmm: HMM, tokens: Any, *, attention: str = "hard", beta: float | None = None, filtered: bool = True) -> ConstructedTransformer:
+    T = 16 if tokens is None else int(np.asarray(tokens).shape[-1])
+    return build(hmm, max(T, 1), attention, beta, filtered=filtered)
+
+
+def _reference_entry(hmm: HMM, tokens: Any, *, exact: bool, filtered: bool = True) -> dict:
+    from hmm.reference import forward_filter, forward_filter_exact
+
+    r = forward_filter_exact(hmm, tokens) if exact else forward_filter(hmm, tokens)
+    out = {"next_token_probs": r.next_token_probs, "predicted_probs": r.predicted_probs}
+    if filtered:
+        out["filtered_probs"] = r.filtered_probs
+    return out
+
+
+def _parse_tokens(text: str) -> np.ndarray:
+    from hmm.io import parse_tokens
+
+    return parse_tokens(text)
+
+
+def _bool(text: str) -> bool:
+    t = str(text).strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise HmmtxError(f"expected a boolean (true/false), got {text!r}")
+
+
+ENTRY = register(
+    ConstructionEntry(
+        name=NAME,
+        summary="H1: exact forward filter in ceil(log2(T+1)) layers (parallel-prefix operator products)",
+        provenance=PROVENANCE,
+        input_kind="hmm",
+        build=_build_entry,
+        reference=_reference_entry,
+        parse_tokens=_parse_tokens,
+        params=(Param("filtered", _bool, True, "add the lag-1 layer that decodes filtered beliefs (default true)"),),
+        families=FAMILIES,
+        outputs=("next_token_probs", "predicted_probs", "filtered_probs"),
+        default_tokens="0 1 0 1",
+        extra={"bound": "certified softmax leakage (a posteriori from the hard run) + stated round-off allowance"},
+    )
+)
+
+__all__ = ["build", "claimed_bound", "FilterCodec", "exact_hmm_arrays", "ENTRY", "NAME", "PROVENANCE"]

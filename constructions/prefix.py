@@ -1,0 +1,226 @@
+"""Shared parallel-prefix operator-product machinery (H1 exact filter, H3 Bayes multi-task, and any construction
+whose positions hold matrices to be multiplied left to right).
+
+Positions: 0 = NULL sink holding the identity, then one operator per position. After the doubling layers
+``l = 0 .. L-1`` position ``u`` holds (up to a positive scale) the ordered product of the operators at positions
+``1 .. u`` (``2^L >= u``). Layer l:
+
+* one purely positional head, tent bias ``b(lag) = -|lag - 2^l|``: hard attention fetches position ``u - 2^l``
+  (which holds the product over ``(u - 2^{l+1}, u - 2^l]``) into ``fetched_op``; when ``u < 2^l`` the largest
+  available lag ``u`` (position 0, the NULL identity) wins automatically;
+* a bilinear FFN (width ``n^3 + 2 n^2``) writes ``F Q - Q`` into ``op`` (so ``op`` becomes ``F Q``) and ``-F`` into
+  ``fetched_op`` (clearing it for the next layer); the ``-Q``/``-F`` terms are products with the constant ``one``;
+* **projective normalisation (non-standard)** of ``op`` by its entry sum.
+
+The module also computes the softmax-leakage bound (see ``docs/constructions/exact_filter.md``) and the stated
+floating-point allowance shared by the prefix constructions.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any, Sequence
+
+import numpy as np
+
+from constructions.blocks import (
+    ONE,
+    BilinearBuilder,
+    Embedding,
+    Layer,
+    ProjectiveNorm,
+    Readout,
+    copy_head,
+    frac_zeros,
+    lag_bias,
+    readout,
+)
+from constructions.layout import Layout
+from hmm.errors import HmmtxError
+
+#: Multiplier of the stated round-off allowance (see :func:`roundoff_allowance`).
+ROUNDOFF_C = 16
+
+
+def num_doubling_layers(max_positions: int) -> int:
+    """``L = ceil(log2(P_max - 1))``: enough doubling layers for position ``P_max - 1`` to cover ``1 .. P_max-1``."""
+    if max_positions < 2:
+        raise HmmtxError(f"prefix product needs at least 2 positions (NULL and one operator), got {max_positions}")
+    return max(1, math.ceil(math.log2(max_positions - 1)))
+
+
+def prefix_layout(n: int, V: int, *, op_desc: str, flags: Sequence[str] = ("is_null", "is_bos")) -> Layout:
+    """The shared blocks (not frozen, so a construction can append its own): ``op`` (n,n), ``fetched_op`` (n,n),
+    ``one``, the given 0/1 flags, and ``token`` (V one-hot of the observation at that position)."""
+    lay = Layout()
+    lay.add("op", (n, n), op_desc)
+    lay.add("fetched_op", (n, n), "operator fetched by this layer's head (cleared by the FFN)")
+    lay.add("one", 1, "constant 1 (linear terms of bilinear units)")
+    flag_desc = {
+        "is_null": "1 at the NULL sink (position 0)",
+        "is_bos": "1 at BOS (position 1)",
+        "is_sep": "1 at SEP items",
+    }
+    for f in flags:
+        lay.add(f, 1, flag_desc.get(f, f))
+    lay.add("token", V, "one-hot of the observation at this position (0 at NULL/BOS/SEP)")
+    return lay
+
+
+def normalised(op: np.ndarray) -> np.ndarray:
+    """``op / sum(op)`` exactly (zero operators stay zero: their position raises at the first normalisation)."""
+    s = sum(op.ravel(), Fraction(0))
+    return op if s == 0 else np.vectorize(lambda v: v / s, otypes=[object])(op)
+
+
+def embed_operators(layout: Layout, rows: Sequence[dict]) -> Embedding:
+    """Build ``W_E`` from rows ``{"name": vocab name, "op": (n,n) exact, "flags": [...], "token": int|None,
+    "extra": {(block, *idx): value}}``. Operators are stored normalised to entry sum 1 (projectively the same)."""
+    D = layout.width
+    W_E = frac_zeros(len(rows), D)
+    n = layout.block("op").shape[0]
+    for r, row in enumerate(rows):
+        op = normalised(row["op"])
+        for i in range(n):
+            for j in range(n):
+                W_E[r, layout.index("op", i, j)] = op[i, j]
+        W_E[r, layout.index("one")] = ONE
+        for f in row.get("flags", ()):
+            W_E[r, layout.index(f)] = ONE
+        if row.get("token") is not None:
+            W_E[r, layout.index("token", int(row["token"]))] = ONE
+        for c, v in row.get("extra", {}).items():
+            W_E[r, layout.index(c[0], *c[1:])] = Fraction(v)
+    return Embedding(W_E, tuple(r["name"] for r in rows))
+
+
+def doubling_layer(layout: Layout, l: int, max_positions: int) -> Layer:
+    """Layer ``l`` of the parallel prefix product (see module docstring)."""
+    n = layout.block("op").shape[0]
+    head = copy_head(
+        layout, "op", "fetched_op", lag_bias(2**l, max_positions),
+        name=f"lag{2**l}",
+        description=f"fetch op at u-{2**l} (NULL when u < {2**l}); tent bias -|lag-{2**l}|",
+    )
+    ffn = BilinearBuilder(layout)
+    # Proof: the new op[i,j] = Q[i,j] + (sum_k F[i,k] Q[k,j] - Q[i,j]) = (F Q)[i,j]; fetched becomes F - F = 0.
+    for i in range(n):
+        for j in range(n):
+            for k in range(n):
+                ffn.unit(("fetched_op", i, k), ("op", k, j), [(("op", i, j), 1)], label=f"F[{i},{k}]*Q[{k},{j}]")
+    for i in range(n):
+        for j in range(n):
+            ffn.unit("one", ("op", i, j), [(("op", i, j), -1)], label=f"-Q[{i},{j}]")
+    for i in range(n):
+        for j in range(n):
+            ffn.unit("one", ("fetched_op", i, j), [(("fetched_op", i, j), -1)], label=f"-F[{i},{j}]")
+    return Layer(
+        name=f"layer{l}",
+        heads=(head,),
+        ffn=ffn.build(),
+        norms=(ProjectiveNorm("op"),),
+        description=f"doubling step {l}: op <- normalise(op[u-{2**l}] @ op[u])",
+    )
+
+
+def colsum_readout(layout: Layout, name: str, M: np.ndarray, labels: Sequence[str], *, shape: tuple | None = None,
+                   description: str = "") -> Readout:
+    """Readout ``z_c = sum_{i,j} op[i,j] M[j,c]`` (= ``1^T Q M``); total mass ``1^T Q 1`` when rows of M sum to 1."""
+    n = layout.block("op").shape[0]
+    k = M.shape[1]
+    terms = [(c, ("op", i, j), M[j, c]) for c in range(k) for i in range(n) for j in range(n) if M[j, c] != 0]
+    return readout(layout, name, terms, shape or (k,), description=description, labels=labels)
+
+
+# ---------------------------------------------------------------------------------------------- bounds
+def roundoff_allowance(layers: int, n: int, positions: int, eps: float) -> float:
+    """Stated floating-point allowance for the max-abs output error of a prefix construction:
+    ``ROUNDOFF_C * (layers + 1) * (n + log2(positions) + 4) * eps``.
+
+    Reasoning (a heuristic allowance, not a proof): each layer's product of two non-negative matrices has entrywise
+    relative error <= ``n eps`` (dot products of n non-negative terms), the normalisation and the residual update
+    ``Q + (FQ - Q)`` add a few eps, softmax mixing sums up to ``positions`` terms (``log2`` growth for pairwise sums
+    is what torch uses in practice), and relative errors of a product add along the ``layers`` levels. The constant
+    ROUNDOFF_C = 16 is a safety factor; the tests check measured <= allowance on mixing HMMs.
+    """
+    return float(ROUNDOFF_C * (layers + 1) * (n + math.log2(max(positions, 2)) + 4) * eps)
+
+
+def target_and_weight(rel_bias: np.ndarray, u: int, beta: float | None) -> tuple[int, float]:
+    """Hard target ``t`` of query ``u`` for a positional head, and the softmax weight on it (1 when beta is None).
+
+    Raises when the hard maximum is tied (the leakage bound assumes a unique target).
+    """
+    b = np.array([float(rel_bias[u - v]) for v in range(u + 1)])
+    m = b.max()
+    tied = np.flatnonzero(b == m)
+    if tied.size != 1:
+        raise HmmtxError(f"positional head has {tied.size} tied maxima at query {u}")
+    t = int(tied[0])
+    if beta is None:
+        return t, 1.0
+    z = beta * (b - m)
+    return t, float(1.0 / np.exp(z).sum())  # weight on the maximum: exp(0) / sum exp(beta (b - max))
+
+
+def prefix_leakage(model: Any, hard_trace: Any, beta: float, prefix_layers: Sequence[int], n: int) -> np.ndarray:
+    """Certified lower bounds on the 'exact fraction' lambda_u of every position after the prefix layers; returns
+    ``1 - lambda`` of shape (N, P): a bound on the max-abs error of any readout ``1^T Q M / 1^T Q 1`` (M with rows
+    summing to 1) caused by softmax leakage. Computed from the HARD run's trace (record="all", float64 or exact).
+
+    Recursion (derivation in ``docs/constructions/exact_filter.md``): with w = softmax weight on the hard target t,
+    ``lam_F = w lam_t``, ``mu = lam_F lam_u``, ``R = min(1, lam_u R*_u + 1 - lam_u)``,
+    ``s_hat = lam_F (lam_u m* + (1 - lam_u) min(1, C*_F)) + (1 - lam_F) R``, ``lam_u <- mu m* / s_hat``,
+    where m* = sum(F* Q*_u), C*_F = max column sum of F*, R*_u = max row sum of Q*_u (all from the hard run, every
+    matrix normalised to entry sum 1).
+    """
+    lay = model.layout
+    op_sl, f_sl = lay["op"], lay["fetched_op"]
+
+    def as_np(a: Any) -> np.ndarray:
+        if hasattr(a, "detach"):
+            return a.detach().cpu().numpy().astype(np.float64)
+        return np.vectorize(float, otypes=[np.float64])(a)
+
+    N, P = hard_trace.residuals[0].shape[:2]
+    lam = np.ones((N, P))
+    for l in prefix_layers:
+        head = model.layers[l].heads[0]
+        res = as_np(hard_trace.residuals[l])
+        att = as_np(hard_trace.after_attn[l])
+        ffn = as_np(hard_trace.after_ffn[l])
+        Q = res[..., op_sl].reshape(N, P, n, n)
+        F = att[..., f_sl].reshape(N, P, n, n)
+        m_star = ffn[..., op_sl].sum(axis=-1)
+        Q_mass = Q.sum(axis=(-1, -2))
+        F_mass = F.sum(axis=(-1, -2))
+        R_star = Q.sum(axis=-1).max(axis=-1) / Q_mass  # max row sum of normalised Q*
+        C_star = np.minimum(1.0, F.sum(axis=-2).max(axis=-1) / F_mass)
+        m_star = m_star / (Q_mass * F_mass)  # mass of the product of the normalised matrices
+        new = np.empty_like(lam)
+        for u in range(P):
+            t, w = target_and_weight(head.rel_bias, u, beta)
+            lam_F = w * lam[:, t]
+            lam_u = lam[:, u]
+            R = np.minimum(1.0, lam_u * R_star[:, u] + (1.0 - lam_u))
+            s_hat = lam_F * (lam_u * m_star[:, u] + (1.0 - lam_u) * C_star[:, u]) + (1.0 - lam_F) * R
+            with np.errstate(divide="ignore", invalid="ignore"):
+                v = np.where(s_hat > 0, lam_F * lam_u * m_star[:, u] / s_hat, 0.0)
+            new[:, u] = np.clip(v, 0.0, 1.0)
+        lam = new
+    return 1.0 - lam
+
+
+__all__ = [
+    "ROUNDOFF_C",
+    "num_doubling_layers",
+    "prefix_layout",
+    "normalised",
+    "embed_operators",
+    "doubling_layer",
+    "colsum_readout",
+    "roundoff_allowance",
+    "target_and_weight",
+    "prefix_leakage",
+]

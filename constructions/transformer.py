@@ -1,0 +1,553 @@
+"""The hand-built decoder-only Transformer (torch) and its run/trace/spec types.
+
+:class:`ConstructedTransformer` is a ``torch.nn.Module`` built from exact weights (:mod:`constructions.blocks`):
+pre-residual layers ``h <- h + sum_heads Attn(h); h <- h + FFN(h)`` (then any projective normalisations), causal
+relative-position attention (hard/argmax or softmax with inverse temperature ``beta``), readouts to unnormalised
+masses. The forward pass is batched over sequences and positions (no Python loop over positions); it returns a
+:class:`Trace` with every layer's residual stream and per-head attention scores and weights.
+
+The same weights run exactly over Fractions in :func:`constructions.exact.run_exact` (hard attention only), so
+``model.run(tokens, mode="exact")`` and ``model.run(tokens, mode="float64")`` can be compared bit for bit against
+the rational references.
+
+Construction-specific pieces are plugged in through a :class:`Codec` (``encode`` tokens to input ids, ``decode`` a
+trace into named outputs such as ``next_token_probs``) and a bound function (``claimed_bound``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from constructions.blocks import AttentionHead, BilinearFFN, Embedding, Layer, ReLUFFN, Readout
+from constructions.layout import Layout
+from hmm.errors import HmmtxError
+
+ATTENTION_MODES = ("hard", "softmax")
+MODES = ("exact", "float64", "float32")
+RECORD_LEVELS = ("all", "residuals", "final")
+
+
+# ---------------------------------------------------------------------------------------------- result types
+class Trace(NamedTuple):
+    """Everything a forward pass computed (torch tensors, or object arrays of Fractions from the exact executor).
+
+    Fields (N sequences, P positions, D residual width, H heads of that layer, L layers):
+        residuals:    L+1 entries (N, P, D): ``[0]`` = embedding, ``[l+1]`` = after layer l (after its norms);
+                      with ``record="final"`` only ``[L]`` is kept (the others are None)
+        after_attn:   L entries (N, P, D): residual after layer l's attention (None unless ``record="all"``)
+        after_ffn:    L entries (N, P, D): after the FFN, before the projective norms (None unless ``"all"``)
+        attn_scores:  L entries (N, H, P, P): the bracket ``q.k + b(u-v)`` (before beta); masked (v > u) entries
+                      are -inf (torch) / None (exact); None for layers without heads or when not recorded
+        attn_weights: L entries (N, H, P, P): the attention weights actually used
+        readouts:     name -> (N, P, *shape) unnormalised masses ``z = W_U h`` at every position
+    """
+
+    residuals: list
+    after_attn: list
+    after_ffn: list
+    attn_scores: list
+    attn_weights: list
+    readouts: dict
+
+
+class RunResult(NamedTuple):
+    """``model.run`` output: named outputs (from the codec), the trace, the input ids (N, P) and the mode."""
+
+    outputs: dict
+    trace: Trace
+    input_ids: np.ndarray
+    mode: str
+
+
+class BoundReport(NamedTuple):
+    """A claimed bound on the max-abs error of ``next_token_probs`` (and of every output the construction names).
+
+    Fields:
+        value:    the bound (= leakage + roundoff, capped at ``trivial``)
+        leakage:  the part due to softmax attention (0 in hard mode)
+        roundoff: the stated floating-point allowance (0 in exact mode)
+        trivial:  the trivial bound (1 for a max-abs difference of probability vectors)
+        notes:    how it was computed (one line)
+    """
+
+    value: float
+    leakage: float
+    roundoff: float
+    trivial: float
+    notes: str
+
+
+class Codec(Protocol):
+    """Construction-specific input/output mapping."""
+
+    def encode(self, tokens: Any) -> np.ndarray:
+        """Tokens (construction's own format) -> input ids (N, P) int64 for the embedding."""
+
+    def decode(self, model: "ConstructedTransformer", trace: Trace, tokens: Any) -> dict:
+        """Trace -> named outputs, e.g. ``{"next_token_probs": (N, T, V), ...}`` (same type as the trace)."""
+
+
+@dataclass(frozen=True)
+class ConstructionSpec:
+    """Size and provenance report of a built construction.
+
+    Fields: ``name`` (CLI name), ``layers``, ``heads`` (largest number of heads in a layer), ``width`` (residual
+    D), ``ffn_width`` (largest FFN hidden width), ``max_positions`` (longest input-id sequence the bias tables
+    cover), ``attention`` ("hard"/"softmax"), ``beta`` (None in hard mode), ``provenance`` (honest source line),
+    ``parameters`` (construction-specific, e.g. ``{"S": 4, "V": 3, "max_len": 64}``).
+    """
+
+    name: str
+    layers: int
+    heads: int
+    width: int
+    ffn_width: int
+    max_positions: int
+    attention: str
+    beta: float | None
+    provenance: str
+    parameters: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_MODES:
+            raise HmmtxError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        if self.attention == "softmax" and (self.beta is None or not self.beta > 0):
+            raise HmmtxError(f"softmax attention needs an inverse temperature beta > 0, got {self.beta!r}")
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "layers": self.layers,
+            "heads": self.heads,
+            "width": self.width,
+            "ffn_width": self.ffn_width,
+            "max_positions": self.max_positions,
+            "attention": self.attention,
+            "beta": self.beta,
+            "provenance": self.provenance,
+            "parameters": dict(self.parameters),
+        }
+
+
+def check_attention(attention: str, beta: Any) -> float | None:
+    """Validate ``attention``/``beta`` (beta is required and > 0 for softmax, ignored for hard)."""
+    if attention not in ATTENTION_MODES:
+        raise HmmtxError(f"--attention must be one of {', '.join(ATTENTION_MODES)}, got {attention!r}")
+    if attention == "hard":
+        return None
+    try:
+        b = float(beta)
+    except (TypeError, ValueError):
+        raise HmmtxError(f"--beta: softmax attention needs a number beta > 0, got {beta!r}") from None
+    if not (b > 0 and np.isfinite(b)):
+        raise HmmtxError(f"--beta: softmax attention needs a finite beta > 0, got {beta!r}")
+    return b
+
+
+def torch_dtype(mode: str) -> torch.dtype:
+    if mode == "float64":
+        return torch.float64
+    if mode == "float32":
+        return torch.float32
+    raise HmmtxError(f"mode {mode!r} has no torch dtype (modes: {', '.join(MODES)})")
+
+
+# ---------------------------------------------------------------------------------------------- fast linear maps
+class _Lin(torch.nn.Module):
+    """``y = x @ W^T`` for an exact W (out, in), converted once to ``dtype``.
+
+    Picks an equivalent evaluation: ``gather`` when every row has at most one non-zero (selection + scale),
+    ``scatter`` when every column has at most one non-zero, else a dense matmul. Sums are in a different order
+    than a dense matmul would use, which is still a correct floating-point evaluation of the same linear map.
+    """
+
+    def __init__(self, W: np.ndarray, dtype: torch.dtype, device: Any) -> None:
+        super().__init__()
+        out_dim, in_dim = W.shape
+        self.out_dim, self.in_dim = int(out_dim), int(in_dim)
+        nz = np.vectorize(lambda v: v != 0, otypes=[bool])(W) if W.size else np.zeros(W.shape, dtype=bool)
+        vals = np.vectorize(float, otypes=[np.float64])(W) if W.size else np.zeros(W.shape)
+        rows_nnz = nz.sum(axis=1) if W.size else np.zeros(out_dim, dtype=int)
+        cols_nnz = nz.sum(axis=0) if W.size else np.zeros(in_dim, dtype=int)
+        if W.size == 0 or rows_nnz.max(initial=0) <= 1:
+            self.kind = "gather"
+            idx = np.zeros(out_dim, dtype=np.int64)
+            scale = np.zeros(out_dim)
+            for r in range(out_dim):
+                cs = np.flatnonzero(nz[r])
+                if cs.size:
+                    idx[r], scale[r] = cs[0], vals[r, cs[0]]
+            self.register_buffer("idx", torch.as_tensor(idx, device=device))
+            self.register_buffer("scale", torch.as_tensor(scale, dtype=dtype, device=device))
+        elif cols_nnz.max(initial=0) <= 1:
+            self.kind = "scatter"
+            cols = np.flatnonzero(cols_nnz)
+            rows = np.array([np.flatnonzero(nz[:, c])[0] for c in cols], dtype=np.int64)
+            self.register_buffer("cols", torch.as_tensor(cols.astype(np.int64), device=device))
+            self.register_buffer("rows", torch.as_tensor(rows, device=device))
+            self.register_buffer("scale", torch.as_tensor(vals[rows, cols], dtype=dtype, device=device))
+        else:
+            self.kind = "dense"
+            self.register_buffer("W", torch.as_tensor(vals, dtype=dtype, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "gather":
+            if self.in_dim == 0:
+                return x.new_zeros(x.shape[:-1] + (self.out_dim,))
+            return x[..., self.idx] * self.scale
+        if self.kind == "scatter":
+            y = x.new_zeros(x.shape[:-1] + (self.out_dim,))
+            return y.index_add_(-1, self.rows, x[..., self.cols] * self.scale)
+        return x @ self.W.T
+
+
+def _fvec(a: np.ndarray, dtype: torch.dtype, device: Any) -> torch.Tensor:
+    return torch.as_tensor(np.array([float(v) for v in a.ravel()]).reshape(a.shape), dtype=dtype, device=device)
+
+
+class _TorchHead(torch.nn.Module):
+    def __init__(self, head: AttentionHead, dtype: torch.dtype, device: Any) -> None:
+        super().__init__()
+        self.positional = head.d_qk == 0
+        self.W_Q = _Lin(head.W_Q, dtype, device)
+        self.W_K = _Lin(head.W_K, dtype, device)
+        self.W_V = _Lin(head.W_V, dtype, device)
+        self.W_O = _Lin(head.W_O, dtype, device)
+        self.register_buffer("rel_bias", _fvec(head.rel_bias, dtype, device))
+
+
+class _TorchLayer(torch.nn.Module):
+    def __init__(self, layer: Layer, layout: Layout, dtype: torch.dtype, device: Any) -> None:
+        super().__init__()
+        self.heads = torch.nn.ModuleList([_TorchHead(h, dtype, device) for h in layer.heads])
+        self.ffn_kind = None if layer.ffn is None else layer.ffn.kind
+        if isinstance(layer.ffn, BilinearFFN):
+            self.W_1 = _Lin(layer.ffn.W_1, dtype, device)
+            self.W_2 = _Lin(layer.ffn.W_2, dtype, device)
+            self.W_3 = _Lin(layer.ffn.W_3, dtype, device)
+        elif isinstance(layer.ffn, ReLUFFN):
+            self.W_in = _Lin(layer.ffn.W_in, dtype, device)
+            self.W_out = _Lin(layer.ffn.W_out, dtype, device)
+            self.register_buffer("b_in", _fvec(layer.ffn.b_in, dtype, device))
+            self.register_buffer("b_out", _fvec(layer.ffn.b_out, dtype, device))
+        self.norms = [(layout[n.block], layout[n.denominator], n) for n in layer.norms]
+
+
+# ---------------------------------------------------------------------------------------------- the model
+class ConstructedTransformer(torch.nn.Module):
+    """A hand-built decoder-only Transformer.
+
+    Args:
+        layout: the frozen named residual layout (width D).
+        embedding: :class:`Embedding` (``W_E`` (n_in, D) and input vocabulary names).
+        layers: the :class:`Layer` s in order.
+        readouts: the :class:`Readout` s (unembeddings to masses).
+        spec: :class:`ConstructionSpec`.
+        codec: :class:`Codec` (tokens <-> input ids / named outputs).
+        bound_fn: ``bound_fn(model, tokens, mode) -> BoundReport`` (construction-specific); optional.
+        attention: ``"hard"`` or ``"softmax"``; beta: inverse temperature for softmax.
+        dtype, device: of the torch buffers (built from the exact weights in that dtype).
+
+    The exact weights stay available (``model.layers``, ``model.embedding``, ``model.readouts``) and are the source
+    of truth; :meth:`materialise` rebuilds the module in another dtype/device from them.
+    """
+
+    def __init__(
+        self,
+        layout: Layout,
+        embedding: Embedding,
+        layers: Sequence[Layer],
+        readouts: Sequence[Readout],
+        spec: ConstructionSpec,
+        codec: Codec,
+        *,
+        bound_fn: Callable[..., BoundReport] | None = None,
+        attention: str = "hard",
+        beta: float | None = None,
+        dtype: torch.dtype = torch.float64,
+        device: Any = None,
+        info: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if not layout.frozen:
+            raise HmmtxError("ConstructedTransformer: freeze the layout before building weights (layout.freeze())")
+        D = layout.width
+        if embedding.W_E.shape[1] != D:
+            raise HmmtxError(f"W_E has width {embedding.W_E.shape[1]}, the layout has width {D}")
+        for layer in layers:
+            for h in layer.heads:
+                if h.W_O.shape[0] != D:
+                    raise HmmtxError(f"{layer.name}/{h.name}: W_O has {h.W_O.shape[0]} rows, the layout width is {D}")
+            if layer.ffn is not None:
+                w = layer.ffn.W_1 if isinstance(layer.ffn, BilinearFFN) else layer.ffn.W_in
+                if w.shape[1] != D:
+                    raise HmmtxError(f"{layer.name}: FFN input width {w.shape[1]}, the layout width is {D}")
+            for n in layer.norms:
+                layout.block(n.block), layout.block(n.denominator)
+        names = [r.name for r in readouts]
+        if len(set(names)) != len(names):
+            raise HmmtxError(f"readout names must be unique, got {names}")
+        for r in readouts:
+            if r.W_U.shape[1] != D:
+                raise HmmtxError(f"readout '{r.name}': W_U has width {r.W_U.shape[1]}, the layout width is {D}")
+        self.layout = layout
+        self.embedding = embedding
+        self.layers = tuple(layers)
+        self.readouts = {r.name: r for r in readouts}
+        self.spec = spec
+        self.codec = codec
+        self.bound_fn = bound_fn
+        self.attention = attention
+        self.beta = check_attention(attention, beta)
+        self.info = dict(info or {})
+        self.dtype = dtype
+        self.register_buffer("W_E", _fvec(embedding.W_E, dtype, device))
+        self.t_layers = torch.nn.ModuleList([_TorchLayer(l, layout, dtype, device) for l in self.layers])
+        self.t_readouts = torch.nn.ModuleDict({n: _Lin(r.W_U, dtype, device) for n, r in self.readouts.items()})
+
+    # -------------------------------------------------------------- construction helpers
+    def materialise(self, dtype: torch.dtype = torch.float64, device: Any = None) -> "ConstructedTransformer":
+        """The same construction with torch buffers rebuilt from the exact weights in ``dtype`` on ``device``."""
+        return ConstructedTransformer(
+            self.layout, self.embedding, self.layers, tuple(self.readouts.values()), self.spec, self.codec,
+            bound_fn=self.bound_fn, attention=self.attention, beta=self.beta, dtype=dtype, device=device,
+            info=self.info,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_E.device
+
+    @property
+    def max_positions(self) -> int:
+        lags = [h.n_lags for l in self.layers for h in l.heads]
+        return min(lags) if lags else 1 << 62
+
+    # -------------------------------------------------------------- forward
+    def check_input_ids(self, input_ids: Any) -> np.ndarray:
+        ids = np.asarray(input_ids)
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise HmmtxError(f"input ids: expected shape (N, P) with P >= 1, got {ids.shape}")
+        n_in = self.embedding.W_E.shape[0]
+        if ids.size and (ids.min() < 0 or ids.max() >= n_in):
+            raise HmmtxError(f"input ids: values must lie in [0, {n_in}), got range [{ids.min()}, {ids.max()}]")
+        if ids.shape[1] > self.max_positions:
+            raise HmmtxError(
+                f"input has {ids.shape[1]} positions but the construction's relative-position tables cover "
+                f"{self.max_positions} (rebuild with a larger max_len)"
+            )
+        return ids.astype(np.int64)
+
+    def forward(
+        self,
+        input_ids: Any,
+        *,
+        attention: str | None = None,
+        beta: float | None = None,
+        record: str = "all",
+    ) -> Trace:
+        """Run on input ids (N, P) (or (P,)); returns a :class:`Trace` of torch tensors.
+
+        ``attention``/``beta`` override the model's own mode for this call. ``record``: ``"all"`` (everything),
+        ``"residuals"`` (residual per layer and readouts, no attention maps or intermediates), ``"final"``
+        (last residual and readouts only: long sequences).
+        """
+        if record not in RECORD_LEVELS:
+            raise HmmtxError(f"record must be one of {RECORD_LEVELS}, got {record!r}")
+        mode = self.attention if attention is None else attention
+        b = check_attention(mode, self.beta if beta is None else beta)
+        ids = torch.as_tensor(self.check_input_ids(input_ids), device=self.device)
+        N, P = ids.shape
+        x = self.W_E[ids]  # (N, P, D)
+        L = len(self.layers)
+        residuals: list = [x] + [None] * L
+        after_attn: list = [None] * L
+        after_ffn: list = [None] * L
+        scores_l: list = [None] * L
+        weights_l: list = [None] * L
+        pos = torch.arange(P, device=self.device)
+        lag = pos[:, None] - pos[None, :]  # (P, P): u - v
+        causal = lag >= 0
+        lag_idx = lag.clamp(min=0)
+        neg_inf = torch.tensor(float("-inf"), dtype=x.dtype, device=self.device)
+        for li, (layer, tl) in enumerate(zip(self.layers, self.t_layers)):
+            if tl.heads:
+                out = torch.zeros_like(x)
+                sc_all, w_all = [], []
+                for th in tl.heads:
+                    bias = torch.where(causal, th.rel_bias[lag_idx], neg_inf)  # (P, P)
+                    if th.positional:
+                        logits = bias.expand(N, P, P)
+                    else:
+                        q, k = th.W_Q(x), th.W_K(x)
+                        logits = torch.where(causal, q @ k.transpose(-1, -2) + bias, neg_inf)
+                    if mode == "hard":
+                        mx = logits.amax(dim=-1, keepdim=True)
+                        sel = (logits == mx).to(x.dtype)
+                        w = sel / sel.sum(dim=-1, keepdim=True)  # ties: average over the tied maxima
+                    else:
+                        w = torch.softmax(b * logits, dim=-1)
+                    out = out + th.W_O(w @ th.W_V(x))
+                    if record == "all":
+                        sc_all.append(logits)
+                        w_all.append(w)
+                x = x + out
+                if record == "all":
+                    scores_l[li] = torch.stack(sc_all, dim=1)
+                    weights_l[li] = torch.stack(w_all, dim=1)
+            if record == "all":
+                after_attn[li] = x
+            if tl.ffn_kind == "bilinear":
+                x = x + tl.W_3(tl.W_1(x) * tl.W_2(x))
+            elif tl.ffn_kind == "relu":
+                x = x + tl.W_out(torch.relu(tl.W_in(x) + tl.b_in)) + tl.b_out
+            if record == "all":
+                after_ffn[li] = x
+            if tl.norms:
+                x = x.clone()
+                for blk, by, nrm in tl.norms:
+                    den = x[..., by].sum(dim=-1, keepdim=True)
+                    bad = ~(den != 0) | ~torch.isfinite(den)
+                    if bool(bad.any()):
+                        n, u, _ = (int(i) for i in torch.nonzero(bad)[0])
+                        raise _norm_error(nrm, layer.name, n, u, N, float(den[n, u, 0]))
+                    x[..., blk] = x[..., blk] / den
+            if record != "final" or li == L - 1:
+                residuals[li + 1] = x
+        readouts = {name: lin(x).reshape(N, P, *self.readouts[name].shape) for name, lin in self.t_readouts.items()}
+        return Trace(residuals, after_attn, after_ffn, scores_l, weights_l, readouts)
+
+    # -------------------------------------------------------------- high level
+    def run(self, tokens: Any, mode: str = "float64", *, record: str = "all") -> RunResult:
+        """Encode ``tokens`` with the codec, execute in ``mode`` ("exact", "float64", "float32"), decode outputs.
+
+        ``float32``/``float64`` run this module rebuilt in that dtype (if it is not already); ``exact`` runs the
+        exact executor (hard attention only).
+        """
+        if mode not in MODES:
+            raise HmmtxError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+        ids = self.check_input_ids(self.codec.encode(tokens))
+        if mode == "exact":
+            from constructions.exact import run_exact
+
+            if self.attention != "hard":
+                raise HmmtxError("exact mode runs hard attention only (softmax weights are not rational): use --attention hard")
+            trace = run_exact(self, ids, record=record)
+        else:
+            dt = torch_dtype(mode)
+            model = self if self.dtype == dt else self.materialise(dt, self.device)
+            with torch.no_grad():
+                trace = model.forward(ids, record=record)
+        return RunResult(self.codec.decode(self, trace, tokens), trace, ids, mode)
+
+    def claimed_bound(self, tokens: Any, mode: str = "float64") -> BoundReport:
+        """The construction's claimed bound on the max-abs error of its outputs for these tokens in ``mode``."""
+        if self.bound_fn is None:
+            raise HmmtxError(f"construction '{self.spec.name}' has no claimed bound")
+        return self.bound_fn(self, tokens, mode)
+
+    def read(self, trace: Trace, name: str, positions: Any = slice(None)) -> Any:
+        """Normalised readout ``z / sum(z)`` (last axis) at ``positions``; a zero sum raises HmmtxError."""
+        if name not in trace.readouts:
+            raise HmmtxError(f"no readout named '{name}' (readouts: {', '.join(trace.readouts)})")
+        z = trace.readouts[name][:, positions]
+        if isinstance(z, torch.Tensor):
+            s = z.sum(dim=-1, keepdim=True)
+            bad = ~(s > 0)
+            if bool(bad.any()):
+                raise HmmtxError(f"readout '{name}': zero total mass at position index {tuple(int(i) for i in torch.nonzero(bad)[0][:-1])} (probability-zero input)")
+            return z / s
+        out = np.empty(z.shape, dtype=object)
+        for idx in np.ndindex(z.shape[:-1]):
+            s = sum(z[idx], Fraction(0))
+            if not s > 0:
+                raise HmmtxError(f"readout '{name}': zero total mass at position index {idx} (probability-zero input)")
+            out[idx] = [v / s for v in z[idx]]
+        return out
+
+    def weight_tables(self) -> list[dict]:
+        """Every exact weight matrix with row/column labels (for ``hmmtx inspect``).
+
+        Each entry: ``{"layer": str, "name": str, "matrix": object array, "rows": [...], "cols": [...]}``.
+        """
+        res = self.layout.labels()
+        out = [{"layer": "embed", "name": "W_E", "matrix": self.embedding.W_E, "rows": list(self.embedding.vocab), "cols": res}]
+        for layer in self.layers:
+            for hi, h in enumerate(layer.heads):
+                hn = h.name or f"head{hi}"
+                qk = [f"qk{i}" for i in range(h.d_qk)]
+                vl = list(h.value_labels) or [f"v{i}" for i in range(h.d_v)]
+                out.append({"layer": layer.name, "name": f"{hn}.W_Q", "matrix": h.W_Q, "rows": qk, "cols": res})
+                out.append({"layer": layer.name, "name": f"{hn}.W_K", "matrix": h.W_K, "rows": qk, "cols": res})
+                out.append({"layer": layer.name, "name": f"{hn}.W_V", "matrix": h.W_V, "rows": vl, "cols": res})
+                out.append({"layer": layer.name, "name": f"{hn}.W_O", "matrix": h.W_O, "rows": res, "cols": vl})
+                out.append({"layer": layer.name, "name": f"{hn}.rel_bias", "matrix": h.rel_bias[None, :],
+                            "rows": ["b(lag)"], "cols": [f"lag {i}" for i in range(h.n_lags)]})
+            f = layer.ffn
+            if isinstance(f, BilinearFFN):
+                hl = list(f.hidden_labels) or [f"u{i}" for i in range(f.width)]
+                out.append({"layer": layer.name, "name": "ffn.W_1", "matrix": f.W_1, "rows": hl, "cols": res})
+                out.append({"layer": layer.name, "name": "ffn.W_2", "matrix": f.W_2, "rows": hl, "cols": res})
+                out.append({"layer": layer.name, "name": "ffn.W_3", "matrix": f.W_3, "rows": res, "cols": hl})
+            elif isinstance(f, ReLUFFN):
+                hl = list(f.hidden_labels) or [f"u{i}" for i in range(f.width)]
+                out.append({"layer": layer.name, "name": "ffn.W_in", "matrix": f.W_in, "rows": hl, "cols": res})
+                out.append({"layer": layer.name, "name": "ffn.b_in", "matrix": f.b_in[:, None], "rows": hl, "cols": ["bias"]})
+                out.append({"layer": layer.name, "name": "ffn.W_out", "matrix": f.W_out, "rows": res, "cols": hl})
+                out.append({"layer": layer.name, "name": "ffn.b_out", "matrix": f.b_out[:, None], "rows": res, "cols": ["bias"]})
+        for r in self.readouts.values():
+            rl = list(r.labels) or [f"z{i}" for i in range(r.W_U.shape[0])]
+            out.append({"layer": "readout", "name": f"{r.name}.W_U", "matrix": r.W_U, "rows": rl, "cols": res})
+        return out
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return f"name={s.name!r}, layers={s.layers}, heads={s.heads}, width={s.width}, ffn_width={s.ffn_width}, attention={self.attention}"
+
+
+def _norm_error(nrm: Any, layer: str, n: int, u: int, N: int, den: float) -> HmmtxError:
+    seq = f" of sequence {n}" if N > 1 else ""
+    return HmmtxError(
+        f"projective normalisation of block '{nrm.block}' in {layer} at position {u}{seq}: the sum of "
+        f"'{nrm.denominator}' is {den!r}, so the input has probability zero under the model"
+    )
+
+
+def spec_for(
+    name: str,
+    layout: Layout,
+    layers: Sequence[Layer],
+    *,
+    max_positions: int,
+    attention: str,
+    beta: float | None,
+    provenance: str,
+    parameters: dict | None = None,
+) -> ConstructionSpec:
+    """Fill a :class:`ConstructionSpec` from the built pieces (layers, heads, width, FFN width)."""
+    heads = max((len(l.heads) for l in layers), default=0)
+    ffn = max((l.ffn.width for l in layers if l.ffn is not None), default=0)
+    return ConstructionSpec(name, len(layers), heads, layout.width, ffn, max_positions, attention,
+                            check_attention(attention, beta), provenance, dict(parameters or {}))
+
+
+__all__ = [
+    "ATTENTION_MODES",
+    "MODES",
+    "Trace",
+    "RunResult",
+    "BoundReport",
+    "Codec",
+    "ConstructionSpec",
+    "ConstructedTransformer",
+    "check_attention",
+    "spec_for",
+    "torch_dtype",
+]
