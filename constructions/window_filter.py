@@ -1,0 +1,389 @@
+"""H2: the fixed-memory (window) filter — gather the last r tokens, then turn them into the belief.
+
+A construction in the spirit of Hao et al. 2025 (lower layers gather neighbouring tokens; a fixed-length memory
+stands in for the whole past under an observability / mixing assumption). The gather mechanism is the doubling
+copy of Rajaraman et al. 2024's composed induction heads (:mod:`constructions.gather`); the readouts and all weights
+below are our reconstruction, not code or weights from either paper.
+
+**Input.** Positions ``0 = NULL`` (sink), ``1 = BOS``, ``2 + t = x_t``. Vocabulary ids ``0..V-1`` = tokens,
+``V`` = BOS, ``V + 1`` = NULL. Every slot is a one-hot over ``V + 1`` symbols; symbol ``V`` ("start marker") is what
+BOS and NULL hold, so a slot whose lag reaches BOS or beyond reads the marker.
+
+**Layers** (R = r + 1 slots, lags ``0..r``; slot ``r`` is read only for its marker: "does the window start at the
+sequence start?", which decides between the prior ``mu`` and ``initial_probs``):
+
+* ``ceil(log2(r + 1))`` gather layers (one positional head each).
+* readout ``"lookup"``: one ReLU FFN in the last gather layer with one hidden unit per window pattern — ``V^r``
+  full windows (prior ``mu``), ``V^k`` windows of ``k <= r`` tokens reaching BOS (prior ``initial_probs``) and one
+  unit for BOS/NULL — so width ``V^r + V + ... + V^r + 1``. Exactly one unit equals 1, every other is 0, and its
+  output column holds the exact window belief (and belief times ``A``) of its pattern. Depth ``ceil(log2(r+1))``.
+* readout ``"product"``: the H1 operator algebra restricted to the window. The last gather layer's FFN turns slots
+  into operators (``op[l] = G_x = diag(B[:, x]) A`` for the token at lag ``l = 1..r-1``, ``1 pi^T`` for the marker)
+  and slot ``r`` into the prior row vector (``mu``, or ``pi`` at the marker); ``ceil(log2 r)`` bilinear layers
+  multiply them pairwise in a balanced tree (each product projectively normalised), and a final bilinear layer
+  applies the current token: ``belief ∝ v diag(B[:, x_t])``, ``pred ∝ v diag(B[:, x_t]) A``. Depth
+  ``ceil(log2(r+1)) + ceil(log2 r) + 1``, FFN width at most ``max(r (V+1), ceil(r/2) S^3, S (V+1))``.
+
+Readouts: ``next_token = B^T pred`` (unnormalised masses; output ``z / sum z``) and ``belief`` (the window-filtered
+state distribution). At BOS/NULL both blocks hold ``initial_probs``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import torch
+
+from constructions.blocks import (
+    ONE,
+    BilinearBuilder,
+    Embedding,
+    Layer,
+    ProjectiveNorm,
+    ReLUFFN,
+    frac_zeros,
+)
+from constructions.blocks import readout as make_readout
+from constructions.gather import Gather, gather_depth, leakage_per_head
+from constructions.layout import Layout
+from constructions.transformer import BoundReport, ConstructedTransformer, spec_for
+from hmm.errors import HmmtxError
+from hmm.model import HMM, validate_tokens
+from hmm.window import check_window_length, resolve_prior
+
+READOUTS = ("lookup", "product")
+#: Largest lookup FFN width :func:`build` accepts (beyond it use readout="product").
+MAX_LOOKUP_WIDTH = 1 << 16
+
+PROVENANCE = (
+    "Reconstruction in the spirit of Hao et al. 2025 (fixed-length memory; lower layers gather neighbouring tokens); "
+    "doubling gather heads as in Rajaraman et al. 2024 (composed induction heads); readouts (pattern lookup, "
+    "operator products over the window) and the Birkhoff bound derived here, not taken from either paper"
+)
+
+
+def lookup_width(V: int, r: int) -> int:
+    """Hidden width of the lookup FFN: ``V^r`` full windows + ``sum_{k=1..r} V^k`` windows reaching BOS + 1."""
+    return V**r + sum(V**k for k in range(1, r + 1)) + 1
+
+
+# ---------------------------------------------------------------------------------------------- codec
+@dataclass(frozen=True)
+class WindowCodec:
+    """Tokens (T,) or (N, T) -> ids ``[NULL, BOS, x_0, ...]``; outputs at positions ``2..`` (one row per token)."""
+
+    num_obs: int
+    max_len: int
+
+    @property
+    def bos(self) -> int:
+        return self.num_obs
+
+    @property
+    def null(self) -> int:
+        return self.num_obs + 1
+
+    def encode(self, tokens: Any) -> np.ndarray:
+        x = validate_tokens(tokens, self.num_obs, max_len=self.max_len)
+        x = x[None] if x.ndim == 1 else x
+        pre = np.broadcast_to(np.array([self.null, self.bos], dtype=np.int64), (x.shape[0], 2))
+        return np.concatenate([pre, x], axis=1)
+
+    def decode(self, model: ConstructedTransformer, trace: Any, tokens: Any) -> dict:
+        single = np.asarray(tokens).ndim == 1
+        out = {
+            "next_token_probs": model.read(trace, "next_token", slice(2, None)),
+            "filtered_probs": model.read(trace, "belief", slice(2, None)),
+        }
+        return {k: v[0] for k, v in out.items()} if single else out
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _exact_params(hmm: HMM, prior: Any) -> tuple[list, list, list, list]:
+    h = hmm.as_exact()
+    mu = resolve_prior(h, prior, exact=True)
+    return (list(h.initial_probs), [list(r) for r in h.transition_matrix], [list(r) for r in h.emission_probs],
+            list(mu))
+
+
+def _lookup_entries(pi: list, A: list, B: list, mu: list, r: int):
+    """Yield ``(pattern, reaches_start, belief, pred)``: ``pattern`` oldest token first, exact Fractions.
+
+    Depth-first over window prefixes (shared prefixes computed once); a pattern impossible from its prior gets
+    zero vectors (its unit then yields zero mass, which the readout reports as a probability-zero input).
+    """
+    S, V = len(A), len(B[0])
+    zero = Fraction(0)
+
+    def step(alpha: list, o: int) -> list:
+        return [alpha[i] * B[i][o] for i in range(S)]
+
+    def trans(alpha: list) -> list:
+        return [sum((alpha[i] * A[i][j] for i in range(S)), zero) for j in range(S)]
+
+    def finish(alpha: list) -> tuple[list, list]:
+        m = sum(alpha, zero)
+        if m == 0:
+            return [zero] * S, [zero] * S
+        b = [a / m for a in alpha]
+        return b, trans(b)
+
+    def dfs(prefix: list, alpha: list, depth: int, from_start: bool):
+        for o in range(V):
+            a = step(alpha, o)
+            pat = prefix + [o]
+            if from_start or depth + 1 == r:
+                yield (tuple(pat), from_start) + finish(a)
+            if depth + 1 < r:
+                yield from dfs(pat, trans(a), depth + 1, from_start)
+
+    yield from dfs([], list(mu), 0, False)
+    yield from dfs([], list(pi), 0, True)
+
+
+def _plan_tree(r: int) -> list[list[tuple[str, str, str, str]]]:
+    """Balanced product tree over ``[prior, op[r-1], ..., op[1]]``: per level, ``(out, left, right, kind)``."""
+    items = [("prior", "vec")] + [(f"op[{l}]", "mat") for l in range(r - 1, 0, -1)]
+    levels = []
+    lev = 0
+    while len(items) > 1:
+        new, ops = [], []
+        for i in range(0, len(items), 2):
+            if i + 1 < len(items):
+                (a, ka), (b, _) = items[i], items[i + 1]
+                name = f"prod{lev}[{i // 2}]"
+                ops.append((name, a, b, ka))
+                new.append((name, ka))
+            else:
+                new.append(items[i])
+        levels.append(ops)
+        items = new
+        lev += 1
+    return levels
+
+
+# ---------------------------------------------------------------------------------------------- build
+def build(
+    hmm: HMM,
+    r: int,
+    readout: str = "lookup",
+    prior: Any = "stationary",
+    max_len: int = 256,
+    *,
+    attention: str = "hard",
+    beta: float | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: Any = None,
+    max_lookup_width: int = MAX_LOOKUP_WIDTH,
+) -> ConstructedTransformer:
+    """Build the window-filter Transformer for ``hmm`` with window length ``r``.
+
+    Args:
+        readout: ``"lookup"`` (ReLU pattern table, width :func:`lookup_width`) or ``"product"`` (operator
+            products over the window).
+        prior: reference prior of the window's first hidden state (``"stationary"``, ``"uniform"`` or a vector).
+        max_len: longest token sequence the relative-position tables cover.
+    """
+    if not isinstance(hmm, HMM):
+        raise HmmtxError(f"window: expected an HMM, got {type(hmm).__name__}")
+    r = check_window_length(r, "--r")
+    if readout not in READOUTS:
+        raise HmmtxError(f"--readout must be one of {', '.join(READOUTS)}, got {readout!r}")
+    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
+        raise HmmtxError(f"--max-len must be an integer >= 1, got {max_len!r}")
+    max_len = int(max_len)
+    S, V = hmm.num_states, hmm.num_obs
+    if readout == "lookup" and lookup_width(V, r) > max_lookup_width:
+        raise HmmtxError(
+            f"window lookup readout needs {lookup_width(V, r)} hidden units for V = {V}, r = {r} (limit "
+            f"{max_lookup_width}); use --readout product"
+        )
+    pi, A, B, mu = _exact_params(hmm, prior)
+    M = V  # the start marker's symbol index in every slot
+    plan = Gather(num_slots=r + 1, alphabet=V + 1)
+    tree = _plan_tree(r) if readout == "product" else []
+
+    lay = Layout()
+    lay.add("one", 1, "constant 1")
+    plan.add_blocks(lay, symbol_names=f"0..{V - 1} = tokens, {V} = start marker (BOS/NULL or before)")
+    if readout == "product":
+        lay.add("prior", S, "prior row vector of the window's first state: mu, or initial_probs if slot[r] is the marker")
+        for l in range(r - 1, 0, -1):
+            lay.add(f"op[{l}]", (S, S), f"operator of the token at lag {l}: diag(B[:,x]) A, or 1 pi^T for the marker")
+        for lev, ops in enumerate(tree):
+            for name, a, b, kind in ops:
+                lay.add(name, S if kind == "vec" else (S, S), f"tree level {lev}: {a} x {b} (projectively normalised)")
+    lay.add("belief", S, "window-filtered belief P_mu(z_t | x_{t-r+1..t}) (initial_probs at BOS/NULL)")
+    lay.add("pred", S, "belief A: predicted next state (initial_probs at BOS/NULL)")
+    lay.freeze()
+    D = lay.width
+    n_lags = max_len + 2
+
+    # -- embedding: slot[0] = one-hot of the own symbol, one = 1 (proof: the gather invariant starts here)
+    vocab = tuple(f"x={v}" for v in range(V)) + ("BOS", "NULL")
+    W_E = frac_zeros(V + 2, D)
+    for i in range(V + 2):
+        W_E[i, lay.index("one")] = ONE
+        W_E[i, lay.index(plan.slot(0), min(i, M))] = ONE
+    emb = Embedding(W_E, vocab)
+
+    layers = plan.layers(lay, n_lags)
+    if readout == "lookup":
+        layers[-1] = dataclasses.replace(layers[-1], ffn=_lookup_ffn(lay, plan, pi, A, B, mu, r),
+                                         description=layers[-1].description + "; ReLU lookup over window patterns")
+    else:
+        layers[-1] = dataclasses.replace(layers[-1], ffn=_operator_ffn(lay, plan, pi, A, B, mu, r),
+                                         description=layers[-1].description + "; FFN: slots -> operators and prior")
+        for lev, ops in enumerate(tree):
+            layers.append(_tree_layer(lay, S, lev, ops))
+        last = tree[-1][0][0] if tree else "prior"
+        layers.append(_final_layer(lay, plan, pi, A, B, last))
+
+    outs = [
+        make_readout(lay, "next_token", [(v, ("pred", j), B[j][v]) for v in range(V) for j in range(S) if B[j][v] != 0],
+                (V,), description="next-token masses B^T pred", labels=[f"x={v}" for v in range(V)]),
+        make_readout(lay, "belief", [(i, ("belief", i), 1) for i in range(S)], (S,),
+                description="window-filtered belief", labels=[f"z={i}" for i in range(S)]),
+    ]
+    spec = spec_for(
+        "window", lay, layers, max_positions=n_lags, attention=attention, beta=beta, provenance=PROVENANCE,
+        parameters={"S": S, "V": V, "r": r, "readout": readout,
+                    "prior": prior if isinstance(prior, str) else [str(v) for v in mu],
+                    "max_len": max_len, "gather_layers": plan.depth},
+    )
+    info = {"hmm": hmm, "r": r, "prior": prior, "readout": readout, "gather": plan, "mu": mu}
+    return ConstructedTransformer(lay, emb, layers, outs, spec, WindowCodec(V, max_len), bound_fn=claimed_bound,
+                                  attention=attention, beta=beta, dtype=dtype, device=device, info=info)
+
+
+def _lookup_ffn(lay: Layout, plan: Gather, pi: list, A: list, B: list, mu: list, r: int) -> ReLUFFN:
+    """One ReLU unit per window pattern. Proof that exactly one unit is 1 and the rest 0 at an observation position:
+    slots are one-hots; a unit's pre-activation counts its matched slots minus (number of slots it tests - 1), so it is
+    1 iff every tested slot matches, else <= 0. Full pattern ``w`` tests slots ``0..r-1`` against ``w`` and slot ``r``
+    against "not the marker" (weight -1 on the marker, offset absorbed in the bias); a pattern of ``k`` tokens reaching
+    BOS tests slots ``0..k-1`` and "slot ``k`` is the marker". The gather invariant makes exactly one of them hold."""
+    S, V, M = len(A), len(B[0]), len(B[0])
+    entries = list(_lookup_entries(pi, A, B, mu, r))
+    m = len(entries) + 1
+    D = lay.width
+    W_in, b_in, W_out, b_out = frac_zeros(m, D), frac_zeros(m), frac_zeros(D, m), frac_zeros(D)
+    labels = []
+    for u, (pat, from_start, belief, pred) in enumerate(entries):
+        k = len(pat)
+        for l in range(k):  # slot l holds lag l = the pattern's (k-1-l)-th token (oldest first)
+            W_in[u, lay.index(plan.slot(l), pat[k - 1 - l])] = ONE
+        if from_start:
+            W_in[u, lay.index(plan.slot(k), M)] = ONE
+            b_in[u] = Fraction(-k)
+        else:
+            W_in[u, lay.index(plan.slot(r), M)] = Fraction(-1)
+            b_in[u] = Fraction(-(r - 1))
+        for i in range(S):
+            W_out[lay.index("belief", i), u] = belief[i]
+            W_out[lay.index("pred", i), u] = pred[i]
+        labels.append(("BOS " if from_start else "") + "".join(str(o) for o in pat))
+    u = m - 1  # BOS/NULL unit: slot[0] is the marker
+    W_in[u, lay.index(plan.slot(0), M)] = ONE
+    for i in range(S):
+        W_out[lay.index("belief", i), u] = pi[i]
+        W_out[lay.index("pred", i), u] = pi[i]
+    labels.append("BOS/NULL")
+    return ReLUFFN(W_in, b_in, W_out, b_out, tuple(labels))
+
+
+def _operator_ffn(lay: Layout, plan: Gather, pi: list, A: list, B: list, mu: list, r: int):
+    """Linear in the slots (bilinear units with the constant ``one``): ``op[l] = sum_x slot[l][x] Op_x`` with
+    ``Op_x = diag(B[:, x]) A`` and ``Op_marker = 1 pi^T``; ``prior = sum_{x<V} slot[r][x] mu + slot[r][marker] pi``.
+    Exact because each slot is a one-hot."""
+    S, V = len(A), len(B[0])
+    bb = BilinearBuilder(lay)
+    for l in range(r - 1, 0, -1):
+        for x in range(V + 1):
+            if x < V:
+                writes = [((f"op[{l}]", i, j), B[i][x] * A[i][j]) for i in range(S) for j in range(S) if B[i][x] * A[i][j]]
+            else:
+                writes = [((f"op[{l}]", i, j), pi[j]) for i in range(S) for j in range(S) if pi[j]]
+            bb.unit("one", (plan.slot(l), x), writes, label=f"op[{l}]<-slot[{l}]={x if x < V else 'marker'}")
+    for x in range(V + 1):
+        vec = mu if x < V else pi
+        bb.unit("one", (plan.slot(r), x), [(("prior", j), vec[j]) for j in range(S) if vec[j]],
+                label=f"prior<-slot[{r}]={x if x < V else 'marker'}")
+    return bb.build()
+
+
+def _tree_layer(lay: Layout, S: int, lev: int, ops: list) -> Layer:
+    """Pairwise products ``out = left @ right`` (vector-matrix or matrix-matrix): one bilinear unit per term
+    ``left[i, c] * right[c, j]``; then each product is divided by its own sum (projective normalisation)."""
+    bb = BilinearBuilder(lay)
+    for name, a, b, kind in ops:
+        for c in range(S):
+            for j in range(S):
+                if kind == "vec":
+                    bb.unit((a, c), (b, c, j), [((name, j), 1)], label=f"{name}[{j}]+={a}[{c}]*{b}[{c},{j}]")
+                else:
+                    for i in range(S):
+                        bb.unit((a, i, c), (b, c, j), [((name, i, j), 1)], label=f"{name}[{i},{j}]+={a}[{i},{c}]*{b}[{c},{j}]")
+    return Layer(f"product{lev}", ffn=bb.build(), norms=tuple(ProjectiveNorm(n) for n, *_ in ops),
+                 description=f"window operator products, tree level {lev}: " + ", ".join(f"{n} = {a} {b}" for n, a, b, _ in ops))
+
+
+def _final_layer(lay: Layout, plan: Gather, pi: list, A: list, B: list, v: str) -> Layer:
+    """``belief ∝ v diag(B[:, x_t])`` and ``pred ∝ belief A`` from the product ``v`` and slot 0 (units ``v[c] *
+    slot[0][x]``); at the marker (BOS/NULL) both become ``(sum v) pi``. Then both are normalised."""
+    S, V = len(A), len(B[0])
+    bb = BilinearBuilder(lay)
+    for c in range(S):
+        for x in range(V + 1):
+            if x < V:
+                if B[c][x] == 0:
+                    continue
+                writes = [(("belief", c), B[c][x])] + [(("pred", j), B[c][x] * A[c][j]) for j in range(S) if A[c][j]]
+            else:
+                writes = [(("belief", j), pi[j]) for j in range(S) if pi[j]] + [(("pred", j), pi[j]) for j in range(S) if pi[j]]
+            bb.unit((v, c), (plan.slot(0), x), writes, label=f"{v}[{c}]*slot[0]={x if x < V else 'marker'}")
+    return Layer("current_token", ffn=bb.build(), norms=(ProjectiveNorm("belief"), ProjectiveNorm("pred")),
+                 description="apply the current token: belief = v diag(B[:,x_t]), pred = belief A")
+
+
+# ---------------------------------------------------------------------------------------------- bounds
+def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float64") -> BoundReport:
+    """Bound on ``max_t max_v |next_token_probs - P(x_{t+1} | x_0..x_t)|`` (the TRUE filter, not the window one).
+
+    value = memory + leakage + roundoff (capped at 1), where memory = half the a-posteriori L1 bound
+    (max-abs <= L1 / 2 for a difference of probability vectors), evaluated exactly (rounded up) in exact mode.
+    Leakage: 0 in hard mode; no softmax bound is derived for this construction, so softmax mode claims only the
+    trivial bound 1.
+    """
+    from hmm.window import a_posteriori_bound, a_posteriori_bound_exact, roundoff_allowance
+
+    hmm, r, prior = model.info["hmm"], model.info["r"], model.info["prior"]
+    x = validate_tokens(tokens, hmm.num_obs)
+    rows = x[None] if x.ndim == 1 else x
+    T = rows.shape[1]
+    if mode == "exact":
+        mem = max((max(a_posteriori_bound_exact(hmm, row, r, prior).next_token) for row in rows), default=Fraction(0))
+        memory = math.nextafter(float(mem / 2), math.inf)
+        roundoff = 0.0
+    else:
+        dt = np.float32 if mode == "float32" else np.float64
+        mem = a_posteriori_bound(hmm, rows, r, prior, np.float64).next_token.max()
+        memory = float(mem) / 2
+        roundoff = roundoff_allowance(hmm.num_states, T, r, dt) + roundoff_allowance(hmm.num_states, T, r, np.float64)
+    if model.attention == "softmax":
+        lk = leakage_per_head(model.beta)
+        return BoundReport(1.0, 1.0, roundoff, 1.0,
+                           f"softmax attention (per-head leakage <= {lk:.3g}): no leakage bound derived for the window "
+                           "construction, trivial bound only")
+    value = min(1.0, memory + roundoff)
+    note = (f"a-posteriori memory bound (max-abs <= L1/2) {memory:.3e} + round-off allowance {roundoff:.1e}; "
+            f"hard attention (no leakage)")
+    return BoundReport(value, 0.0, roundoff, 1.0, note)
+
+
+__all__ = ["build", "claimed_bound", "lookup_width", "WindowCodec", "READOUTS", "MAX_LOOKUP_WIDTH", "PROVENANCE"]
