@@ -352,38 +352,183 @@ def _final_layer(lay: Layout, plan: Gather, pi: list, A: list, B: list, v: str) 
 
 
 # ---------------------------------------------------------------------------------------------- bounds
-def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float64") -> BoundReport:
-    """Bound on ``max_t max_v |next_token_probs - P(x_{t+1} | x_0..x_t)|`` (the TRUE filter, not the window one).
+def softmax_lookup_leakage(model: ConstructedTransformer, beta: float) -> float:
+    """Certified bound on the max-abs output error caused by softmax attention (lookup readout), exact arithmetic.
 
-    value = memory + leakage + roundoff (capped at 1), where memory = half the a-posteriori L1 bound
-    (max-abs <= L1 / 2 for a difference of probability vectors), evaluated exactly (rounded up) in exact mode.
-    Leakage: 0 in hard mode; no softmax bound is derived for this construction, so softmax mode claims only the
-    trivial bound 1.
+    Proof sketch (docs/constructions/window_filter.md): one tent-bias head puts weight at most
+    ``lam = 2 e^-beta / (1 - e^-beta)`` off its target, so by induction every slot stays a probability vector with
+    at most ``eps_j <= popcount(j) lam`` of its mass on wrong symbols (slot 0 is exact). The firing lookup unit then
+    has activation in ``[1 - E, 1]`` and every other unit at most ``E``, ``E = sum_j eps_j``; the normalised output
+    is a convex combination of table rows with weight at most ``(W - 1) E / (1 - E)`` off the correct row, so the
+    max-abs error is at most that (``W`` = FFN width). Capped at 1.
     """
-    from hmm.window import a_posteriori_bound, a_posteriori_bound_exact, roundoff_allowance
+    lam = leakage_per_head(beta)
+    plan = model.info["gather"]
+    E = sum(bin(j).count("1") for j in range(plan.num_slots)) * lam
+    if E >= 1:
+        return 1.0
+    W = model.spec.ffn_width
+    return min(1.0, (W - 1) * E / (1 - E))
 
-    hmm, r, prior = model.info["hmm"], model.info["r"], model.info["prior"]
-    x = validate_tokens(tokens, hmm.num_obs)
-    rows = x[None] if x.ndim == 1 else x
-    T = rows.shape[1]
+
+def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float64") -> BoundReport:
+    """Bound on ``max |output - window reference|`` for ``next_token_probs`` and ``filtered_probs``.
+
+    The construction's exact target is the window (restarted) filter of :mod:`hmm.window`; its distance to the true
+    filter (the memory error) is bounded separately by :func:`hmm.window.a_priori_bound` /
+    :func:`hmm.window.a_posteriori_bound` (reported by :func:`report_extra` and ``hmmtx window-curve``).
+
+    * exact mode, hard attention: 0 (bit-identical).
+    * float modes: round-off allowance :func:`hmm.window.roundoff_allowance` with ``T = 0`` (each position is
+      independent) for the model in its dtype plus the same for a float64 reference.
+    * softmax attention: plus :func:`softmax_lookup_leakage` (lookup readout); no leakage bound is derived for the
+      product readout, which then claims only the trivial bound 1.
+    """
+    from constructions.transformer import MODES
+    from hmm.window import roundoff_allowance
+
+    if mode not in MODES:
+        raise HmmtxError(f"mode must be one of {MODES}, got {mode!r}")
+    hmm, r = model.info["hmm"], model.info["r"]
+    validate_tokens(tokens, hmm.num_obs)
+    S = hmm.num_states
     if mode == "exact":
-        mem = max((max(a_posteriori_bound_exact(hmm, row, r, prior).next_token) for row in rows), default=Fraction(0))
-        memory = math.nextafter(float(mem / 2), math.inf)
-        roundoff = 0.0
-    else:
-        dt = np.float32 if mode == "float32" else np.float64
-        mem = a_posteriori_bound(hmm, rows, r, prior, np.float64).next_token.max()
-        memory = float(mem) / 2
-        roundoff = roundoff_allowance(hmm.num_states, T, r, dt) + roundoff_allowance(hmm.num_states, T, r, np.float64)
+        if model.attention != "hard":
+            raise HmmtxError("exact mode runs hard attention only")
+        return BoundReport(0.0, 0.0, 0.0, 1.0, "exact rational arithmetic, hard attention: bit-identical to the "
+                           "exact window filter")
+    dt = np.float32 if mode == "float32" else np.float64
+    rnd = roundoff_allowance(S, 0, r, dt) + roundoff_allowance(S, 0, r, np.float64)
+    note = f"round-off allowance {rnd:.3g} (S={S}, r={r}, {mode})"
+    leak = 0.0
     if model.attention == "softmax":
-        lk = leakage_per_head(model.beta)
-        return BoundReport(1.0, 1.0, roundoff, 1.0,
-                           f"softmax attention (per-head leakage <= {lk:.3g}): no leakage bound derived for the window "
-                           "construction, trivial bound only")
-    value = min(1.0, memory + roundoff)
-    note = (f"a-posteriori memory bound (max-abs <= L1/2) {memory:.3e} + round-off allowance {roundoff:.1e}; "
-            f"hard attention (no leakage)")
-    return BoundReport(value, 0.0, roundoff, 1.0, note)
+        if model.info["readout"] != "lookup":
+            return BoundReport(1.0, 1.0, rnd, 1.0, note + "; softmax attention with the product readout: no leakage "
+                               "bound derived, trivial bound only")
+        leak = softmax_lookup_leakage(model, model.beta)
+        note += f"; softmax leakage (certified, lookup readout) {leak:.3g} at beta={model.beta:g}"
+    return BoundReport(min(1.0, leak + rnd), leak, rnd, 1.0, note)
 
 
-__all__ = ["build", "claimed_bound", "lookup_width", "WindowCodec", "READOUTS", "MAX_LOOKUP_WIDTH", "PROVENANCE"]
+def report_extra(hmm: HMM, tokens: Any, *, r: int, prior: Any = "stationary", exact: bool = False, **_: Any) -> dict:
+    """Extra report keys for ``hmmtx run window``: the memory error of the window filter against the true filter
+    and both bounds on it (L1 norms, max over positions; see :mod:`hmm.window`).
+
+    Keys: ``r``, ``memory_error`` (``{"filtered", "next_token"}``), ``a_priori_bound`` (same keys, or None with
+    ``a_priori_note`` saying why), ``a_posteriori_bound`` (same keys), ``a_priori_note``, ``bound_holds``.
+    """
+    from hmm.window import (a_posteriori_bound, a_posteriori_bound_exact, a_priori_bound, exact_le,
+                            roundoff_allowance, window_error, window_error_exact)
+
+    x = validate_tokens(tokens, hmm.num_obs)
+    x = x[0] if x.ndim == 2 and x.shape[0] == 1 else x
+    T = x.shape[-1]
+    if exact:
+        if x.ndim != 1:
+            raise HmmtxError("window report: exact mode takes one sequence")
+        err = window_error_exact(hmm, x, r, prior)
+        post = a_posteriori_bound_exact(hmm, x, r, prior)
+        pri = a_priori_bound(hmm, r, prior, dps=50)
+        me = {"filtered": max(err.filtered), "next_token": max(err.next_token)}
+        pb = {"filtered": max(post.filtered), "next_token": max(post.next_token)}
+        holds = all(me[k] <= pb[k] for k in me)
+        if pri.filtered is not None:
+            holds = holds and exact_le(me["filtered"], pri.filtered) and exact_le(me["next_token"], pri.next_token)
+        fl = float
+        allowance = 0.0
+    else:
+        err = window_error(hmm, x, r, prior)
+        post = a_posteriori_bound(hmm, x, r, prior)
+        pri = a_priori_bound(hmm, r, prior)
+        me = {"filtered": float(np.max(err.filtered)), "next_token": float(np.max(err.next_token))}
+        pb = {"filtered": float(np.max(post.filtered)), "next_token": float(np.max(post.next_token))}
+        allowance = roundoff_allowance(hmm.num_states, T, r)
+        holds = all(me[k] <= pb[k] + allowance for k in me)
+        if pri.filtered is not None:
+            holds = holds and me["filtered"] <= float(pri.filtered) + allowance and \
+                me["next_token"] <= float(pri.next_token) + allowance
+        fl = float
+    return {
+        "r": r,
+        "memory_error": {k: fl(v) for k, v in me.items()},
+        "a_priori_bound": None if pri.filtered is None else {"filtered": float(pri.filtered),
+                                                             "next_token": float(pri.next_token)},
+        "a_priori_note": pri.note,
+        "a_posteriori_bound": {k: fl(v) for k, v in pb.items()},
+        "roundoff_allowance": allowance,
+        "bound_holds": bool(holds),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- registry
+def _parse_prior(text: Any) -> Any:
+    if not isinstance(text, str):
+        return text
+    t = text.strip()
+    if t.lower() in ("stationary", "uniform"):
+        return t.lower()
+    parts = t.replace(",", " ").split()
+    if not parts:
+        raise HmmtxError("--prior: expected 'stationary', 'uniform' or probabilities such as '1/2,1/4,1/4'")
+    return parts
+
+
+def _build_entry(hmm: HMM, tokens: Any, *, attention: str = "hard", beta: float | None = None, r: int = 4,
+                 readout: str = "lookup", prior: str = "stationary", max_len: int | None = None) -> ConstructedTransformer:
+    T = 16 if tokens is None else int(np.asarray(tokens).shape[-1])
+    ml = max(T, 1) if max_len is None else max_len
+    return build(hmm, r, readout=readout, prior=_parse_prior(prior), max_len=ml, attention=attention, beta=beta)
+
+
+def _reference_entry(hmm: HMM, tokens: Any, *, exact: bool, r: int = 4, readout: str = "lookup",
+                     prior: str = "stationary", max_len: int | None = None) -> dict:
+    """The construction's exact target, the window filter (keys ``next_token_probs``, ``filtered_probs``)."""
+    from hmm.window import window_filter, window_filter_exact
+
+    p = _parse_prior(prior)
+    w = window_filter_exact(hmm, tokens, r, p) if exact else window_filter(hmm, tokens, r, p)
+    return {"next_token_probs": w.next_token_probs, "filtered_probs": w.filtered_probs}
+
+
+def _report_entry(hmm: HMM, tokens: Any, *, exact: bool = False, r: int = 4, prior: str = "stationary", **_: Any) -> dict:
+    return report_extra(hmm, tokens, r=r, prior=_parse_prior(prior), exact=exact)
+
+
+def _parse_tokens(text: str) -> np.ndarray:
+    from hmm.io import parse_tokens
+
+    return parse_tokens(text)
+
+
+def _register() -> Any:
+    from constructions.registry import ConstructionEntry, Param, register
+
+    return register(ConstructionEntry(
+        name="window",
+        summary="H2: fixed-memory window filter: ceil(log2(r+1)) gather layers + lookup or operator-product readout",
+        provenance=PROVENANCE,
+        input_kind="hmm",
+        build=_build_entry,
+        reference=_reference_entry,
+        parse_tokens=_parse_tokens,
+        params=(
+            Param("r", int, 4, "window length r >= 1 (the last r tokens)"),
+            Param("readout", str, "lookup", "readout: lookup (ReLU pattern table, width ~2 V^r) or product "
+                  "(operator products over the window)", choices=READOUTS),
+            Param("prior", str, "stationary", "reference prior of the window's first state: stationary, uniform, "
+                  "or probabilities '1/2,1/4,1/4'"),
+        ),
+        families=("dirichlet", "low_rank", "observable", "sticky", "cyclic", "mess3", "even", "golden_mean"),
+        outputs=("next_token_probs", "filtered_probs"),
+        default_tokens="0 1 0 1 1 0",
+        extra={
+            "bound": "vs the window filter: round-off allowance (+ certified softmax leakage, lookup readout); memory "
+                     "error vs the true filter reported separately with a-priori and a-posteriori bounds",
+            "report": _report_entry,
+        },
+    ))
+
+
+ENTRY = _register()
+
+__all__ = ["build", "claimed_bound", "report_extra", "softmax_lookup_leakage", "ENTRY", "lookup_width", "WindowCodec", "READOUTS", "MAX_LOOKUP_WIDTH", "PROVENANCE"]
