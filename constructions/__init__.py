@@ -28,8 +28,8 @@ API overview (import from the submodules; this package imports nothing heavy its
     ``run_exact(model, ids) -> Trace`` — the same weights over Fractions (hard attention), bit-exact.
 ``constructions.prefix``
     Shared parallel-prefix operator-product machinery (H1, H3): ``prefix_layout``, ``embed_operators``,
-    ``doubling_layer``, ``colsum_readout``, ``num_doubling_layers``, ``prefix_leakage`` (certified softmax
-    leakage), ``roundoff_allowance``.
+    ``doubling_layer``, ``colsum_readout``, ``num_doubling_layers``, ``prefix_lambda`` / ``prefix_claimed_bound``
+    (certified softmax leakage), ``roundoff_allowance``.
 ``constructions.registry``
     ``ConstructionEntry``, ``Param``, ``register(entry)``, ``entries()``, ``get(name)``: every construction
     module registers itself; the CLI (``hmmtx run/inspect``) and the verification suite discover them.

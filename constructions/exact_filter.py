@@ -29,9 +29,10 @@ from constructions.prefix import (
     doubling_layer,
     embed_operators,
     num_doubling_layers,
+    as_float_array,
+    prefix_claimed_bound,
     prefix_layout,
-    prefix_leakage,
-    roundoff_allowance,
+    target_and_weight,
 )
 from constructions.registry import ConstructionEntry, Param, register
 from constructions.transformer import BoundReport, ConstructedTransformer, check_attention, spec_for
@@ -160,40 +161,40 @@ def build(
 
 
 def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float64") -> BoundReport:
-    """Bound on max |next_token_probs - exact| (and predicted_probs) for ``tokens`` in ``mode``.
+    """Bound on the max-abs error of every output (next_token_probs, predicted_probs, filtered_probs) in ``mode``.
 
     * exact mode (hard attention): 0 (bit-identical).
-    * float modes: stated round-off allowance :func:`~constructions.prefix.roundoff_allowance` (depth, S, eps).
-    * softmax attention: plus the certified leakage bound :func:`~constructions.prefix.prefix_leakage`, computed
-      from a hard float64 run on the same tokens; capped at the trivial bound 1.
+    * float modes: the stated round-off allowance :func:`~constructions.prefix.roundoff_allowance` (depth, S, eps).
+    * softmax attention: plus the certified leakage bound :func:`~constructions.prefix.prefix_lambda` (computed
+      from a hard float64 run on the same tokens) and, for the filtered belief, the lag-1 layer's extension
+      (:func:`_filtered_leakage`); capped at the trivial bound 1.
     """
-    import torch
+    extra = _filtered_leakage if "filtered" in model.readouts else None
+    return prefix_claimed_bound(model, tokens, mode, first_output=1, extra=extra)
 
-    from constructions.transformer import MODES
 
-    if mode not in MODES:
-        raise HmmtxError(f"mode must be one of {MODES}, got {mode!r}")
-    ids = model.check_input_ids(model.codec.encode(tokens))
-    P = ids.shape[1]
-    n = model.info["n"]
-    L = len(model.layers)
-    if mode == "exact":
-        if model.attention != "hard":
-            raise HmmtxError("exact mode runs hard attention only")
-        return BoundReport(0.0, 0.0, 0.0, 1.0, "exact rational arithmetic, hard attention: bit-identical")
-    eps = float(torch.finfo(torch.float64 if mode == "float64" else torch.float32).eps)
-    rnd = roundoff_allowance(L, n, P, eps)
-    leak = 0.0
-    note = f"round-off allowance {rnd:.3g} (L={L}, S={n}, P={P}, eps={eps:.3g})"
-    if model.attention == "softmax":
-        hard = model.materialise(torch.float64, model.device)
-        with torch.no_grad():
-            tr = hard.forward(ids, attention="hard", record="all")
-        one_minus_lam = prefix_leakage(model, tr, model.beta, model.info["prefix_layers"], n)
-        leak = float(one_minus_lam[:, 1:].max())
-        note += f"; softmax leakage (certified, from the hard run) {leak:.3g} at beta={model.beta:g}"
-    value = min(1.0, leak + rnd)
-    return BoundReport(value, leak, rnd, 1.0, note)
+def _filtered_leakage(model: ConstructedTransformer, tr: Any, lam: np.ndarray, ids: np.ndarray) -> tuple[float, str]:
+    """Leakage bound of the filtered readout. The last layer fetches ``F = sum_v w_v Q_v >= lam' F*`` with
+    ``lam' = w_{u-1} lam_{u-1}``; the output is ``(1^T F D_b) / (1^T F b)`` with ``b = B[:, x_t]``, a convex
+    combination of the exact value (weight ``lam' d*``) and garbage (weight ``<= (1 - lam') b_max``), so
+    ``err <= (1 - lam') b_max / (lam' d* + (1 - lam') b_max)`` with ``d* = (1^T F*) b`` (hard run)."""
+    lay = model.layout
+    N, P = ids.shape
+    li = len(model.layers) - 1
+    head = model.layers[li].heads[0]
+    F = as_float_array(tr.after_attn[li][..., lay["fetched_op"]])
+    filt = as_float_array(tr.after_ffn[li][..., lay["filtered"]])
+    emis = as_float_array(tr.residuals[0][..., lay["emis"]])
+    d_star = filt.sum(axis=-1) / F.sum(axis=-1)
+    b_max = emis.max(axis=-1)
+    worst = 0.0
+    for u in range(2, P):
+        t, w = target_and_weight(head.rel_bias, u, model.beta)
+        lam_p = w * lam[:, t]
+        den = lam_p * d_star[:, u] + (1.0 - lam_p) * b_max[:, u]
+        e = np.where(den > 0, (1.0 - lam_p) * b_max[:, u] / np.where(den > 0, den, 1.0), 1.0)
+        worst = max(worst, float(e.max()))
+    return worst, f"filtered-belief leakage {worst:.3g}"
 
 
 # ---------------------------------------------------------------------------------------------- registry

@@ -164,40 +164,33 @@ def target_and_weight(rel_bias: np.ndarray, u: int, beta: float | None) -> tuple
     return t, float(1.0 / np.exp(z).sum())  # weight on the maximum: exp(0) / sum exp(beta (b - max))
 
 
-def prefix_leakage(model: Any, hard_trace: Any, beta: float, prefix_layers: Sequence[int], n: int) -> np.ndarray:
-    """Certified lower bounds on the 'exact fraction' lambda_u of every position after the prefix layers; returns
-    ``1 - lambda`` of shape (N, P): a bound on the max-abs error of any readout ``1^T Q M / 1^T Q 1`` (M with rows
-    summing to 1) caused by softmax leakage. Computed from the HARD run's trace (record="all", float64 or exact).
+def prefix_lambda(model: Any, hard_trace: Any, beta: float, prefix_layers: Sequence[int], n: int) -> np.ndarray:
+    """Certified lower bounds ``lambda_u`` (N, P) on the 'exact fraction' of every position's ``op`` after the
+    prefix layers under softmax attention: ``Q_soft >= lambda_u Q_hard`` entrywise (both normalised to entry sum 1).
+    Then any readout ``1^T Q M / 1^T Q 1`` (M with rows summing to 1) is off by at most ``1 - lambda_u`` in max-abs.
+    Computed from the HARD run's trace (``record="all"``, float64 or exact) and the softmax weights of the
+    positional heads (closed form from their bias tables).
 
     Recursion (derivation in ``docs/constructions/exact_filter.md``): with w = softmax weight on the hard target t,
-    ``lam_F = w lam_t``, ``mu = lam_F lam_u``, ``R = min(1, lam_u R*_u + 1 - lam_u)``,
-    ``s_hat = lam_F (lam_u m* + (1 - lam_u) min(1, C*_F)) + (1 - lam_F) R``, ``lam_u <- mu m* / s_hat``,
-    where m* = sum(F* Q*_u), C*_F = max column sum of F*, R*_u = max row sum of Q*_u (all from the hard run, every
+    ``lam_F = w lam_t``, ``R = min(1, lam_u R*_u + 1 - lam_u)``,
+    ``s_hat = lam_F (lam_u m* + (1 - lam_u) C*_F) + (1 - lam_F) R``, ``lam_u <- lam_F lam_u m* / s_hat``,
+    where m* = sum(F* Q*_u), C*_F = min(1, max column sum of F*), R*_u = max row sum of Q*_u (hard run; every
     matrix normalised to entry sum 1).
     """
     lay = model.layout
     op_sl, f_sl = lay["op"], lay["fetched_op"]
-
-    def as_np(a: Any) -> np.ndarray:
-        if hasattr(a, "detach"):
-            return a.detach().cpu().numpy().astype(np.float64)
-        return np.vectorize(float, otypes=[np.float64])(a)
-
     N, P = hard_trace.residuals[0].shape[:2]
     lam = np.ones((N, P))
     for l in prefix_layers:
         head = model.layers[l].heads[0]
-        res = as_np(hard_trace.residuals[l])
-        att = as_np(hard_trace.after_attn[l])
-        ffn = as_np(hard_trace.after_ffn[l])
-        Q = res[..., op_sl].reshape(N, P, n, n)
-        F = att[..., f_sl].reshape(N, P, n, n)
-        m_star = ffn[..., op_sl].sum(axis=-1)
+        Q = as_float_array(hard_trace.residuals[l][..., op_sl]).reshape(N, P, n, n)
+        F = as_float_array(hard_trace.after_attn[l][..., f_sl]).reshape(N, P, n, n)
+        X = as_float_array(hard_trace.after_ffn[l][..., op_sl])
         Q_mass = Q.sum(axis=(-1, -2))
         F_mass = F.sum(axis=(-1, -2))
+        m_star = X.sum(axis=-1) / (Q_mass * F_mass)  # mass of the product of the normalised matrices
         R_star = Q.sum(axis=-1).max(axis=-1) / Q_mass  # max row sum of normalised Q*
-        C_star = np.minimum(1.0, F.sum(axis=-2).max(axis=-1) / F_mass)
-        m_star = m_star / (Q_mass * F_mass)  # mass of the product of the normalised matrices
+        C_star = np.minimum(1.0, F.sum(axis=-2).max(axis=-1) / F_mass)  # max column sum of normalised F*
         new = np.empty_like(lam)
         for u in range(P):
             t, w = target_and_weight(head.rel_bias, u, beta)
@@ -209,7 +202,65 @@ def prefix_leakage(model: Any, hard_trace: Any, beta: float, prefix_layers: Sequ
                 v = np.where(s_hat > 0, lam_F * lam_u * m_star[:, u] / s_hat, 0.0)
             new[:, u] = np.clip(v, 0.0, 1.0)
         lam = new
-    return 1.0 - lam
+    return lam
+
+
+def as_float_array(a: Any) -> np.ndarray:
+    """float64 numpy copy of a torch tensor or an object array of Fractions."""
+    if hasattr(a, "detach"):
+        return a.detach().cpu().numpy().astype(np.float64)
+    a = np.asarray(a)
+    return a.astype(np.float64) if a.dtype != object else np.vectorize(float, otypes=[np.float64])(a)
+
+
+def hard_trace_for_bound(model: Any, ids: np.ndarray) -> Any:
+    """The hard-attention float64 trace (record="all") of ``model``'s weights on ``ids`` (for the leakage bound)."""
+    import torch
+
+    hard = model if model.dtype == torch.float64 else model.materialise(torch.float64, model.device)
+    with torch.no_grad():
+        return hard.forward(ids, attention="hard", record="all")
+
+
+def prefix_claimed_bound(model: Any, tokens: Any, mode: str, *, first_output: int = 2, extra: Any = None) -> Any:
+    """Generic claimed bound of a prefix construction whose outputs are ``1^T Q M``-type readouts of ``op`` at
+    positions ``first_output..`` after the layers in ``model.info["prefix_layers"]``:
+
+    * exact mode (hard attention): 0;
+    * float modes: :func:`roundoff_allowance` (+ leakage for softmax: ``max_u 1 - lambda_u`` of
+      :func:`prefix_lambda`), capped at the trivial bound 1.
+
+    ``extra(model, hard_trace, lam, ids) -> (leakage, note)`` lets a construction add outputs of another form
+    (H1's filtered belief); the larger leakage is reported.
+    """
+    import torch
+
+    from constructions.transformer import MODES, BoundReport
+
+    if mode not in MODES:
+        raise HmmtxError(f"mode must be one of {MODES}, got {mode!r}")
+    ids = model.check_input_ids(model.codec.encode(tokens))
+    P = ids.shape[1]
+    n = model.info["n"]
+    L = len(model.layers)
+    if mode == "exact":
+        if model.attention != "hard":
+            raise HmmtxError("exact mode runs hard attention only (softmax weights are not rational)")
+        return BoundReport(0.0, 0.0, 0.0, 1.0, "exact rational arithmetic, hard attention: bit-identical")
+    eps = float(torch.finfo(torch.float64 if mode == "float64" else torch.float32).eps)
+    rnd = roundoff_allowance(L, n, P, eps)
+    leak = 0.0
+    note = f"round-off allowance {rnd:.3g} (L={L}, n={n}, P={P}, eps={eps:.3g})"
+    if model.attention == "softmax":
+        tr = hard_trace_for_bound(model, ids)
+        lam = prefix_lambda(model, tr, model.beta, model.info["prefix_layers"], n)
+        leak = float((1.0 - lam[:, first_output:]).max())
+        note += f"; certified softmax leakage {leak:.3g} at beta={model.beta:g} (from the hard run)"
+        if extra is not None:
+            leak2, note2 = extra(model, tr, lam, ids)
+            leak = max(leak, leak2)
+            note += "; " + note2
+    return BoundReport(min(1.0, leak + rnd), leak, rnd, 1.0, note)
 
 
 __all__ = [
@@ -222,5 +273,8 @@ __all__ = [
     "colsum_readout",
     "roundoff_allowance",
     "target_and_weight",
-    "prefix_leakage",
+    "prefix_lambda",
+    "prefix_claimed_bound",
+    "hard_trace_for_bound",
+    "as_float_array",
 ]
