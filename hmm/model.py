@@ -79,7 +79,7 @@ def to_float_array(values: Any, name: str, ndim: int) -> np.ndarray:
     bad = np.argwhere(~np.isfinite(arr))
     if bad.size:
         idx = tuple(int(i) for i in bad[0])
-        raise HmmtxError(f"{name}{list(idx)}: entry is {arr[idx]!r} (NaN or infinite)")
+        raise HmmtxError(f"{name}{list(idx)}: entry is {float(arr[idx])!r} (NaN or infinite)")
     return arr
 
 
@@ -144,7 +144,7 @@ class HMM:
                 bad = np.argwhere(~np.isfinite(arr))
                 if bad.size:
                     idx = tuple(int(i) for i in bad[0])
-                    raise HmmtxError(f"{nm}{list(idx)}: entry is {arr[idx]!r} (NaN or infinite)")
+                    raise HmmtxError(f"{nm}{list(idx)}: entry is {float(arr[idx])!r} (NaN or infinite)")
         check_stochastic(pi, "initial_probs")
         check_stochastic(A, "transition_matrix")
         check_stochastic(B, "emission_probs")
