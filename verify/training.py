@@ -1,0 +1,534 @@
+"""A small GPT-style Transformer trained on in-context mixtures of HMMs, exposing the probe protocol.
+
+The model is a standard decoder-only, pre-LayerNorm Transformer (GPT-2 style): token embedding ``W_E``, learned
+absolute positions (``pos="learned"``) or a learned per-head relative-position bias ``b_h(u - v)`` on the
+attention logits (``pos="rpe"``, T5-style without buckets), causal softmax attention (``W_Q, W_K, W_V, W_O``), GELU
+MLP, final LayerNorm and unembedding ``W_U`` onto the V observation symbols. It is trained with next-token
+cross-entropy on the positions whose next stream item is an observation (SEPs are deterministic in the fixed
+layout and the Bayes predictive is a law over observations only).
+
+:meth:`TinyGPT.trace` returns a :class:`verify.probes.Trace`: every layer's residual stream (embeddings first) and
+every layer's pre-softmax attention logits, the same protocol the constructions expose, so the probes run on
+both.
+
+Determinism: :func:`train` seeds torch and numpy from ``config.seed``, runs on the CPU with
+``torch.use_deterministic_algorithms(True)`` and ``torch.set_num_threads(config.threads)`` (both restored on
+exit); the data are fresh samples every step from ``numpy.random.default_rng(seed)``. Same seed, same threads,
+same machine -> bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple
+
+import numpy as np
+
+from hmm.errors import HmmtxError
+from hmm.mixture import HMMMixture
+from verify.icl_data import (
+    ContextBatch,
+    Layout,
+    mixture_references,
+    sample_context_batch,
+    target_mask,
+    unigram_probs,
+)
+
+CHECKPOINT_FORMAT = "hmmtx-trained-gpt-v1"
+_DTYPES = ("float32", "float64")
+_POS = ("learned", "rpe")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (data, model, optimiser, seed). Validated on construction.
+
+    Data: a zoo mixture of ``num_tasks`` random HMMs (``num_states`` states, ``vocab_size`` symbols, Dirichlet
+    concentration ``concentration``; the mixture itself is drawn from ``mixture_seed``), contexts of ``n_demos``
+    demonstrations of ``demo_len`` tokens and a test segment of ``test_len`` tokens.
+    """
+
+    # data
+    num_tasks: int = 4
+    num_states: int = 3
+    vocab_size: int = 4
+    concentration: float = 0.5
+    mixture_seed: int = 0
+    n_demos: int = 4
+    demo_len: int = 8
+    test_len: int = 8
+    # model
+    d_model: int = 64
+    n_layers: int = 6
+    n_heads: int = 4
+    d_ff: int = 128
+    pos: str = "learned"
+    # optimiser
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    # run
+    seed: int = 0
+    threads: int = 1
+    dtype: str = "float32"
+    eval_contexts: int = 2000
+
+    def __post_init__(self) -> None:
+        positive = ("num_tasks", "num_states", "vocab_size", "demo_len", "test_len", "d_model", "n_layers", "n_heads",
+                    "d_ff", "steps", "batch_size", "threads", "eval_contexts")
+        for name in positive:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise HmmtxError(f"train config: {name} must be a positive integer, got {v!r}")
+        if self.vocab_size < 2:
+            raise HmmtxError(f"train config: vocab_size must be >= 2, got {self.vocab_size}")
+        if not isinstance(self.n_demos, int) or self.n_demos < 0:
+            raise HmmtxError(f"train config: n_demos must be an integer >= 0, got {self.n_demos!r}")
+        if self.d_model % self.n_heads:
+            raise HmmtxError(
+                f"train config: d_model = {self.d_model} must be divisible by n_heads = {self.n_heads}"
+            )
+        for name in ("lr", "concentration"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise HmmtxError(f"train config: {name} must be a positive finite number, got {v!r}")
+        for name in ("weight_decay", "grad_clip"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise HmmtxError(f"train config: {name} must be a finite number >= 0, got {v!r}")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise HmmtxError(f"train config: warmup must be an integer >= 0, got {self.warmup!r}")
+        if self.pos not in _POS:
+            raise HmmtxError(f"train config: pos must be one of {_POS}, got {self.pos!r}")
+        if self.dtype not in _DTYPES:
+            raise HmmtxError(f"train config: dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        for name in ("seed", "mixture_seed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise HmmtxError(f"train config: {name} must be an integer >= 0, got {v!r}")
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.n_demos, self.demo_len, self.test_len)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise HmmtxError(f"train config: unknown key(s) {sorted(unknown)}")
+        return cls(**data)
+
+
+#: Named presets. ``default`` trains in about 4-8 minutes on a shared 2-core machine; ``tiny`` in seconds (tests).
+#: One thread by default: with other processes on the cores, 2 OpenMP threads measured 10x slower per step here.
+#: float32 is used for the trained model (not for any reference): training speed on CPU, and the reported errors
+#: (TV ~1e-2) are far above float32 round-off.
+PRESETS: dict[str, TrainConfig] = {
+    "default": TrainConfig(),
+    "tiny": TrainConfig(
+        num_tasks=2, num_states=2, vocab_size=3, n_demos=2, demo_len=4, test_len=4, d_model=16, n_layers=2,
+        n_heads=2, d_ff=32, steps=120, batch_size=32, lr=1e-2, warmup=10, eval_contexts=200, concentration=0.3,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    if name not in PRESETS:
+        raise HmmtxError(f"unknown training config {name!r}; choose one of {sorted(PRESETS)}")
+    try:
+        return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+    except TypeError as exc:
+        raise HmmtxError(f"train config: {exc}") from None
+
+
+def make_mixture(config: TrainConfig) -> HMMMixture:
+    """The training mixture: ``num_tasks`` random Dirichlet HMMs with a uniform task prior.
+
+    The family is written here (not taken from :mod:`hmm.zoo`) so that a recorded run stays reproducible whatever
+    the zoo's defaults become: initial law Dirichlet(1), rows of A and B Dirichlet(``config.concentration``)
+    floored at 1e-3 and renormalised, seeded by ``config.mixture_seed``. Checkpoints store the mixture itself.
+    """
+    return _dirichlet_mixture(config.num_tasks, config.num_states, config.vocab_size, config.concentration,
+                              config.mixture_seed)
+
+
+def _dirichlet_mixture(K: int, S: int, V: int, concentration: float, seed: int) -> HMMMixture:
+    from hmm.model import HMM
+
+    rng = np.random.default_rng(seed)
+    tasks = []
+    for k in range(K):
+        pi = rng.dirichlet(np.full(S, 1.0))
+        A = rng.dirichlet(np.full(S, concentration), size=S)
+        B = rng.dirichlet(np.full(V, concentration), size=S)
+        # Dirichlet draws can underflow to exact zeros at small concentration; keep every row strictly positive so
+        # every context has positive probability (a documented floor, then exact renormalisation).
+        A = (A + 1e-3) / (A + 1e-3).sum(axis=1, keepdims=True)
+        B = (B + 1e-3) / (B + 1e-3).sum(axis=1, keepdims=True)
+        tasks.append(HMM.from_arrays(pi, A, B, name=f"dirichlet-{k}"))
+    return HMMMixture.from_arrays(np.full(K, 1.0 / K), tasks)
+
+
+# ---------------------------------------------------------------------------------------------------- model
+def _torch():
+    import torch
+
+    return torch
+
+
+def _build_model_class():
+    torch = _torch()
+    nn = torch.nn
+    F = torch.nn.functional
+
+    class Block(nn.Module):
+        """Pre-LN block: ``h <- h + Attn(LN(h)); h <- h + MLP(LN(h))``."""
+
+        def __init__(self, d: int, h: int, d_ff: int, T: int, rpe: bool):
+            super().__init__()
+            self.n_heads, self.d_head = h, d // h
+            self.ln1 = nn.LayerNorm(d)
+            self.W_Q = nn.Linear(d, d)
+            self.W_K = nn.Linear(d, d)
+            self.W_V = nn.Linear(d, d)
+            self.W_O = nn.Linear(d, d)
+            self.ln2 = nn.LayerNorm(d)
+            self.W_in = nn.Linear(d, d_ff)
+            self.W_out = nn.Linear(d_ff, d)
+            # rpe_bias[h, s] = b_h(s) for lag s = u - v in [0, T)
+            self.rpe_bias = nn.Parameter(torch.zeros(h, T)) if rpe else None
+
+        def forward(self, x: Any, mask: Any, lags: Any):
+            N, T, D = x.shape
+            a = self.ln1(x)
+            split = lambda y: y.view(N, T, self.n_heads, self.d_head).transpose(1, 2)  # noqa: E731
+            q, k, v = split(self.W_Q(a)), split(self.W_K(a)), split(self.W_V(a))
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)  # (N, H, T, T)
+            if self.rpe_bias is not None:
+                scores = scores + self.rpe_bias[:, lags.clamp(min=0)]
+            scores = scores.masked_fill(~mask, float("-inf"))
+            weights = torch.softmax(scores, dim=-1)
+            out = (weights @ v).transpose(1, 2).reshape(N, T, D)
+            x = x + self.W_O(out)
+            x = x + self.W_out(F.gelu(self.W_in(self.ln2(x))))
+            return x, scores, weights
+
+    class TinyGPT(nn.Module):
+        """Decoder-only pre-LN Transformer over stream ids (observations, SEP, BOS) predicting observations."""
+
+        def __init__(self, config: TrainConfig):
+            super().__init__()
+            c = config
+            T = c.layout.length
+            self.config = c
+            self.max_len = T
+            self.W_E = nn.Embedding(c.vocab_size + 2, c.d_model)
+            self.W_pos = nn.Embedding(T, c.d_model) if c.pos == "learned" else None
+            self.blocks = nn.ModuleList(
+                Block(c.d_model, c.n_heads, c.d_ff, T, c.pos == "rpe") for _ in range(c.n_layers)
+            )
+            self.ln_f = nn.LayerNorm(c.d_model)
+            self.W_U = nn.Linear(c.d_model, c.vocab_size)
+            self.apply(self._init)
+
+        @staticmethod
+        def _init(m: Any) -> None:
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+        @property
+        def num_layers(self) -> int:
+            return len(self.blocks)
+
+        def _run(self, tokens: Any, keep: bool):
+            N, T = tokens.shape
+            if T > self.max_len:
+                raise HmmtxError(f"tokens: length {T} exceeds the model's maximum {self.max_len}")
+            pos = torch.arange(T)
+            lags = pos[:, None] - pos[None, :]
+            mask = lags >= 0
+            x = self.W_E(tokens)
+            if self.W_pos is not None:
+                x = x + self.W_pos(pos)[None]
+            res, scores, weights = [x], [], []
+            for blk in self.blocks:
+                x, s, w = blk(x, mask, lags)
+                if keep:
+                    res.append(x)
+                    scores.append(s)
+                    weights.append(w)
+            logits = self.W_U(self.ln_f(x))
+            return logits, res, scores, weights
+
+        def forward(self, tokens: Any) -> Any:
+            """(N, T) stream ids -> (N, T, V) next-observation logits."""
+            return self._run(tokens, keep=False)[0]
+
+        def trace(self, tokens: Any):
+            """Forward pass keeping every residual stream and attention logit (see :class:`verify.probes.Trace`)."""
+            from verify.probes import Trace
+
+            with torch.no_grad():
+                logits, res, scores, weights = self._run(torch.as_tensor(tokens), keep=True)
+            return Trace(
+                residuals=torch.stack(res).numpy(),
+                attn_scores=[s.numpy() for s in scores],
+                attn_weights=[w.numpy() for w in weights],
+                next_token_probs=torch.softmax(logits.double(), dim=-1).numpy(),
+            )
+
+    return TinyGPT
+
+
+_MODEL_CLASS = None
+
+
+def build_model(config: TrainConfig):
+    """A freshly initialised :class:`TinyGPT` (torch must be seeded by the caller for reproducibility)."""
+    global _MODEL_CLASS
+    if _MODEL_CLASS is None:
+        _MODEL_CLASS = _build_model_class()
+    torch = _torch()
+    model = _MODEL_CLASS(config)
+    return model.to(getattr(torch, config.dtype))
+
+
+# ---------------------------------------------------------------------------------------------------- training
+@contextmanager
+def deterministic_torch(threads: int) -> Iterator[None]:
+    """CPU determinism for the duration: deterministic algorithms on, ``threads`` intra-op threads; restored after."""
+    torch = _torch()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_threads = torch.get_num_threads()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old_det)
+        torch.set_num_threads(old_threads)
+
+
+class EvalMetrics(NamedTuple):
+    """Next-token quality on fresh contexts, over the positions whose next item is an observation.
+
+    Fields (means over those positions):
+        tv_model:    ``0.5 ||p_model - p_bayes||_1``
+        tv_unigram:  ``0.5 ||p_unigram - p_bayes||_1`` (empirical observation frequencies of the same contexts)
+        ce_model, ce_unigram, ce_bayes: cross-entropy (nats) of the sampled next observation
+        tv_model_test: ``tv_model`` restricted to the test segment's predictions
+        n_positions: number of scored positions
+    """
+
+    tv_model: float
+    tv_unigram: float
+    ce_model: float
+    ce_unigram: float
+    ce_bayes: float
+    tv_model_test: float
+    n_positions: int
+
+
+def evaluate(model: Any, mixture: HMMMixture, batch: ContextBatch) -> EvalMetrics:
+    """Compare the model's next-observation law with the Bayes predictive (:func:`verify.icl_data.mixture_references`,
+    itself checked against :func:`hmm.mixture.bayes_predictive`) and with the unigram baseline."""
+    torch = _torch()
+    with torch.no_grad():
+        logits = model(torch.as_tensor(batch.tokens))
+    p_model = torch.softmax(logits.double(), dim=-1).numpy()
+    ref = mixture_references(mixture, batch)
+    p_bayes = ref.next_token_probs
+    uni = unigram_probs(batch)
+    mask = target_mask(batch)
+    nxt = np.zeros_like(batch.tokens)
+    nxt[:, :-1] = batch.tokens[:, 1:]
+    nxt = np.where(mask, nxt, 0)
+    tv_m = 0.5 * np.abs(p_model - p_bayes).sum(-1)
+    tv_u = 0.5 * np.abs(uni[None, None] - p_bayes).sum(-1)
+    pick = lambda p: np.take_along_axis(p, nxt[..., None], axis=-1)[..., 0]  # noqa: E731
+    with np.errstate(divide="ignore"):
+        ce_m = -np.log(pick(p_model))
+        ce_b = -np.log(pick(p_bayes))
+        ce_u = -np.log(uni[nxt])
+    test = mask & batch.layout.positions().is_test[None, :]
+    # the last test position predicts past the end of the stream: it has no target and is excluded by `mask`
+    return EvalMetrics(
+        float(tv_m[mask].mean()), float(tv_u[mask].mean()), float(ce_m[mask].mean()), float(ce_u[mask].mean()),
+        float(ce_b[mask].mean()), float(tv_m[test].mean()) if test.any() else float("nan"), int(mask.sum()),
+    )
+
+
+class TrainResult(NamedTuple):
+    """Fields: ``model`` (trained, eval mode), ``config``, ``mixture``, ``losses`` (per step), ``metrics``
+    (:class:`EvalMetrics` on ``config.eval_contexts`` fresh contexts), ``seconds`` (wall time of training)."""
+
+    model: Any
+    config: TrainConfig
+    mixture: HMMMixture
+    losses: list
+    metrics: EvalMetrics
+    seconds: float
+
+
+def _lr_at(step: int, c: TrainConfig) -> float:
+    if step < c.warmup:
+        return c.lr * (step + 1) / c.warmup
+    frac = (step - c.warmup) / max(1, c.steps - c.warmup)
+    return c.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+
+
+def train(config: TrainConfig, *, progress: bool = False, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train :class:`TinyGPT` on fresh in-context mixture data; deterministic from ``config.seed``."""
+    torch = _torch()
+    mixture = make_mixture(config)
+    layout = config.layout
+    with deterministic_torch(config.threads):
+        torch.manual_seed(config.seed)
+        rng = np.random.default_rng(config.seed)
+        model = build_model(config)
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "rpe_bias" not in n]
+        no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "rpe_bias" not in n)]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr, betas=(0.9, 0.98),
+        )
+        losses: list[float] = []
+        t0 = time.perf_counter()
+        bar = _progress(progress, config.steps)
+        with bar as pb:
+            task_id = pb.add_task("training", total=config.steps, loss=float("nan")) if pb is not None else None
+            for step in range(config.steps):
+                batch = sample_context_batch(mixture, layout, config.batch_size, rng)
+                tokens = torch.as_tensor(batch.tokens)
+                mask = torch.as_tensor(target_mask(batch))
+                targets = torch.zeros_like(tokens)
+                targets[:, :-1] = tokens[:, 1:]
+                logits = model(tokens)
+                loss = torch.nn.functional.cross_entropy(logits[mask], targets[mask])
+                for g in opt.param_groups:
+                    g["lr"] = _lr_at(step, config)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                opt.step()
+                lv = float(loss.detach())
+                if not math.isfinite(lv):
+                    raise HmmtxError(f"training diverged at step {step} (loss {lv}); lower --lr")
+                losses.append(lv)
+                if pb is not None:
+                    pb.update(task_id, advance=1, loss=lv)
+                if on_step is not None:
+                    on_step(step, lv)
+        seconds = time.perf_counter() - t0
+        model.eval()
+        eval_rng = np.random.default_rng([config.seed, 1])  # held-out stream, independent of the training draws
+        metrics = evaluate(model, mixture, sample_context_batch(mixture, layout, config.eval_contexts, eval_rng))
+    return TrainResult(model, config, mixture, losses, metrics, seconds)
+
+
+class _NoBar:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        return _NoBar()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(result: TrainResult, path: str | Path) -> Path:
+    """Atomically write ``{format, config, mixture, state_dict, metrics, losses}`` (loadable with weights_only)."""
+    from hmm.io import atomic_write_bytes
+
+    torch = _torch()
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": result.config.to_dict(),
+        "mixture": result.mixture.to_dict(exact=False),
+        "state_dict": {k: v.detach().clone() for k, v in result.model.state_dict().items()},
+        "metrics": dict(result.metrics._asdict()),
+        "losses": [float(x) for x in result.losses],
+        "seconds": float(result.seconds),
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+class Checkpoint(NamedTuple):
+    """A loaded checkpoint: the model (eval mode), its config and training mixture, and the recorded metrics."""
+
+    model: Any
+    config: TrainConfig
+    mixture: HMMMixture
+    metrics: dict
+    losses: list
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load with ``torch.load(..., weights_only=True)``; every problem is a HmmtxError naming the file."""
+    from hmm.io import mixture_from_dict
+
+    torch = _torch()
+    path = Path(path)
+    if not path.is_file():
+        raise HmmtxError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise HmmtxError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise HmmtxError(f"{path}: not an hmmtx training checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    config = TrainConfig.from_dict(payload["config"])
+    mixture = mixture_from_dict(payload["mixture"], where=f"{path}: mixture")
+    model = build_model(config)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise HmmtxError(f"{path}: weights do not match the stored config ({str(exc).splitlines()[0][:200]})") from None
+    model.eval()
+    return Checkpoint(model, config, mixture, dict(payload.get("metrics", {})), list(payload.get("losses", [])))
+
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "TrainConfig",
+    "PRESETS",
+    "preset",
+    "make_mixture",
+    "build_model",
+    "deterministic_torch",
+    "EvalMetrics",
+    "evaluate",
+    "TrainResult",
+    "train",
+    "save_checkpoint",
+    "Checkpoint",
+    "load_checkpoint",
+]
