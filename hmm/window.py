@@ -311,8 +311,12 @@ def a_priori_bound(hmm: HMM, r: int, prior: Any = "stationary", *, dps: int | No
         f"Birkhoff: d_H <= min(Delta tau^(r-2), delta_mu tau^(r-1)) = {float(d):.3e} "
         f"(Delta = {float(Delta):.4g}, tau = {float(tau):.4g}, delta_mu = {float(dmu):.4g})"
     )
-    if float(tau) > 0.999:
-        note += "; tau is close to 1 (slow mixing / sticky A), so the bound decays very slowly in r"
+    t = float(tau)
+    if t > 0.9:
+        note += f"; tau = {t:.6g} is close to 1 (slow mixing / sticky A), so the bound decays very slowly in r"
+        if 0 < t < 1:
+            need = 2 + math.log(4 * math.atanh(0.005) / float(Delta)) / math.log(t)
+            note += f" (about r = {max(need, 2):.0f} tokens for a bound of 1e-2)"
     return AprioriBound(filt, nxt, spec, d, Delta, tau, dmu, r, note)
 
 
