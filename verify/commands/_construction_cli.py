@@ -1,0 +1,110 @@
+"""Shared plumbing of ``hmmtx run`` and ``hmmtx inspect`` (generic over the construction registry).
+
+Both commands take the construction NAME first; everything after it is parsed by a per-construction parser built
+from the registry entry (common options + the entry's :class:`~constructions.registry.Param` s + its
+``add_arguments`` hook). So a new construction adds its own options (``--r``, ``--steps``, ...) without editing these
+files, and ``hmmtx --help`` stays fast (the registry, and torch, are imported only when the command runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable
+
+from hmm.errors import HmmtxError
+
+
+class _EntryParser(argparse.ArgumentParser):
+    """Usage errors become HmmtxError (one line, exit 2 via verify.cli), not argparse's own exit."""
+
+    def error(self, message: str) -> None:
+        raise HmmtxError(f"{self.prog}: {message}")
+
+
+def register_generic(subparsers: Any, command: str, help_text: str, description: str, func: Callable) -> None:
+    p = subparsers.add_parser(command, help=help_text, description=description, add_help=False)
+    p.add_argument("name", nargs="?", metavar="NAME", help="construction name (see `hmmtx %s --help`)" % command)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(func=func, _command=command, _description=description)
+
+
+def constructions_listing() -> str:
+    from constructions import registry
+
+    lines = [f"  {name:<17} {e.summary}" for name, e in registry.entries().items()]
+    errs = registry.import_errors()
+    if errs:
+        lines.append("  (failed to import: " + ", ".join(errs) + ")")
+    return "constructions:\n" + ("\n".join(lines) if lines else "  (none registered)")
+
+
+def entry_parser(command: str, entry: Any, add_common: Callable[[argparse.ArgumentParser, Any], None], description: str) -> argparse.ArgumentParser:
+    p = _EntryParser(prog=f"hmmtx {command} {entry.name}", description=f"{description}\n\n{entry.name}: {entry.summary}\n"
+                     f"provenance: {entry.provenance}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_source_arguments(p, entry)
+    add_common(p, entry)
+    if entry.params or entry.add_arguments is not None:
+        g = p.add_argument_group(f"{entry.name} options")
+        for prm in entry.params:
+            prm.add_to(g)  # type: ignore[arg-type]
+        if entry.add_arguments is not None:
+            entry.add_arguments(g)  # type: ignore[arg-type]
+    return p
+
+
+def add_source_arguments(p: argparse.ArgumentParser, entry: Any) -> None:
+    if entry.input_kind == "hmm":
+        p.add_argument("--hmm", required=True, metavar="FILE", help="HMM JSON file")
+    elif entry.input_kind == "mixture":
+        p.add_argument("--tasks", required=True, metavar="FILE", help="task-mixture JSON file")
+
+
+def resolve(args: argparse.Namespace) -> tuple[Any, list[str]] | None:
+    """The registry entry named by ``args.name`` and the remaining argv; prints the listing for help/no name."""
+    from constructions import registry
+
+    name = args.name
+    if name in (None, "-h", "--help"):
+        print(f"usage: hmmtx {args._command} NAME [options]\n\n{args._description}\n\n{constructions_listing()}\n\n"
+              f"Run `hmmtx {args._command} NAME --help` for the options of one construction.")
+        if name is None:
+            raise HmmtxError(f"{args._command}: give a construction NAME first")
+        return None
+    return registry.get(name), list(args.rest or [])
+
+
+def parse_entry_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | None:
+    if any(a in ("-h", "--help") for a in argv):
+        parser.print_help(sys.stdout)
+        return None
+    return parser.parse_args(argv)
+
+
+def load_source(entry: Any, ns: argparse.Namespace) -> Any:
+    from hmm.io import load_hmm, load_mixture
+
+    if entry.input_kind == "hmm":
+        return load_hmm(ns.hmm)
+    if entry.input_kind == "mixture":
+        return load_mixture(ns.tasks)
+    return None
+
+
+def check_beta(attention: str, beta: Any) -> float | None:
+    from constructions.transformer import check_attention
+
+    if attention == "hard" and beta is not None:
+        raise HmmtxError("--beta applies to --attention softmax only")
+    return check_attention(attention, beta)
+
+
+__all__ = [
+    "register_generic",
+    "resolve",
+    "entry_parser",
+    "parse_entry_args",
+    "load_source",
+    "check_beta",
+    "constructions_listing",
+]

@@ -1,0 +1,207 @@
+"""``hmmtx run NAME``: build a registered construction, run it on tokens, compare with the exact reference.
+
+    hmmtx run exact-filter --hmm FILE --tokens "0 1 2" [--mode exact|float64|float32]
+              [--attention hard|softmax --beta B] [--json OUT]
+    hmmtx run bayes-multitask --tasks FILE --tokens "0 1 2 | 1 0 | 2"
+
+Prints a table (per position: token, model next-token probabilities, reference, max |error|) and the claimed
+bound; ``--json`` writes the machine-readable result (keys documented in :func:`result_json`). Construction-specific
+options come from the registry entry (``hmmtx run NAME --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from verify.commands._construction_cli import (
+    check_beta,
+    entry_parser,
+    load_source,
+    parse_entry_args,
+    register_generic,
+    resolve,
+)
+
+DESCRIPTION = (
+    "Build a hand-constructed Transformer (a registered construction), run it on --tokens in the chosen number "
+    "mode, and compare its outputs with the exact reference; report the max error next to the claimed bound."
+)
+
+#: Largest numerator/denominator digit count written as "p/q" in JSON (beyond: float value and digit counts).
+JSON_MAX_DIGITS = 4000
+
+
+def register(subparsers: Any) -> None:
+    register_generic(subparsers, "run", "run a construction on tokens and compare with the exact reference", DESCRIPTION, run)
+
+
+def _common(p: argparse.ArgumentParser, entry: Any) -> None:
+    p.add_argument("--tokens", required=True, help='tokens, e.g. "0 1 2" (multi-task: "0 1 2 | 1 0 | 2", | = SEP)')
+    p.add_argument("--mode", default="float64", choices=list(entry.modes), help="number mode (default float64)")
+    p.add_argument("--attention", default="hard", choices=["hard", "softmax"], help="attention kind (default hard)")
+    p.add_argument("--beta", type=float, default=None, help="inverse temperature for --attention softmax")
+    p.add_argument("--reference", default="auto", choices=["auto", "exact", "float64"],
+                   help="reference arithmetic for float modes (auto: exact for small inputs)")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the result as JSON (atomically)")
+    p.add_argument("--rows", type=int, default=12, help="positions shown in the table (first and last; default 12)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from hmm.errors import HmmtxError
+
+    got = resolve(args)
+    if got is None:
+        return 0
+    entry, argv = got
+    ns = parse_entry_args(entry_parser("run", entry, _common, DESCRIPTION), argv)
+    if ns is None:
+        return 0
+    if ns.rows < 1:
+        raise HmmtxError(f"--rows must be positive, got {ns.rows}")
+    beta = check_beta(ns.attention, ns.beta)
+    source = load_source(entry, ns)
+    tokens = entry.parse_tokens(ns.tokens)
+
+    from constructions.runner import run_construction
+
+    res = run_construction(entry, source, tokens, mode=ns.mode, attention=ns.attention, beta=beta,
+                           params=entry.param_values(ns), reference=ns.reference)
+    data = result_json(res, ns.tokens)
+    _print(res, ns, data)
+    if ns.json:
+        from hmm.io import atomic_write_json
+
+        atomic_write_json(ns.json, data)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- JSON
+def _num(v: Any) -> Any:
+    from fractions import Fraction
+
+    if isinstance(v, Fraction):
+        from hmm.io import fraction_display
+
+        return fraction_display(v, max_digits=JSON_MAX_DIGITS)
+    return float(v)
+
+
+def _rows(a: Any) -> list:
+    import numpy as np
+
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    a = np.asarray(a)
+    if a.ndim == 0:
+        return _num(a.item())
+    return [_rows(r) for r in a] if a.ndim > 1 else [_num(v) for v in a.tolist()]
+
+
+def result_json(res: Any, tokens_text: str) -> dict:
+    """JSON-ready dict. Keys: construction, mode, attention, beta, tokens, next_token_probs (one row per position),
+    reference_next_token_probs, max_abs_error, errors (per output), bit_identical (exact mode), claimed_bound,
+    bound (value/leakage/roundoff/trivial/notes), bound_ratio (error / bound), reference_kind, layers, heads, width,
+    ffn_width, provenance, seconds; plus every other output the construction names and its reference_* (e.g.
+    task_posterior / reference_task_posterior for bayes-multitask). Exact values are "p/q" strings (or, beyond
+    JSON_MAX_DIGITS digits, the float value with digit counts)."""
+    spec = res.model.spec
+    out = {
+        "construction": res.entry.name,
+        "mode": res.result.mode,
+        "attention": res.model.attention,
+        "beta": res.model.beta,
+        "tokens": tokens_text,
+        "reference_kind": res.reference_kind,
+    }
+    for name in res.entry.outputs:
+        if name in res.result.outputs:
+            out[name] = _rows(res.result.outputs[name])
+        if name in res.reference:
+            out[f"reference_{name}"] = _rows(res.reference[name])
+    b = res.bound
+    out.update({
+        "max_abs_error": res.max_abs_error,
+        "errors": dict(res.errors),
+        "bit_identical": res.bit_identical,
+        "claimed_bound": b.value,
+        "bound": {"value": b.value, "leakage": b.leakage, "roundoff": b.roundoff, "trivial": b.trivial, "notes": b.notes},
+        "bound_ratio": (res.max_abs_error / b.value) if b.value > 0 else (0.0 if res.max_abs_error == 0 else None),
+        "within_bound": res.max_abs_error <= b.value,
+        "layers": spec.layers,
+        "heads": spec.heads,
+        "width": spec.width,
+        "ffn_width": spec.ffn_width,
+        "provenance": spec.provenance,
+        "parameters": spec.parameters,
+        "seconds": res.seconds,
+    })
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- table
+def _fmt(v: Any) -> str:
+    if isinstance(v, str):
+        return v if len(v) <= 14 else v[:13] + "…"
+    return f"{v:.6g}"
+
+
+def _print(res: Any, ns: argparse.Namespace, data: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    spec = res.model.spec
+    console.print(
+        f"[bold]{res.entry.name}[/bold]  mode={res.result.mode}  attention={res.model.attention}"
+        + (f" beta={res.model.beta:g}" if res.model.beta else "")
+        + f"  layers={spec.layers} heads={spec.heads} width={spec.width} ffn_width={spec.ffn_width}"
+    )
+    console.print(f"[dim]{spec.provenance}[/dim]")
+    pred = data["next_token_probs"]
+    ref = data["reference_next_token_probs"]
+    items = _token_items(ns.tokens)
+    n = len(pred)
+    show = list(range(n)) if n <= ns.rows else list(range(ns.rows // 2)) + [-1] + list(range(n - (ns.rows - ns.rows // 2), n))
+    tab = Table(title="next-token probabilities (model vs reference)")
+    tab.add_column("t", justify="right")
+    tab.add_column("item")
+    tab.add_column("model")
+    tab.add_column("reference")
+    tab.add_column("max |err|", justify="right")
+    if "task_posterior" in data:
+        tab.add_column("task posterior")
+    from constructions.runner import output_error
+
+    got, refa = res.result.outputs["next_token_probs"], res.reference["next_token_probs"]
+
+    for t in show:
+        if t == -1:
+            tab.add_row("…", "", "", "", "")
+            continue
+        e, _ = output_error(got[t], refa[t])
+        row = [str(t), items[t] if t < len(items) else "", " ".join(_fmt(v) for v in pred[t]), " ".join(_fmt(v) for v in ref[t]), f"{e:.3g}"]
+        if "task_posterior" in data:
+            row.append(" ".join(_fmt(v) for v in data["task_posterior"][t]))
+        tab.add_row(*row)
+    console.print(tab)
+    b = res.bound
+    ratio = data["bound_ratio"]
+    verdict = "[green]within bound[/green]" if data["within_bound"] else "[red]EXCEEDS BOUND[/red]"
+    console.print(
+        f"max |error| = {res.max_abs_error:.3g} (reference: {res.reference_kind})   claimed bound = {b.value:.3g}"
+        f" (leakage {b.leakage:.3g} + round-off {b.roundoff:.3g})"
+        + (f"   ratio = {ratio:.3g}" if ratio is not None else "") + f"   {verdict}"
+    )
+    if res.bit_identical is not None:
+        console.print("bit-identical to the exact reference: " + ("[green]yes[/green]" if res.bit_identical else "[red]no[/red]"))
+    console.print(f"[dim]{b.notes}[/dim]")
+
+
+def _token_items(text: str) -> list[str]:
+    out = []
+    for i, seg in enumerate(text.split("|")):
+        if i:
+            out.append("SEP")
+        out.extend(seg.replace(",", " ").split())
+    return out
