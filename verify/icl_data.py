@@ -132,39 +132,27 @@ def _padded_tasks(mixture: HMMMixture) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return pi, A, B
 
 
-def _categorical(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
-    """One draw per row of ``probs`` (..., C) by inverse CDF; rows must sum to 1 within round-off."""
-    u = rng.random(probs.shape[:-1])
-    cdf = np.cumsum(probs, axis=-1)
-    return np.minimum((u[..., None] >= cdf).sum(axis=-1), probs.shape[-1] - 1)
-
-
 def sample_context_batch(mixture: HMMMixture, layout: Layout, n: int, rng: np.random.Generator) -> ContextBatch:
-    """Sample ``n`` contexts: task ``k ~ task_prior`` per context, the hidden state reset at every segment.
+    """Sample ``n`` contexts with :func:`hmm.sampling.sample_contexts` (task ``k ~ task_prior`` per context, the
+    hidden state reset at every segment) and lay them out as token streams. Deterministic given ``rng``'s state."""
+    from hmm.sampling import sample_contexts
 
-    Vectorised over contexts (a Python loop over the T positions only). Deterministic given ``rng``'s state.
-    """
-    if n < 1:
-        raise HmmtxError(f"number of contexts must be >= 1, got {n}")
-    pi, A, B = _padded_tasks(mixture)
-    rho = np.asarray(mixture.as_float().task_prior, dtype=np.float64)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise HmmtxError(f"number of contexts must be an integer >= 1, got {n!r}")
+    cs = sample_contexts(mixture, int(n), layout.n_demos, max(layout.demo_len, 1), layout.test_len, seed=rng)
     V = mixture.num_obs
-    T = layout.length
     idx = layout.positions()
-    task = _categorical(rng, np.broadcast_to(rho, (n, len(rho))))
-    tokens = np.empty((n, T), dtype=np.int64)
-    states = np.full((n, T), -1, dtype=np.int64)
+    tokens = np.empty((n, layout.length), dtype=np.int64)
+    states = np.full((n, layout.length), -1, dtype=np.int64)
     tokens[:, 0] = V + 1
-    z = None
-    for t in range(1, T):
-        if idx.is_sep[t]:
-            tokens[:, t] = V
-            z = None
-            continue
-        z = _categorical(rng, pi[task]) if z is None else _categorical(rng, A[task, z])
-        states[:, t] = z
-        tokens[:, t] = _categorical(rng, B[task, z])
-    return ContextBatch(tokens, states, task, layout, V)
+    tokens[:, idx.is_sep] = V
+    for s in range(layout.n_demos):
+        where = idx.is_obs & (idx.segment == s)
+        tokens[:, where] = cs.demo_tokens[:, s]
+        states[:, where] = cs.demo_states[:, s]
+    tokens[:, idx.is_test] = cs.test_tokens
+    states[:, idx.is_test] = cs.test_states
+    return ContextBatch(tokens, states, np.asarray(cs.tasks, dtype=np.int64), layout, V)
 
 
 class MixtureReferences(NamedTuple):

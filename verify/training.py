@@ -155,31 +155,13 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
 
 
 def make_mixture(config: TrainConfig) -> HMMMixture:
-    """The training mixture: ``num_tasks`` random Dirichlet HMMs with a uniform task prior.
+    """The training mixture: ``hmm.zoo.make_mixture("dirichlet", num_tasks, num_states, vocab_size,
+    seed=mixture_seed, concentration=concentration)`` (rows of A and B Dirichlet(concentration), random initial
+    law, uniform task prior). Checkpoints store the mixture itself, so a saved model is probed on its own tasks."""
+    from hmm.zoo import make_mixture as zoo_mixture
 
-    The family is written here (not taken from :mod:`hmm.zoo`) so that a recorded run stays reproducible whatever
-    the zoo's defaults become: initial law Dirichlet(1), rows of A and B Dirichlet(``config.concentration``)
-    floored at 1e-3 and renormalised, seeded by ``config.mixture_seed``. Checkpoints store the mixture itself.
-    """
-    return _dirichlet_mixture(config.num_tasks, config.num_states, config.vocab_size, config.concentration,
-                              config.mixture_seed)
-
-
-def _dirichlet_mixture(K: int, S: int, V: int, concentration: float, seed: int) -> HMMMixture:
-    from hmm.model import HMM
-
-    rng = np.random.default_rng(seed)
-    tasks = []
-    for k in range(K):
-        pi = rng.dirichlet(np.full(S, 1.0))
-        A = rng.dirichlet(np.full(S, concentration), size=S)
-        B = rng.dirichlet(np.full(V, concentration), size=S)
-        # Dirichlet draws can underflow to exact zeros at small concentration; keep every row strictly positive so
-        # every context has positive probability (a documented floor, then exact renormalisation).
-        A = (A + 1e-3) / (A + 1e-3).sum(axis=1, keepdims=True)
-        B = (B + 1e-3) / (B + 1e-3).sum(axis=1, keepdims=True)
-        tasks.append(HMM.from_arrays(pi, A, B, name=f"dirichlet-{k}"))
-    return HMMMixture.from_arrays(np.full(K, 1.0 / K), tasks)
+    return zoo_mixture("dirichlet", config.num_tasks, config.num_states, config.vocab_size, seed=config.mixture_seed,
+                       concentration=float(config.concentration))
 
 
 # ---------------------------------------------------------------------------------------------------- model
