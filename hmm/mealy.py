@@ -74,7 +74,7 @@ class MealyHMM:
                 bad = np.argwhere(~np.isfinite(arr))
                 if bad.size:
                     idx = tuple(int(i) for i in bad[0])
-                    raise HmmtxError(f"{nm}{list(idx)}: entry is {arr[idx]!r} (NaN or infinite)")
+                    raise HmmtxError(f"{nm}{list(idx)}: entry is {float(arr[idx])!r} (NaN or infinite)")
         check_stochastic(pi, "initial_probs")
         neg = np.argwhere(T < 0)
         if neg.size:

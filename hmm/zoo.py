@@ -65,8 +65,18 @@ def _frac(value: Any, name: str) -> Fraction:
         raise HmmtxError(f"parameter {name}: cannot read {value!r} as a number") from None
 
 
+def _num(value: Any, name: str) -> float:
+    """float value of a parameter given as a number, a Fraction or a string such as ``"3/20"``."""
+    if isinstance(value, str):
+        return float(_frac(value, name))
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise HmmtxError(f"parameter {name}: cannot read {value!r} as a number") from None
+
+
 def _check_prob(value: Any, name: str, *, low_open: bool = False, high_open: bool = False) -> None:
-    v = float(value)
+    v = _num(value, name)
     lo_ok = v > 0 if low_open else v >= 0
     hi_ok = v < 1 if high_open else v <= 1
     if not (lo_ok and hi_ok and math.isfinite(v)):
@@ -76,7 +86,7 @@ def _check_prob(value: Any, name: str, *, low_open: bool = False, high_open: boo
 
 
 def _positive(value: Any, name: str) -> float:
-    v = float(value)
+    v = _num(value, name)
     if not (v > 0 and math.isfinite(v)):
         raise HmmtxError(f"parameter {name} = {value} must be a positive number")
     return v
@@ -154,7 +164,7 @@ def _dirichlet_family(S, V, rng, rational, *, concentration, emission_concentrat
 
 def _sticky(S, V, rng, rational, *, eps, emission_concentration, initial, denominator):
     _check_prob(eps, "eps")
-    e = _frac(eps, "eps") if rational else float(eps)
+    e = _frac(eps, "eps") if rational else _num(eps, "eps")
     one = Fraction(1) if rational else 1.0
     # A = (1 - eps) I + eps/(S-1) (J - I): near identity, ||A - I||_max <= eps, strictly positive for eps > 0.
     if S == 1:
@@ -176,7 +186,7 @@ def _cyclic(S, V, rng, rational, *, eps, permutation, emission_concentration, in
         perm = rng.permutation(S)
     else:
         raise HmmtxError(f"parameter permutation = {permutation!r} must be 'cycle' or 'random'")
-    e = _frac(eps, "eps") if rational else float(eps)
+    e = _frac(eps, "eps") if rational else _num(eps, "eps")
     one = Fraction(1) if rational else 1.0
     # A = (1 - eps) P + eps/S J: a permutation (period S for 'cycle') plus uniform restarts with probability eps.
     A = np.full((S, S), e / S, dtype=object if rational else np.float64)
@@ -212,7 +222,7 @@ def _observable(S, V, rng, rational, *, noise, concentration, initial, denominat
     if V < S:
         raise HmmtxError(f"observable: needs num_obs >= num_states (got V = {V} < S = {S})")
     _check_prob(noise, "noise", high_open=True)
-    e = _frac(noise, "noise") if rational else float(noise)
+    e = _frac(noise, "noise") if rational else _num(noise, "noise")
     one = Fraction(1) if rational else 1.0
     # B = (1 - noise) E + noise/V J with E an injective state -> symbol map (a seeded random one). Then
     # B B^T = (1 - noise)^2 I + c 1 1^T (c >= 0), so sigma_min(B) = 1 - noise exactly for S >= 2 (>= for S = 1).
@@ -228,7 +238,7 @@ def _observable(S, V, rng, rational, *, noise, concentration, initial, denominat
 # ---------------------------------------------------------------------------------------------- classic processes
 def _mealy_params(rational: bool, **kv: Any) -> tuple[bool, dict[str, Any]]:
     exact = rational or any(isinstance(v, (Fraction, str)) for v in kv.values())
-    return exact, {k: (_frac(v, k) if exact else float(v)) for k, v in kv.items()}
+    return exact, {k: (_frac(v, k) if exact else _num(v, k)) for k, v in kv.items()}
 
 
 def _mealy(pi: Any, T: list, exact: bool, name: str) -> MealyHMM:
@@ -494,17 +504,17 @@ def make_mixture(
             else:
                 pk[key] = val
         tasks.append(make(name, num_states, num_obs, seed=np.random.default_rng(children[k]), rational=rational, **pk))
+    exact = all(h.exact for h in tasks)  # rational=True, or exact parameters of a classic process
     if isinstance(task_prior, str):
         if task_prior == "uniform":
-            rho = [Fraction(1, K)] * K if rational else [1.0 / K] * K
+            rho = [Fraction(1, K)] * K if exact else [1.0 / K] * K
         elif task_prior == "random":
             P = _dirichlet(np.random.default_rng(children[K]), 1.0, 1, K)
-            rho = round_rows(P, _auto_denominator(K, None), positive=True)[0].tolist() if rational else P[0].tolist()
+            rho = round_rows(P, _auto_denominator(K, None), positive=True)[0].tolist() if exact else P[0].tolist()
         else:
             raise HmmtxError(f"task_prior = {task_prior!r} must be 'uniform', 'random' or a list of probabilities")
     else:
         rho = list(task_prior)
-    exact = all(h.exact for h in tasks)
     if not exact:
         tasks = [h.as_float() for h in tasks]
     return HMMMixture.from_arrays(rho, tasks, exact=exact)
