@@ -68,12 +68,41 @@ def run(args: argparse.Namespace) -> int:
     res = run_construction(entry, source, tokens, mode=ns.mode, attention=ns.attention, beta=beta,
                            params=entry.param_values(ns), reference=ns.reference)
     data = result_json(res, ns.tokens)
+    extra = _extra_report(entry, source, tokens, ns)
+    data.update(extra)
     _print(res, ns, data)
+    _print_extra(extra)
     if ns.json:
         from hmm.io import atomic_write_json
 
         atomic_write_json(ns.json, data)
     return 0
+
+
+def _extra_report(entry: Any, source: Any, tokens: Any, ns: argparse.Namespace) -> dict:
+    """Construction-specific extra JSON keys: ``entry.extra["report"](source, tokens, exact=..., **params)``
+    (e.g. the window construction's ``r``, ``a_priori_bound``, ``a_posteriori_bound``); {} when absent."""
+    hook = entry.extra.get("report") if isinstance(entry.extra, dict) else None
+    if hook is None:
+        return {}
+    exact = ns.mode == "exact"
+    if exact and source is not None and hasattr(source, "as_exact"):
+        source = source.as_exact()
+    return dict(hook(source, tokens, exact=exact, **entry.param_values(ns)))
+
+
+def _print_extra(extra: dict) -> None:
+    if not extra:
+        return
+    from rich.console import Console
+
+    console = Console()
+    for k, v in extra.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{kk} = {vv:.3g}" if isinstance(vv, float) else f"{kk} = {vv}" for kk, vv in v.items())
+        elif isinstance(v, float):
+            v = f"{v:.3g}"
+        console.print(f"{k}: {v}")
 
 
 # ---------------------------------------------------------------------------------------------- JSON
