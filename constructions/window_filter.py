@@ -257,7 +257,7 @@ def build(
                     "prior": prior if isinstance(prior, str) else [str(v) for v in mu],
                     "max_len": max_len, "gather_layers": plan.depth},
     )
-    info = {"hmm": hmm, "r": r, "prior": prior, "readout": readout, "gather": plan, "mu": mu}
+    info = {"hmm": hmm, "n": S, "r": r, "prior": prior, "readout": readout, "gather": plan, "mu": mu}
     return ConstructedTransformer(lay, emb, layers, outs, spec, WindowCodec(V, max_len), bound_fn=claimed_bound,
                                   attention=attention, beta=beta, dtype=dtype, device=device, info=info)
 
