@@ -502,6 +502,148 @@ def window_error_exact(hmm: HMM, tokens: Any, r: int, prior: Any = "stationary")
     return WindowError(l1(full.filtered_probs, win.filtered_probs), l1(full.next_token_probs, win.next_token_probs))
 
 
+
+# ---------------------------------------------------------------------------------------------- error vs r
+class WindowCurve(NamedTuple):
+    """Memory error of the window filter and both bounds against the window length ``r = 1..r_max``.
+
+    Per-r arrays (length ``r_max``; L1 norms; ``nan`` where no a-priori bound exists):
+        r:                     1..r_max
+        max_error, mean_error: max / mean over sampled sequences and positions ``t >= r`` of
+                               ``||filtered_t - window_filtered_t||_1`` (positions ``t < r`` are exact)
+        max_error_next:        the same max for next-token probabilities
+        a_priori, a_priori_next: the a-priori bounds (filtered / next-token)
+        a_posteriori:          max over positions of the a-posteriori bound (filtered)
+        a_posteriori_next:     the same for next-token probabilities
+        allowance:             the stated round-off allowance of each comparison
+        check:                 per r: ``"float"`` (float comparison), ``"exact"`` (a-priori bound below
+                               ``max(1e-13, 10 allowance)``: checked in exact Fractions on a short prefix of the
+                               first sequence against the mpmath bound) or ``"none"`` (no a-priori bound)
+        holds:                 per r: measured <= every bound (+ allowance; exactly where ``check == "exact"``)
+    Scalars:
+        Delta, tau, prior_distance: of A and the prior (inf / 1 / inf when A has zeros)
+        rate:                  fitted geometric decay rate of ``mean_error`` in r (``exp`` of the least-squares slope
+                               of ``log mean_error`` over the r with ``mean_error > 1e3 * allowance``; nan if < 3)
+        note:                  the a-priori bound's note, in words
+        params:                JSON-ready run parameters
+    """
+
+    r: np.ndarray
+    max_error: np.ndarray
+    mean_error: np.ndarray
+    max_error_next: np.ndarray
+    a_priori: np.ndarray
+    a_priori_next: np.ndarray
+    a_posteriori: np.ndarray
+    a_posteriori_next: np.ndarray
+    allowance: np.ndarray
+    check: tuple
+    holds: np.ndarray
+    Delta: float
+    tau: float
+    prior_distance: float
+    rate: float
+    note: str
+    params: dict
+
+    def as_dict(self) -> dict:
+        """JSON-ready (``nan``/``inf`` become None)."""
+
+        def clean(v: Any) -> Any:
+            if isinstance(v, np.ndarray):
+                return [clean(x) for x in v.tolist()]
+            if isinstance(v, (list, tuple)):
+                return [clean(x) for x in v]
+            if isinstance(v, (float, np.floating)):
+                return float(v) if math.isfinite(v) else None
+            if isinstance(v, np.bool_):
+                return bool(v)
+            return v
+
+        return {k: clean(v) if k != "params" else v for k, v in self._asdict().items()}
+
+
+#: Bounds below this (or below 10x the round-off allowance) are checked in exact arithmetic.
+EXACT_CHECK_BELOW = 1e-13
+
+
+def window_curve(
+    hmm: HMM,
+    r_max: int,
+    *,
+    prior: Any = "stationary",
+    num_sequences: int = 16,
+    length: int = 200,
+    seed: int = 0,
+    tokens: Any = None,
+    exact_check: bool = True,
+) -> WindowCurve:
+    """Measure the window filter's error and both bounds for ``r = 1..r_max`` on sequences sampled from ``hmm``
+    (or on ``tokens`` (N, T) when given). See :class:`WindowCurve`."""
+    from hmm.sampling import sample
+
+    r_max = check_window_length(r_max, "--r-max")
+    for val, nm in ((num_sequences, "--seqs"), (length, "--length")):
+        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
+            raise HmmtxError(f"{nm} must be a positive integer, got {val!r}")
+    h = hmm.as_float()
+    if tokens is None:
+        x = sample(h, int(num_sequences), int(length), seed=seed).tokens
+    else:
+        x = h.check_tokens(tokens)
+        x = x[None] if x.ndim == 1 else x
+    N, T = x.shape
+    if T <= r_max:
+        raise HmmtxError(f"--length {T} must exceed --r-max {r_max} (positions t < r are exact, nothing to measure)")
+    resolve_prior(h, prior)  # validate once, early
+    S = h.num_states
+    rows = {k: np.full(r_max, np.nan) for k in ("max_error", "mean_error", "max_error_next", "a_priori",
+                                                 "a_priori_next", "a_posteriori", "a_posteriori_next", "allowance")}
+    check, holds = [], np.zeros(r_max, dtype=bool)
+    pri = None
+    for i, r in enumerate(range(1, r_max + 1)):
+        err = window_error(h, x, r, prior)
+        post = a_posteriori_bound(h, x, r, prior)
+        pri = a_priori_bound(h, r, prior)
+        alw = roundoff_allowance(S, T, r)
+        tail = err.filtered[:, r:]
+        rows["max_error"][i] = tail.max()
+        rows["mean_error"][i] = tail.mean()
+        rows["max_error_next"][i] = err.next_token[:, r:].max()
+        rows["a_posteriori"][i] = post.filtered.max()
+        rows["a_posteriori_next"][i] = post.next_token.max()
+        rows["allowance"][i] = alw
+        ok = bool(np.all(err.filtered <= post.filtered + alw) and np.all(err.next_token <= post.next_token + alw))
+        if pri.filtered is None:
+            check.append("none")
+        else:
+            rows["a_priori"][i] = float(pri.filtered)
+            rows["a_priori_next"][i] = float(pri.next_token)
+            if exact_check and float(pri.filtered) < max(EXACT_CHECK_BELOW, 10 * alw):
+                check.append("exact")
+                hx = hmm.as_exact()
+                mp = a_priori_bound(hx, r, prior, dps=50)
+                ex = window_error_exact(hx, x[0, : min(T, r + 6)], r, prior)
+                ok = ok and all(exact_le(v, mp.filtered) for v in ex.filtered) and \
+                    all(exact_le(v, mp.next_token) for v in ex.next_token)
+            else:
+                check.append("float")
+                ok = ok and rows["max_error"][i] <= pri.filtered + alw and rows["max_error_next"][i] <= pri.next_token + alw
+        holds[i] = ok
+    me, al = rows["mean_error"], rows["allowance"]
+    use = np.isfinite(me) & (me > 1e3 * al)
+    rate = float("nan")
+    if use.sum() >= 3:
+        slope = np.polyfit(np.arange(1, r_max + 1)[use], np.log(me[use]), 1)[0]
+        rate = float(np.exp(slope))
+    params = {"r_max": r_max, "prior": prior if isinstance(prior, str) else [str(v) for v in np.asarray(prior).tolist()],
+              "num_sequences": int(N), "length": int(T), "seed": seed, "S": S, "V": h.num_obs,
+              "hmm_name": hmm.name}
+    return WindowCurve(np.arange(1, r_max + 1), rows["max_error"], rows["mean_error"], rows["max_error_next"],
+                       rows["a_priori"], rows["a_priori_next"], rows["a_posteriori"], rows["a_posteriori_next"],
+                       rows["allowance"], tuple(check), holds, float(pri.Delta), float(pri.tau),
+                       float(pri.prior_distance), rate, pri.note, params)
+
 __all__ = [
     "PRIOR_NAMES",
     "check_window_length",
@@ -519,4 +661,7 @@ __all__ = [
     "WindowError",
     "window_error",
     "window_error_exact",
+    "WindowCurve",
+    "window_curve",
+    "EXACT_CHECK_BELOW",
 ]
