@@ -39,6 +39,7 @@ class DtypeSummary(NamedTuple):
     failed: int
     max_error: float | None
     max_bound: float | None
+    max_allowance: float | None
     max_ratio: float | None
     exact_agree: int | None  # exact mode: how many cases agreed bit for bit; None for float modes
     seconds: float
@@ -55,6 +56,7 @@ class ConstructionSummary(NamedTuple):
     crashed: int
     max_error: float | None
     max_bound: float | None
+    max_allowance: float | None
     max_ratio: float | None
     exact_cases: int
     exact_agree: int
@@ -122,6 +124,7 @@ def summarise(
                     failed=sum(not r.passed for r in ds),
                     max_error=_max(r.error for r in ds),
                     max_bound=_finite_max(r.bound for r in ds),
+                    max_allowance=_max(r.allowance for r in ds),
                     max_ratio=_max(r.ratio for r in ds),
                     exact_agree=sum(r.exact_ok is True for r in ds) if d == "exact" else None,
                     seconds=sum(r.seconds for r in ds),
@@ -140,6 +143,7 @@ def summarise(
                 crashed=sum(r.status == "crash" for r in rs),
                 max_error=_max(r.error for r in rs),
                 max_bound=_finite_max(r.bound for r in rs),
+                max_allowance=_max(r.allowance for r in rs),
                 max_ratio=_max(r.ratio for r in rs),
                 exact_cases=sum(r.case.dtype == "exact" for r in rs),
                 exact_agree=sum(r.exact_ok is True for r in rs if r.case.dtype == "exact"),
@@ -277,6 +281,7 @@ def summary_record(s: ConstructionSummary) -> dict[str, Any]:
         "crashed": s.crashed,
         "max_error": _num(s.max_error),
         "max_bound": _num(s.max_bound),
+        "max_allowance": _num(s.max_allowance),
         "max_ratio": _num(s.max_ratio),
         "exact_cases": s.exact_cases,
         "exact_agree": s.exact_agree,
@@ -288,6 +293,7 @@ def summary_record(s: ConstructionSummary) -> dict[str, Any]:
                 "failed": d.failed,
                 "max_error": _num(d.max_error),
                 "max_bound": _num(d.max_bound),
+                "max_allowance": _num(d.max_allowance),
                 "max_ratio": _num(d.max_ratio),
                 "exact_agree": d.exact_agree,
                 "seconds": round(float(d.seconds), 6),
@@ -397,6 +403,7 @@ def summary_table(summaries: Sequence[ConstructionSummary], title: str = "hmmtx 
     table.add_column("cases", justify="right")
     table.add_column("max error", justify="right")
     table.add_column("max bound", justify="right")
+    table.add_column("allowance", justify="right")
     table.add_column("max err/bound", justify="right")
     table.add_column("exact agree", justify="right")
     table.add_column("time", justify="right")
@@ -410,6 +417,7 @@ def summary_table(summaries: Sequence[ConstructionSummary], title: str = "hmmtx 
                 str(d.cases),
                 fmt(d.max_error),
                 fmt(d.max_bound),
+                fmt(d.max_allowance),
                 fmt(d.max_ratio),
                 f"{d.exact_agree}/{d.cases}" if d.exact_agree is not None else "-",
                 f"{d.seconds:.2f}s",

@@ -52,6 +52,10 @@ class Plan:
         exact_max_states, exact_max_length: exact (Fraction) mode runs only where S and T are at most these
             (Fractions grow with T; SPEC §6 asks for bit-exactness at S <= 4, T <= 64)
         seeds_per_point: HMMs drawn per (family, S, T) point
+        classic_lengths_per_family: each classic process (fixed size) runs at this many of the plan's lengths,
+            chosen by rotation so that together they cover the lengths (0: every length)
+        softmax_max_length: softmax-attention variants run only where T is at most this (their certified leakage
+            bounds are computed position by position and dominate the time at large T)
     """
 
     preset: str
@@ -62,6 +66,8 @@ class Plan:
     exact_max_states: int = 4
     exact_max_length: int = 64
     seeds_per_point: int = 1
+    classic_lengths_per_family: int = 0
+    softmax_max_length: int = 1 << 30
 
     def __post_init__(self) -> None:
         if not self.states:
@@ -97,14 +103,25 @@ class Plan:
             "exact_max_states": self.exact_max_states,
             "exact_max_length": self.exact_max_length,
             "seeds_per_point": self.seeds_per_point,
+            "classic_lengths_per_family": self.classic_lengths_per_family,
+            "softmax_max_length": self.softmax_max_length,
         }
+
+    def classic_lengths(self, index: int) -> tuple[int, ...]:
+        """The lengths at which the ``index``-th classic process of a construction runs (rotation)."""
+        n = len(self.lengths)
+        m = self.classic_lengths_per_family
+        if m <= 0 or m >= n:
+            return tuple(self.lengths)
+        return tuple(self.lengths[(index + k) % n] for k in range(m))
 
 
 #: ``--quick``: small sizes, every mode; under a minute on 2 cores for every registered construction.
-QUICK = Plan(preset="quick", states=(2, 3), lengths=(4, 16), dtypes=DTYPES, seed=0)
+QUICK = Plan(preset="quick", states=(2, 3), lengths=(4, 16), dtypes=DTYPES, seed=0, classic_lengths_per_family=1)
 
-#: ``--full``: S up to 8, T up to 1024; exact mode where S <= 4 and T <= 64.
-FULL = Plan(preset="full", states=(2, 4, 8), lengths=(16, 64, 256, 1024), dtypes=DTYPES, seed=0)
+#: ``--full``: S up to 8, T up to 1024; exact mode where S <= 4 and T <= 64; softmax variants up to T = 256.
+FULL = Plan(preset="full", states=(2, 4, 8), lengths=(16, 64, 256, 1024), dtypes=DTYPES, seed=0,
+            classic_lengths_per_family=2, softmax_max_length=256)
 
 PRESETS: dict[str, Plan] = {"quick": QUICK, "full": FULL}
 
@@ -357,12 +374,13 @@ class _Inputs(NamedTuple):
 class RegistryAdapter:
     """Sweeps one registry entry with the generic case generator.
 
-    Cases: for every (S, T) of the plan one of the entry's random zoo families (rotating, so each family appears),
-    plus each classic zoo process (fixed size) whose S is within the plan's largest S, at every T. Each point runs
+    Cases: for every (S, T) of the plan one of the entry's random zoo families (rotating diagonally, so each family
+    meets several S and T), plus each classic zoo process (fixed size) whose S is within the plan's largest S, at
+    :meth:`Plan.classic_lengths`. Each point runs
     in every supported mode (``exact`` only where :meth:`Plan.exact_allowed`), with hard attention; float64 also
     with softmax attention at each beta of ``entry.extra["verify_betas"]`` (default :data:`DEFAULT_BETAS`; ``()``
-    turns it off). Exact cases draw a rational HMM (small denominators, so Fractions stay small), float cases a
-    float one.
+    turns it off). HMMs are drawn with small rational entries (zoo ``rational=True``, so Fractions stay small) and
+    the same HMM, tokens and built model serve every mode of a point.
 
     Inputs by ``entry.input_kind``:
         ``hmm``: the zoo HMM (V = ``extra["verify_vocab"]``, default 3; at least S for ``observable``) and T tokens
@@ -387,6 +405,15 @@ class RegistryAdapter:
         self.betas = tuple(float(b) for b in extra.get("verify_betas", DEFAULT_BETAS))
         self.vocab = int(extra.get("verify_vocab", 3))
         self.num_tasks = int(extra.get("verify_tasks", 2))
+        #: float modes are compared with the Fraction reference up to these sizes, with the float64 one beyond
+        self.exact_reference_states = 4
+        self.exact_reference_length = 64
+        self.compared_outputs = compared_outputs(entry)
+        # Cases of one (family, S, T, seed) point come one after another: a few cached inputs, models and
+        # references let the float64, float32 and exact cases share one build.
+        self._input_cache: dict = {}
+        self._model_cache: dict = {}
+        self._ref_cache: dict = {}
 
     # -------------------------------------------------------------- cases
     def _families(self) -> tuple[list[str], list[tuple[str, int]]]:
@@ -397,9 +424,9 @@ class RegistryAdapter:
         classic = [(f, FAMILIES[f].fixed_size[0]) for f in fams if FAMILIES[f].fixed_size is not None]
         return random_f, classic
 
-    def _variants(self, dtype: str) -> list[dict[str, Any]]:
+    def _variants(self, dtype: str, softmax: bool = True) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = [{"attention": "hard"}]
-        if dtype == "float64":
+        if dtype == "float64" and softmax:
             out += [{"attention": "softmax", "beta": b} for b in self.betas]
         return out
 
@@ -411,15 +438,13 @@ class RegistryAdapter:
             )
         random_f, classic = self._families()
         points: list[tuple[str, int, int]] = []
-        i = 0
-        for S in plan.states:
-            for T in plan.lengths:
-                if random_f:
-                    points.append((random_f[i % len(random_f)], S, T))
-                    i += 1
-        for fam, S in classic:
+        for si, S in enumerate(plan.states):
+            for ti, T in enumerate(plan.lengths):
+                if random_f:  # diagonal rotation: each family meets several S and several T
+                    points.append((random_f[(si + ti) % len(random_f)], S, T))
+        for j, (fam, S) in enumerate(classic):
             if S <= max(plan.states):
-                points += [(fam, S, T) for T in plan.lengths]
+                points += [(fam, S, T) for T in plan.classic_lengths(j)]
         out = []
         for fam, S, T in points:
             for k in range(plan.seeds_per_point):
@@ -427,7 +452,7 @@ class RegistryAdapter:
                 for d in plan.dtypes:
                     if d not in self.dtypes or (d == "exact" and not plan.exact_allowed(S, T)):
                         continue
-                    for v in self._variants(d):
+                    for v in self._variants(d, T <= plan.softmax_max_length):
                         out.append(Case(self.name, fam, S, T, d, seed, tuple(v.items())))
         return out
 
@@ -445,7 +470,11 @@ class RegistryAdapter:
         from hmm import zoo
         from hmm.sampling import sample, sample_contexts
 
-        rational = case.dtype == "exact"
+        key = (case.family, case.states, case.length, case.seed)
+        hit = self._input_cache.get(key)
+        if hit is not None:
+            return hit
+        rational = True
         fam = zoo.FAMILIES[case.family]
         S = None if fam.fixed_size is not None else case.states
         V = self._vocab_for(case.family, case.states or 1)
@@ -459,7 +488,9 @@ class RegistryAdapter:
             n_demos, demo_len, test_len = context_shape(case.length)
             ctx = sample_contexts(source, 1, n_demos, demo_len, test_len, seed=case.seed + 1)
             text = " | ".join(" ".join(str(int(x)) for x in seg) for seg in ctx.segments(0))
-        return _Inputs(source, text, self.entry.parse_tokens(text), V)
+        out = _Inputs(source, text, self.entry.parse_tokens(text), V)
+        _remember(self._input_cache, key, out)
+        return out
 
     def _params(self, case: Case) -> tuple[str, float | None, dict[str, Any]]:
         p = case.param_dict
@@ -472,11 +503,19 @@ class RegistryAdapter:
         inp = self.inputs(case)
         return self._replay(case, inp)
 
+    def _exact_truth(self, case: Case) -> bool:
+        """Float modes are compared with the Fraction reference where it is cheap, with float64 elsewhere (its
+        own round-off, about T eps, is far inside every float allowance)."""
+        return case.dtype == "exact" or (
+            (case.states or 1) <= self.exact_reference_states and case.length <= self.exact_reference_length
+        )
+
     def _replay(self, case: Case, inp: _Inputs) -> Replay:
         attention, beta, values = self._params(case)
         args = ["--mode", case.dtype, "--attention", attention]
         if beta is not None:
             args += ["--beta", repr(float(beta))]
+        args += ["--reference", "exact" if self._exact_truth(case) else "float64"]
         for name, val in values.items():
             if val is not None:
                 args += ["--" + name.replace("_", "-"), str(val)]
@@ -487,11 +526,21 @@ class RegistryAdapter:
     def run(self, case: Case) -> Outcome:
         inp = self.inputs(case)
         attention, beta, values = self._params(case)
-        model = self.entry.build(inp.source, inp.tokens, attention=attention, beta=beta, **values)
+        point = (case.family, case.states, case.length, case.seed)
+        mkey = point + (attention, beta, tuple(sorted(values.items(), key=lambda kv: kv[0])))
+        model = self._model_cache.get(mkey)
+        if model is None:
+            model = self.entry.build(inp.source, inp.tokens, attention=attention, beta=beta, **values)
+            _remember(self._model_cache, mkey, model)
         res = model.run(inp.tokens, mode=case.dtype, record="final")
         exact_ref = case.dtype == "exact"
-        ref = self.entry.reference(inp.source, inp.tokens, exact=exact_ref, **values)
-        names = [n for n in self.entry.outputs if n in res.outputs and n in ref]
+        exact_truth = self._exact_truth(case)
+        rkey = mkey[:4] + (exact_truth, mkey[-1])
+        ref = self._ref_cache.get(rkey)
+        if ref is None:
+            ref = self.entry.reference(inp.source, inp.tokens, exact=exact_truth, **values)
+            _remember(self._ref_cache, rkey, ref)
+        names = [n for n in self.compared_outputs if n in res.outputs and n in ref]
         if not names:
             raise HmmtxError(
                 f"{self.name}: the model's outputs {sorted(res.outputs)} and the reference's {sorted(ref)} share no name"
@@ -516,6 +565,30 @@ class RegistryAdapter:
             size=size,
             note=str(br.notes),
         )
+
+
+_CACHE_SIZE = 4
+
+#: Output-name endings of the probability outputs that claimed bounds cover (see :func:`compared_outputs`).
+PROBABILITY_SUFFIXES = ("_probs", "_posterior", "_predicted")
+
+
+def compared_outputs(entry: Any) -> tuple[str, ...]:
+    """The outputs verify compares with the reference: ``entry.extra["verify_outputs"]`` when given, else the
+    entry's probability outputs (names ending in ``_probs``, ``_posterior``, ``_predicted``; a ``bayes_`` prefix
+    marks a statistical comparison, not a claimed one, and is left out). Un-normalised masses, statuses and counts
+    are not covered by a probability bound and are not compared."""
+    extra = entry.extra if isinstance(entry.extra, dict) else {}
+    if "verify_outputs" in extra:
+        return tuple(extra["verify_outputs"])
+    names = [n for n in entry.outputs if n.endswith(PROBABILITY_SUFFIXES) and not n.startswith("bayes_")]
+    return tuple(names or ["next_token_probs"])
+
+
+def _remember(cache: dict, key: Any, value: Any) -> None:
+    cache[key] = value
+    while len(cache) > _CACHE_SIZE:
+        cache.pop(next(iter(cache)))
 
 
 def context_shape(length: int) -> tuple[int, int, int]:
@@ -551,8 +624,8 @@ def compare(got: Any, ref: Any, *, exact: bool, what: str = "output") -> tuple[f
     if g.size == 0:
         return 0.0, True
     if exact:
-        if g.dtype != object or r.dtype != object:
-            raise HmmtxError(f"{what}: exact mode needs Fractions on both sides, got {g.dtype} and {r.dtype}")
+        if np.issubdtype(g.dtype, np.floating) or np.issubdtype(r.dtype, np.floating):
+            raise HmmtxError(f"{what}: exact mode needs exact numbers on both sides, got {g.dtype} and {r.dtype}")
         diffs = [abs(Fraction(a) - Fraction(b)) for a, b in zip(g.ravel(), r.ravel())]
         m = max(diffs)
         return float(m), m == 0
@@ -638,4 +711,5 @@ __all__ = [
     "DEFAULT_BETAS",
     "context_shape",
     "compare",
+    "compared_outputs",
 ]
