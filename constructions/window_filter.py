@@ -462,15 +462,9 @@ def report_extra(hmm: HMM, tokens: Any, *, r: int, prior: Any = "stationary", ex
 
 # ---------------------------------------------------------------------------------------------- registry
 def _parse_prior(text: Any) -> Any:
-    if not isinstance(text, str):
-        return text
-    t = text.strip()
-    if t.lower() in ("stationary", "uniform"):
-        return t.lower()
-    parts = t.replace(",", " ").split()
-    if not parts:
-        raise HmmtxError("--prior: expected 'stationary', 'uniform' or probabilities such as '1/2,1/4,1/4'")
-    return parts
+    from hmm.window import parse_prior
+
+    return parse_prior(text)
 
 
 def _build_entry(hmm: HMM, tokens: Any, *, attention: str = "hard", beta: float | None = None, r: int = 4,

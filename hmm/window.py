@@ -100,6 +100,20 @@ def resolve_prior(hmm: HMM, prior: Any = "stationary", *, exact: bool | None = N
     return mu
 
 
+def parse_prior(text: Any) -> Any:
+    """CLI ``--prior`` value: ``"stationary"``, ``"uniform"`` or probabilities ``"1/2,1/4,1/4"`` (a list of strings,
+    validated later by :func:`resolve_prior`); non-strings pass through."""
+    if not isinstance(text, str):
+        return text
+    t = text.strip()
+    if t.lower() in PRIOR_NAMES:
+        return t.lower()
+    parts = t.replace(",", " ").split()
+    if not parts:
+        raise HmmtxError("--prior: expected 'stationary', 'uniform' or probabilities such as '1/2,1/4,1/4'")
+    return parts
+
+
 # ---------------------------------------------------------------------------------------------- references
 class WindowResult(NamedTuple):
     """Window-filter output (N sequences of length T; no N axis for a single sequence).
@@ -648,6 +662,7 @@ __all__ = [
     "PRIOR_NAMES",
     "check_window_length",
     "resolve_prior",
+    "parse_prior",
     "WindowResult",
     "window_filter",
     "window_filter_exact",

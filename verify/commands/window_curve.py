@@ -59,11 +59,10 @@ def _source(ns: argparse.Namespace) -> Any:
 
 def run(ns: argparse.Namespace) -> int:
     from hmm.io import atomic_write_json
-    from hmm.window import window_curve
-    from constructions.window_filter import _parse_prior
+    from hmm.window import parse_prior, window_curve
 
     hmm = _source(ns)
-    curve = window_curve(hmm, ns.r_max, prior=_parse_prior(ns.prior), num_sequences=ns.seqs, length=ns.length,
+    curve = window_curve(hmm, ns.r_max, prior=parse_prior(ns.prior), num_sequences=ns.seqs, length=ns.length,
                          seed=ns.seed, exact_check=not ns.no_exact_check)
     name = ns.zoo if ns.zoo else ns.hmm
     data = curve.as_dict()
