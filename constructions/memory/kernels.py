@@ -127,7 +127,7 @@ class TargetKernel:
         if self.kind == "exp":
             return math.expm1(self.param) * np.exp(-self.param * s)
         if self.kind == "power":
-            return s ** (-self.param) / float(mpmath.zeta(self.param))
+            return s ** (-self.param) / _zeta_float(self.param)
         return (s == int(self.param)).astype(np.float64)
 
     def values_mp(self, S: int) -> list:
@@ -173,7 +173,12 @@ def _norm_float(kind: str, param: float) -> float:
     """Reciprocal of the target normaliser in the ``_weight_block`` units (exp: 1/(e^lam-1); power: zeta)."""
     if kind == "exp":
         return 1.0 / math.expm1(param)
-    return float(mpmath.zeta(param))
+    return _zeta_float(param)
+
+
+@lru_cache(maxsize=256)
+def _zeta_float(p: float) -> float:
+    return float(mpmath.zeta(p))
 
 
 @lru_cache(maxsize=4096)
@@ -533,7 +538,7 @@ def _lag_tables(rpe: str, p0: float, beta: float, S: int, P: int) -> tuple[np.nd
 def _fixed_point_bits(fit: KernelFit) -> int:
     top = max((abs(b).bit_length() for b in fit.mono_int), default=1) - fit.mono_exp
     P = max(160, top + 160, fit.mono_exp)
-    return int(64 * math.ceil(P / 64))  # round up so the lag tables are shared between fits
+    return int(256 * math.ceil(P / 256))  # round up so the lag tables are shared between fits
 
 
 def kernel_values_exact(fit: KernelFit, S: int) -> tuple[list, float]:
