@@ -78,14 +78,14 @@ ROUNDOFF_C = 32
 
 
 # ---------------------------------------------------------------------------------------------- configuration
-def parse_eta(value: Any, name: str = "--eta") -> Fraction:
-    """A positive step size as an exact rational (``"1/2"``, ``0.5``, ``Fraction``)."""
+def parse_eta(value: Any, name: str = "--eta", *, allow_zero: bool = False) -> Fraction:
+    """A positive (or, with ``allow_zero``, non-negative) exact rational (``"1/2"``, ``0.5``, ``Fraction``)."""
     try:
         eta = Fraction(value.strip()) if isinstance(value, str) else Fraction(value)
     except (TypeError, ValueError, ZeroDivisionError):
         raise HmmtxError(f"{name}: cannot read {value!r} as a number or a fraction 'p/q'") from None
-    if not eta > 0:
-        raise HmmtxError(f"{name}: the step size must be positive, got {eta}")
+    if not (eta >= 0 if allow_zero else eta > 0):
+        raise HmmtxError(f"{name}: must be {'non-negative' if allow_zero else 'positive'}, got {eta}")
     return eta
 
 
@@ -100,6 +100,8 @@ class ICLConfig:
         eta:        step size (exact rational; ``0 < eta < 2 / lam_max(A)`` for convergence, see :attr:`eta_safe`)
         features:   ``"pattern"`` or ``"concat"``
         max_len:    longest stream (BOS + tokens + SEPs) the relative-position tables cover
+        prior_mass: alpha >= 0 (exact rational): the readout adds ``alpha / V`` to every mass, a uniform
+                    pseudo-mass (0 = the pure learner; > 0 = shrinkage towards uniform, never a zero total mass)
     """
 
     vocab_size: int
@@ -108,12 +110,14 @@ class ICLConfig:
     eta: Fraction = Fraction(1, 2)
     features: str = "pattern"
     max_len: int = 256
+    prior_mass: Fraction = Fraction(0)
 
     def __post_init__(self) -> None:
         for nm, v, lo in (("vocab_size", self.vocab_size, 1), ("--r", self.r, 1), ("--K", self.K, 1), ("--max-len", self.max_len, 2)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                 raise HmmtxError(f"{nm} must be an integer >= {lo}, got {v!r}")
         object.__setattr__(self, "eta", parse_eta(self.eta))
+        object.__setattr__(self, "prior_mass", parse_eta(self.prior_mass, "--prior-mass", allow_zero=True))
         if self.features not in FEATURE_KINDS:
             raise HmmtxError(f"--features must be one of {', '.join(FEATURE_KINDS)}, got {self.features!r}")
         ICLFeatures(int(self.vocab_size), int(self.r), self.features)  # validates the feature dimension
@@ -424,11 +428,15 @@ def gd_ffn(cfg: ICLConfig, lay: Layout) -> Any:
 
 
 def readout_ffn(cfg: ICLConfig, lay: Layout) -> Any:
-    """``z[o] = sum_j W[j, o] x_cur[j]`` (bilinear units ``W[j,o] * x_cur[j]``)."""
+    """``z[o] = sum_j W[j, o] x_cur[j] + alpha / V`` (bilinear units ``W[j,o] * x_cur[j]``; the prior mass, when
+    ``alpha > 0``, is one unit ``one * one``)."""
     b = BilinearBuilder(lay)
+    V = int(cfg.vocab_size)
     for j in range(cfg.feats.dim):
-        for o in range(int(cfg.vocab_size)):
+        for o in range(V):
             b.unit(("W", j, o), ("x_cur", j), [(("z", o), 1)], label=f"W[{j},{o}]*x_cur[{j}]")
+    if cfg.prior_mass:
+        b.unit("one", "one", [(("z", o), cfg.prior_mass / V) for o in range(V)], label="prior mass alpha/V")
     return b.build()
 
 
@@ -440,6 +448,7 @@ def build(
     eta: Any = Fraction(1, 2),
     features: str = "pattern",
     max_len: int = 256,
+    prior_mass: Any = 0,
     *,
     attention: str = "hard",
     beta: float | None = None,
@@ -448,7 +457,7 @@ def build(
 ) -> ConstructedTransformer:
     """Build the H4 in-context learner (see the module docstring). Task-independent: only V enters the weights."""
     cfg = ICLConfig(int(vocab_size) if isinstance(vocab_size, (int, np.integer)) and not isinstance(vocab_size, bool) else vocab_size,
-                    r, K, eta, features, max_len)
+                    r, K, eta, features, max_len, prior_mass)
     beta = check_attention(attention, beta)
     V = int(cfg.vocab_size)
     plan = Gather(num_slots=int(cfg.r) + 1, alphabet=V, prefix="slot")
@@ -485,7 +494,7 @@ def build(
     spec = spec_for(
         NAME, lay, layers, max_positions=n_lags, attention=attention, beta=beta, provenance=PROVENANCE,
         parameters={"V": V, "r": int(cfg.r), "K": int(cfg.K), "eta": str(cfg.eta), "features": cfg.features,
-                    "d_x": cfg.feats.dim, "max_len": n_lags, "eta_safe": cfg.eta_safe},
+                    "d_x": cfg.feats.dim, "max_len": n_lags, "eta_safe": cfg.eta_safe, "prior_mass": str(cfg.prior_mass)},
     )
     info = {"config": cfg, "gather": plan, "layer_roles": roles, "aggregate_layer": plan.depth + 1}
     return ConstructedTransformer(lay, emb, layers, [ro], spec, ICLCodec(V, n_lags), bound_fn=claimed_bound,
@@ -530,7 +539,8 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
     worst = 0.0
     for c in ctxs:
         ref = icl_reference(c, cfg.feats, float(cfg.eta), int(cfg.K), method="iterate")
-        worst = max(worst, roundoff_allowance(cfg, ref.masses[1:], ref.moments.count[1:], eps))
+        z = ref.masses[1:] + float(cfg.prior_mass) / int(cfg.vocab_size)
+        worst = max(worst, roundoff_allowance(cfg, z, ref.moments.count[1:], eps))
     worst = min(1.0, worst)
     return BoundReport(worst, 0.0, worst, 1.0, f"stated {mode} round-off allowance (ROUNDOFF_C = {ROUNDOFF_C}); hard attention")
 
@@ -555,28 +565,33 @@ def _stream_len(tokens: Any) -> int:
 
 
 def _build_entry(source: Any, tokens: Any, *, attention: str = "hard", beta: float | None = None, r: int = 2,
-                 K: int = 4, eta: Any = "1/2", features: str = "pattern", max_len: int = 0) -> ConstructedTransformer:
+                 K: int = 4, eta: Any = "1/2", features: str = "pattern", max_len: int = 0,
+                 prior_mass: Any = "0") -> ConstructedTransformer:
     P = 256 if tokens is None else _stream_len(tokens)
-    return build(_vocab(source), r, K, eta, features, max(int(max_len or 0), P, 2), attention=attention, beta=beta)
+    return build(_vocab(source), r, K, eta, features, max(int(max_len or 0), P, 2), prior_mass,
+                 attention=attention, beta=beta)
 
 
 def _reference_entry(source: Any, tokens: Any, *, exact: bool, r: int = 2, K: int = 4, eta: Any = "1/2",
-                     features: str = "pattern", max_len: int = 0) -> dict:
+                     features: str = "pattern", max_len: int = 0, prior_mass: Any = "0") -> dict:
     from hmm.icl_reference import icl_reference
     from hmm.mixture import HMMMixture, bayes_predictive
 
     eta = parse_eta(eta)
+    alpha = parse_eta(prior_mass, "--prior-mass", allow_zero=True)
     feats = ICLFeatures(_vocab(source), int(r), features)
     if exact:
         ref = icl_reference(tokens, feats, eta, int(K), dtype=object)
-        probs, status, neg = normalise_masses_exact(ref.masses[1:])
+        z = ref.masses[1:] + alpha / feats.vocab_size
+        probs, status, neg = normalise_masses_exact(z)
     else:
         # explicit GD in numpy (structural zeros stay exactly zero, so zero-mass statuses agree with exact mode);
         # the eigendecomposition closed form agrees with it to ~1e-15 on the masses (tests/test_hmm)
         ref = icl_reference(tokens, feats, float(eta), int(K), method="iterate")
-        rep = normalise_masses(ref.masses[1:])
+        z = ref.masses[1:] + float(alpha) / feats.vocab_size
+        rep = normalise_masses(z)
         probs, status, neg = rep.probs, rep.status, rep.negative_mass
-    out = {"next_token_probs": probs, "masses": ref.masses[1:], "status": status, "negative_mass": neg}
+    out = {"next_token_probs": probs, "masses": z, "status": status, "negative_mass": neg}
     if isinstance(source, HMMMixture) and not exact:
         out["bayes_next_token_probs"] = bayes_predictive(source, tokens).next_token_probs
     return out
@@ -604,6 +619,7 @@ ENTRY = register(
             Param("features", str, "pattern", "feature map: pattern (V^r one-hot) or concat (per-lag one-hots)",
                   choices=FEATURE_KINDS),
             Param("max_len", int, 0, "longest stream covered (0: from the tokens)"),
+            Param("prior_mass", str, "0", "uniform pseudo-mass alpha added to the readout (alpha/V per token; 0 = pure learner)"),
         ),
         families=("dirichlet", "sticky", "low_rank", "observable", "mess3"),
         outputs=("next_token_probs", "masses", "status", "negative_mass"),
