@@ -254,3 +254,28 @@ def test_roundoff_allowance_is_positive_and_scales_with_eps():
     a64 = roundoff_allowance(m.info["config"], z, np.array([5, 5]), np.finfo(np.float64).eps)
     a32 = roundoff_allowance(m.info["config"], z, np.array([5, 5]), np.finfo(np.float32).eps)
     assert 0 < a64 < a32 and a32 / a64 == pytest.approx(np.finfo(np.float32).eps / np.finfo(np.float64).eps)
+
+
+def test_negative_masses_of_concat_features_are_kept_and_reported():
+    segs = [[0, 1, 2, 1], [1, 1, 0], [2, 0, 0, 1]]
+    m = model(3, 2, 3, Fraction(1, 2), "concat")
+    out = m.run(segs, "exact").outputs
+    neg = [i for i, s in enumerate(out["status"].tolist()) if s == 2]
+    assert neg, "this context has negative masses under the additive (concat) model"
+    for i in neg:
+        z = out["masses"][i]
+        assert any(v < 0 for v in z) and out["negative_mass"][i] == sum(v for v in z if v < 0)
+        s = sum(z, Fraction(0))
+        assert out["next_token_probs"][i].tolist() == [v / s for v in z]  # signed, not clamped
+
+
+def test_prior_mass_adds_alpha_over_v_and_removes_zero_masses():
+    segs = [[0, 1, 1, 2], [2, 0]]
+    alpha = Fraction(1, 10)
+    m = build(3, 2, 2, Fraction(1, 2), "pattern", MAX_LEN, alpha)
+    out = m.run(segs, "exact").outputs
+    ref = icl_reference(segs, ICLFeatures(3, 2), Fraction(1, 2), 2, dtype=object)
+    assert out["masses"].tolist() == (ref.masses[1:] + alpha / 3).tolist()
+    assert set(out["status"].tolist()) == {0}
+    with pytest.raises(HmmtxError, match="--prior-mass"):
+        build(3, 2, 2, Fraction(1, 2), "pattern", MAX_LEN, "-1")
