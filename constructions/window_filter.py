@@ -31,8 +31,6 @@ state distribution). At BOS/NULL both blocks hold ``initial_probs``.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -50,7 +48,7 @@ from constructions.blocks import (
     frac_zeros,
 )
 from constructions.blocks import readout as make_readout
-from constructions.gather import Gather, gather_depth, leakage_per_head
+from constructions.gather import Gather, leakage_per_head
 from constructions.layout import Layout
 from constructions.transformer import BoundReport, ConstructedTransformer, spec_for
 from hmm.errors import HmmtxError

@@ -65,7 +65,7 @@ def test_depth_and_readable_layer():
         assert readable_layer(j) == math.ceil(math.log2(j + 1))
 
 
-@settings(max_examples=25)
+@settings(max_examples=25)  # every example runs the exact executor and float64 on all residuals
 @given(R=st.integers(1, 9), V=st.integers(1, 3), T=st.integers(1, 13), seed=st.integers(0, 10**6))
 def test_slot_j_holds_lag_j_exactly_from_its_layer_and_is_empty_before(R, V, T, seed):
     model, plan = _bare_model(R, V, 16)

@@ -28,7 +28,7 @@ def _depth(r, readout):
     return g if readout == "lookup" else g + math.ceil(math.log2(r)) + 1
 
 
-@settings(max_examples=30)
+@settings(max_examples=30)  # each example builds a Transformer (exact weights) and runs torch: ~0.2 s
 @given(data=st.data())
 def test_float64_construction_equals_window_reference(data):
     S = data.draw(st.integers(1, 5))
