@@ -17,7 +17,9 @@ holds the symbol at position ``u - j`` for every ``j < min(2^(l+1), R)``, and ``
 copy. Hence lag ``j`` is readable in ``slot[j]`` from residual ``ceil(log2(j + 1))`` on, and not before (a position's
 residual before that layer depends only on the symbols at lags ``< 2^l <= j``).
 
-**Sequence start.** Position 0 must be a *sink* (e.g. NULL) whose ``slot[0]`` holds a marker symbol. When lag ``2^l``
+**Sequence start.** Position 0 must be a *sink* (e.g. NULL) whose ``slot[0]`` holds a marker symbol (or nothing:
+an all-zero ``slot[0]`` at the sink, and at separators, makes "before the start" read as an *empty* slot, the
+convention of :mod:`constructions.icl`). When lag ``2^l``
 leaves the sequence (``u < 2^l``) every available lag is below the target, the tent bias is largest at lag ``u``, so
 the head attends to position 0; the sink itself attends to itself at every layer and so fills all its slots with its
 marker. Therefore a slot whose lag reaches before position 0 holds the sink's marker (read it as "before the start").

@@ -84,8 +84,9 @@ def explain(curve: Any) -> str:
         return ("A has a zero entry: Delta(A) = inf, tau(A) = 1, Birkhoff's theorem gives no contraction, so there is "
                 "no a-priori bound; the a-posteriori bound (from each window's own product) still applies"
                 + ("" if not (curve.max_error[-1] > 0.5) else
-                   "; the measured error does not vanish: with a (near-)permutation A a window need not determine "
-                   "the state (the chain does not mix)"))
+                   "; the measured worst-case error does not vanish: some windows do not determine the hidden "
+                   "state (e.g. the phase of a permutation chain, or the parity of a run of 1s in the even process), "
+                   "and A alone does not forget"))
     if curve.tau > 0.9:
         return (f"tau(A) = {curve.tau:.4g} is close to 1 (slow mixing: sticky or near-deterministic transitions, or a "
                 "tiny entry of A making Delta large), so the a-priori bound decays like tau^r and stays loose; the "
@@ -126,8 +127,10 @@ def _print(curve: Any, name: str) -> None:
     console.print(tab)
     console.print(f"[dim]a-priori: {curve.note}[/dim]")
     console.print(explain(curve))
-    console.print(f"[dim]round-off allowance per comparison: {_fmt(float(curve.allowance.max()))} (float64); "
-                  "'exact' rows were checked in Fractions against mpmath bounds[/dim]")
+    msg = f"round-off allowance per comparison: {_fmt(float(curve.allowance.max()))} (float64)"
+    if "exact" in curve.check:
+        msg += "; 'exact' rows (bound below round-off) were checked in Fractions against mpmath bounds"
+    console.print(f"[dim]{msg}[/dim]")
 
 
 def plot_curve(curve: Any, path: str, title: str = "window filter") -> None:
