@@ -60,7 +60,11 @@ def forward_filter(hmm: HMM, tokens: Any, dtype: Any = np.float64) -> FilterResu
         dtype: ``np.float64`` or ``np.float32``; every operation runs in that precision.
 
     Returns:
-        :class:`FilterResult` with numpy arrays of ``dtype`` (``marginal_loglik`` is accumulated in float64).
+        :class:`FilterResult` with numpy arrays of ``dtype`` (``marginal_loglik`` is accumulated in float64). The
+        (N, T, .) arrays are views of time-major buffers (not C-contiguous); copy them if that matters.
+
+    The loop over time does four array operations per step (multiply, sum, divide, matmul) on time-major buffers;
+    the next-token probabilities (one matmul), the log-likelihood and the zero-probability check are done after it.
     """
     x = hmm.check_tokens(tokens)
     single = x.ndim == 1
@@ -68,24 +72,26 @@ def forward_filter(hmm: HMM, tokens: Any, dtype: Any = np.float64) -> FilterResu
     N, T = x.shape
     pi, A, B = hmm.arrays(dtype)
     S, V = B.shape
-    Bt = np.ascontiguousarray(B.T)  # (V, S): row o is the likelihood vector of symbol o
-    filt = np.empty((N, T, S), dtype=dtype)
-    pred = np.empty((N, T, S), dtype=dtype)
-    nxt = np.empty((N, T, V), dtype=dtype)
-    loglik = np.zeros(N, dtype=np.float64)
-    p = np.broadcast_to(pi, (N, S)).astype(dtype)
-    for t in range(T):
-        pred[:, t] = p
-        joint = p * Bt[x[:, t]]
-        c = joint.sum(axis=1)
-        if not np.all(c > 0):
-            n = int(np.argmin(c > 0))
-            raise _zero_prob_error(t, None if single else n, int(x[n, t]))
-        f = joint / c[:, None]
-        filt[:, t] = f
-        loglik += np.log(c.astype(np.float64))
-        p = f @ A
-        nxt[:, t] = p @ B
+    lik = np.ascontiguousarray(B.T)[x.T]  # (T, N, S): lik[t, n] = B[:, x[n, t]], gathered once
+    filt = np.empty((T, N, S), dtype=dtype)
+    pred = np.empty((T + 1, N, S), dtype=dtype)  # pred[t] = P(z_t | x_<t); pred[T] is used for the last next-token row
+    c = np.empty((T, N), dtype=dtype)  # c[t] = P(x_t | x_<t)
+    pred[0] = pi
+    # A zero c[t] gives 0/0 = NaN from then on; it is detected (and reported at its first position) after the loop.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for t in range(T):
+            joint = np.multiply(pred[t], lik[t], out=filt[t])
+            ct = joint.sum(axis=1, out=c[t])
+            np.divide(joint, ct[:, None], out=filt[t])
+            np.matmul(filt[t], A, out=pred[t + 1])
+    ok = c > 0
+    if not ok.all():
+        t0 = int(np.argmax(~ok.all(axis=1)))
+        n = int(np.argmin(ok[t0]))
+        raise _zero_prob_error(t0, None if single else n, int(x[n, t0]))
+    nxt = pred[1:] @ B  # (T, N, V): P(x_{t+1} | x_0..x_t) = P(z_{t+1} | x_0..x_t) B
+    loglik = np.log(c.astype(np.float64)).sum(axis=0)
+    filt, pred, nxt = (np.moveaxis(a, 0, 1) for a in (filt, pred[:-1], nxt))
     if single:
         return FilterResult(filt[0], pred[0], nxt[0], float(loglik[0]))
     return FilterResult(filt, pred, nxt, loglik)
