@@ -31,6 +31,7 @@ state distribution). At BOS/NULL both blocks hold ``initial_probs``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -255,7 +256,8 @@ def build(
                     "prior": prior if isinstance(prior, str) else [str(v) for v in mu],
                     "max_len": max_len, "gather_layers": plan.depth},
     )
-    info = {"hmm": hmm, "n": S, "r": r, "prior": prior, "readout": readout, "gather": plan, "mu": mu}
+    info = {"hmm": hmm, "n": S, "r": r, "prior": prior, "readout": readout, "gather": plan, "mu": mu,
+            "operator_ratio": operator_ratio(hmm, prior) if readout == "product" else None}
     return ConstructedTransformer(lay, emb, layers, outs, spec, WindowCodec(V, max_len), bound_fn=claimed_bound,
                                   attention=attention, beta=beta, dtype=dtype, device=device, info=info)
 
@@ -369,6 +371,47 @@ def softmax_lookup_leakage(model: ConstructedTransformer, beta: float) -> float:
     return min(1.0, (W - 1) * E / (1 - E))
 
 
+def operator_ratio(hmm: HMM, prior: Any) -> tuple[float, float]:
+    """``(K, K_prior)``: the largest entrywise ratio between any two slot operators (``diag(B[:,y]) A`` for tokens,
+    ``1 pi^T`` for the marker) and between the two possible priors (``mu``, ``pi``); ``inf`` when an operator or
+    prior has a zero entry (then no softmax bound is claimed for the product readout)."""
+    pi, A, B, mu = _exact_params(hmm, prior)
+    S, V = len(A), len(B[0])
+    ops = [[[B[i][y] * A[i][j] for j in range(S)] for i in range(S)] for y in range(V)]
+    ops.append([[pi[j] for j in range(S)] for _ in range(S)])
+    flat = [v for op in ops for row in op for v in row]
+    if any(v == 0 for v in flat) or any(v == 0 for v in pi):
+        return float("inf"), float("inf")
+    K = max(float(a[i][j] / b[i][j]) for a in ops for b in ops for i in range(S) for j in range(S))
+    Kp = max(max(float(m / q), float(q / m)) for m, q in zip(mu, pi))
+    return K, Kp
+
+
+def softmax_product_leakage(model: ConstructedTransformer, beta: float) -> float:
+    """Certified bound on the max-abs output error caused by softmax attention (product readout), exact arithmetic.
+
+    Every slot ``l`` is ``(1 - e_l) onehot + e_l q_l`` with ``e_l <= popcount(l) lam`` (gather lemma), so
+    ``op[l] = (1 - e_l) O_l + e_l Q_l`` with ``Q_l`` a convex combination of operators, ``0 <= Q_l <= K O_l``
+    entrywise. Products of non-negative matrices are monotone, so the perturbed product ``P~`` satisfies
+    ``c P <= P~ <= C P`` entrywise with ``c = prod (1 - e_l)``, ``C = prod (1 - e_l + e_l K_l)`` (``K_prior`` for
+    slot ``r``); hence ``d_H(P~, P) <= log(C / c)`` and the max-abs error of a normalised output is at most
+    ``tanh(log(C/c) / 4)`` (L1 / 2; ``A B`` is an L1 contraction). Infinite ``K`` (zeros): returns 1.
+    """
+    K, Kp = model.info["operator_ratio"]
+    if not (math.isfinite(K) and math.isfinite(Kp)):
+        return 1.0
+    lam = leakage_per_head(beta)
+    r = model.info["r"]
+    d = 0.0
+    for l in range(1, r + 1):
+        e = bin(l).count("1") * lam
+        if e >= 1:
+            return 1.0
+        k = Kp if l == r else K
+        d += math.log1p(e * (k - 1) / (1 - e)) if k >= 1 else 0.0
+    return min(1.0, math.tanh(d / 4))
+
+
 def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float64") -> BoundReport:
     """Bound on ``max |output - window reference|`` for ``next_token_probs`` and ``filtered_probs``.
 
@@ -379,8 +422,8 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
     * exact mode, hard attention: 0 (bit-identical).
     * float modes: round-off allowance :func:`hmm.window.roundoff_allowance` with ``T = 0`` (each position is
       independent) for the model in its dtype plus the same for a float64 reference.
-    * softmax attention: plus :func:`softmax_lookup_leakage` (lookup readout); no leakage bound is derived for the
-      product readout, which then claims only the trivial bound 1.
+    * softmax attention: plus :func:`softmax_lookup_leakage` (lookup readout) or :func:`softmax_product_leakage`
+      (product readout; trivial 1 when an operator or prior has a zero entry).
     """
     from constructions.transformer import MODES
     from hmm.window import roundoff_allowance
@@ -400,11 +443,18 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
     note = f"round-off allowance {rnd:.3g} (S={S}, r={r}, {mode})"
     leak = 0.0
     if model.attention == "softmax":
-        if model.info["readout"] != "lookup":
-            return BoundReport(1.0, 1.0, rnd, 1.0, note + "; softmax attention with the product readout: no leakage "
-                               "bound derived, trivial bound only")
-        leak = softmax_lookup_leakage(model, model.beta)
-        note += f"; softmax leakage (certified, lookup readout) {leak:.3g} at beta={model.beta:g}"
+        if model.info["readout"] == "lookup":
+            leak = softmax_lookup_leakage(model, model.beta)
+            note += f"; softmax leakage (certified, lookup readout) {leak:.3g} at beta={model.beta:g}"
+        else:
+            leak = softmax_product_leakage(model, model.beta)
+            K, Kp = model.info["operator_ratio"]
+            if math.isfinite(K) and math.isfinite(Kp):
+                note += (f"; softmax leakage (certified, product readout, operator ratio K={K:.3g}) {leak:.3g} at "
+                         f"beta={model.beta:g}")
+            else:
+                note += ("; softmax attention with the product readout: an operator or prior has a zero entry, so no "
+                         "leakage bound is derived (trivial bound only)")
     return BoundReport(min(1.0, leak + rnd), leak, rnd, 1.0, note)
 
 
@@ -523,4 +573,4 @@ def _register() -> Any:
 
 ENTRY = _register()
 
-__all__ = ["build", "claimed_bound", "report_extra", "softmax_lookup_leakage", "ENTRY", "lookup_width", "WindowCodec", "READOUTS", "MAX_LOOKUP_WIDTH", "PROVENANCE"]
+__all__ = ["build", "claimed_bound", "report_extra", "softmax_lookup_leakage", "softmax_product_leakage", "operator_ratio", "ENTRY", "lookup_width", "WindowCodec", "READOUTS", "MAX_LOOKUP_WIDTH", "PROVENANCE"]
