@@ -564,8 +564,9 @@ def _register() -> Any:
         outputs=("next_token_probs", "filtered_probs"),
         default_tokens="0 1 0 1 1 0",
         extra={
-            "bound": "vs the window filter: round-off allowance (+ certified softmax leakage, lookup readout); memory "
-                     "error vs the true filter reported separately with a-priori and a-posteriori bounds",
+            "bound": "vs the window filter: round-off allowance (+ certified softmax leakage: lookup readout always, "
+                     "product readout for strictly positive HMMs); memory error vs the true filter reported separately "
+                     "with a-priori and a-posteriori bounds",
             "report": _report_entry,
         },
     ))
