@@ -187,12 +187,15 @@ def _print(res: Any, ns: argparse.Namespace, data: dict) -> None:
         + f"  layers={spec.layers} heads={spec.heads} width={spec.width} ffn_width={spec.ffn_width}"
     )
     console.print(f"[dim]{spec.provenance}[/dim]")
-    pred = data["next_token_probs"]
-    ref = data["reference_next_token_probs"]
+    # the displayed output: next_token_probs, else the construction's first output with a reference
+    shown = "next_token_probs" if "next_token_probs" in data else next(
+        (n for n in res.entry.outputs if n in data and f"reference_{n}" in data), "next_token_probs")
+    pred = data[shown]
+    ref = data[f"reference_{shown}"]
     items = _token_items(ns.tokens)
     n = len(pred)
     show = list(range(n)) if n <= ns.rows else list(range(ns.rows // 2)) + [-1] + list(range(n - (ns.rows - ns.rows // 2), n))
-    tab = Table(title="next-token probabilities (model vs reference)")
+    tab = Table(title="next-token probabilities (model vs reference)" if shown == "next_token_probs" else f"{shown} (model vs reference)")
     tab.add_column("t", justify="right")
     tab.add_column("item")
     tab.add_column("model")
@@ -202,14 +205,14 @@ def _print(res: Any, ns: argparse.Namespace, data: dict) -> None:
         tab.add_column("task posterior")
     from constructions.runner import output_error
 
-    got, refa = res.result.outputs["next_token_probs"], res.reference["next_token_probs"]
+    got, refa = res.result.outputs[shown], res.reference[shown]
 
     for t in show:
         if t == -1:
             tab.add_row("…", "", "", "", "")
             continue
         e, _ = output_error(got[t], refa[t])
-        row = [str(t), items[t] if t < len(items) else "", " ".join(_fmt(v) for v in pred[t]), " ".join(_fmt(v) for v in ref[t]), f"{e:.3g}"]
+        row = [str(t), items[t] if t < len(items) else "", " ".join(_fmt(v) for v in _items(pred[t])), " ".join(_fmt(v) for v in _items(ref[t])), f"{e:.3g}"]
         if "task_posterior" in data:
             row.append(" ".join(_fmt(v) for v in data["task_posterior"][t]))
         tab.add_row(*row)
@@ -225,6 +228,11 @@ def _print(res: Any, ns: argparse.Namespace, data: dict) -> None:
     if res.bit_identical is not None:
         console.print("bit-identical to the exact reference: " + ("[green]yes[/green]" if res.bit_identical else "[red]no[/red]"))
     console.print(f"[dim]{b.notes}[/dim]")
+
+
+def _items(v: Any) -> list:
+    """A row of an output as a list (scalar outputs, e.g. memory-kernel's ``y``, give one item)."""
+    return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
 def _token_items(text: str) -> list[str]:
