@@ -58,7 +58,10 @@ def parse_inputs(text: str) -> np.ndarray:
             seqs.append([float(Fraction(v)) for v in items])
         except (ValueError, ZeroDivisionError):
             raise HmmtxError(f"--tokens: {part.strip()!r} is not a list of numbers") from None
-    return check_inputs(seqs)
+    if len({len(q) for q in seqs}) > 1:
+        raise HmmtxError(f"--tokens: sequences separated by '|' must have equal lengths, got {[len(q) for q in seqs]}")
+    arr = check_inputs(seqs)
+    return arr[0] if arr.shape[0] == 1 else arr
 
 
 def check_inputs(x: Any) -> np.ndarray:
@@ -74,7 +77,7 @@ def check_inputs(x: Any) -> np.ndarray:
         raise HmmtxError("inputs: values must be finite")
     if np.any(np.abs(arr) > 1):
         i = np.argwhere(np.abs(arr) > 1)[0]
-        raise HmmtxError(f"inputs: value {arr[tuple(i)]!r} at sequence {i[0]}, position {i[1]} is outside [-1, 1]")
+        raise HmmtxError(f"inputs: value {float(arr[tuple(i)])!r} at sequence {i[0]}, position {i[1]} is outside [-1, 1]")
     return arr
 
 
@@ -105,6 +108,8 @@ class MemoryCodec:
 
     def decode(self, model: ConstructedTransformer, trace: Any, tokens: Any) -> dict:
         h = trace.residuals[-1][:, self.prefix + 1 :]
+        if np.ndim(tokens) == 1:  # a single sequence given as (T,): outputs without the batch axis
+            h = h[0]
         return {"y": h[..., self.layout.index("y")], "memory": h[..., self.layout["mem"]]}
 
 
@@ -200,7 +205,10 @@ def build(spec: MemorySpec, *, max_len: int = 64, values: Any = (), beta: float 
                               "log10_max_weight": max(f.log10_max_weight for f in fits)})
     model = ConstructedTransformer(lay, emb, [layer], [], sp, MemoryCodec(tuple(vals), lay, prefix), bound_fn=claimed_bound,
                                    attention="softmax", beta=beta, dtype=dtype or torch.float64,
-                                   info={"spec": spec, "fits": fits, "net": net, "radius": radius, "prefix": prefix})
+                                   info={"spec": spec, "fits": fits, "net": net, "radius": radius, "prefix": prefix,
+                                         # no exact (rational) reference exists: a large n makes the generic runner
+                                         # label the reference float64
+                                         "n": 10**6})
     return model
 
 
@@ -219,7 +227,10 @@ def reference(spec: MemorySpec, tokens: Any, net: ReadoutNet | None = None) -> d
         fits_radius = 1.0  # only the target function is needed
         net = readout_net(spec.readout, len(spec.memories), spec.ffn_width, spec.seed, fits_radius + 1)
     v = np.concatenate([x[..., None], z], axis=-1)
-    return {"y": net.target(v), "memory": z}
+    out = {"y": net.target(v), "memory": z}
+    if np.ndim(tokens) == 1:
+        out = {k: a[0] for k, a in out.items()}
+    return out
 
 
 class PositionBound(NamedTuple):
