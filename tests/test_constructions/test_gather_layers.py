@@ -146,3 +146,26 @@ def test_gather_validation():
     assert lay.names == ["slot[0]", "slot[1]", "slot[2]"]
     h = plan.head(lay, 1, 8)  # lag 2: copies only slot 0 -> slot 2 (clipped at R - 1)
     assert h.d_v == 2 and h.positional and list(h.rel_bias[:4]) == [-2, -1, 0, -1]
+
+
+def test_linear_probe_reads_lag_k_from_layer_ceil_log2_k_plus_1():
+    """SPEC §5 on the window model: a linear probe (verify.probes.probe_classifier, held-out) reads the token k back
+    perfectly from residual ceil(log2(k+1)) on, and at chance before (i.i.d. uniform tokens, V = 3)."""
+    from hmm.model import HMM
+    from verify.probes import probe_classifier
+
+    hmm = HMM.from_arrays([1.0], [[1.0]], [[1 / 3, 1 / 3, 1 / 3]])  # one state: i.i.d. uniform tokens
+    r = 6
+    model = build(hmm, r, readout="product", max_len=40)
+    plan = model.info["gather"]
+    x = np.random.default_rng(7).integers(0, 3, size=(24, 40))
+    tr = model.run(x, "float64", record="residuals").trace
+    res = np.stack([t.numpy() for t in tr.residuals[: plan.depth + 1]])[:, :, 2:]  # (L+1, N, T, D) tokens only
+    for k in range(1, r + 1):
+        feats = res[:, :, k:].reshape(res.shape[0], -1, res.shape[-1])
+        y = x[:, : x.shape[1] - k].reshape(-1)
+        n = len(y) * 7 // 10
+        acc = probe_classifier(feats[:, :n], y[:n], feats[:, n:], y[n:]).accuracy
+        L = readable_layer(k)
+        assert np.all(acc[L:] == 1.0), (k, acc)
+        assert np.all(acc[:L] < 0.45), (k, acc)  # chance is 1/3
