@@ -592,11 +592,14 @@ def _tail_bound(fit: KernelFit, S: int) -> tuple[float, str]:
             u = u_of_lag(g, sn)
             if not math.isfinite(hi):
                 u = np.concatenate([u, [0.0]])
-            Q = np.polynomial.chebyshev.chebval(2 * u - 1, fit.cheb)
             w = head_weight(g.rpe, g.p0, sn)
-            q = fit.target.values(sn) / w
+            q = _q_values(fit, sn, w)
             if not math.isfinite(hi):
+                # where w underflows, rho/w is 0/0: those lags are represented by the u -> 0 limit instead
+                keep = np.concatenate([w > 0, [True]])
                 q = np.concatenate([q, [_q_at_zero(fit)]])
+                u, q = u[keep], q[keep]
+            Q = np.polynomial.chebyshev.chebval(2 * u - 1, fit.cheb)
             d = np.abs(Q - q)
             via_q = W * float(np.max(d)) * 1.01 if np.all(np.isfinite(d)) else math.inf
             via_rho = fit.target.block_mass(a, b) + W * float(np.max(np.abs(Q))) * 1.01
@@ -607,6 +610,16 @@ def _tail_bound(fit: KernelFit, S: int) -> tuple[float, str]:
                 total += via_rho
                 methods.add("rho+W*sup|Q|")
     return total, "+".join(sorted(methods))
+
+
+def _q_values(fit: KernelFit, s: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``q = rho / w_{p0}`` at lags ``s``; closed forms for the matched pairs (no 0/0 or cancellation far out)."""
+    g, t = fit.grid, fit.target
+    if t.kind == "power" and g.rpe == "log":
+        return np.power(s, g.p0 - t.param) / _zeta_float(t.param)
+    if t.kind == "exp" and g.rpe == "lin":
+        return math.expm1(t.param) * np.exp(-(t.param - g.p0) * s)
+    return t.values(s) / w
 
 
 def _q_at_zero(fit: KernelFit) -> float:

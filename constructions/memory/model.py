@@ -121,8 +121,25 @@ class MemorySpec:
             HeadGrid(r, self.heads, self.p0_lin if r == "lin" else self.p0_log, self.grid_beta)
 
 
+_FIT_CACHE: dict = {}
+
+
 def fit_memories(spec: MemorySpec) -> list[KernelFit]:
-    """Fitted head groups, one per memory (``matched``: one exactly matched head where the type allows it)."""
+    """Fitted head groups, one per memory (``matched``: one exactly matched head where the type allows it).
+
+    Deterministic in ``spec``; the last few results are cached (verify builds the same spec at several lengths).
+    """
+    hit = _FIT_CACHE.get(spec)
+    if hit is not None:
+        return list(hit)
+    fits = _fit_memories(spec)
+    _FIT_CACHE[spec] = tuple(fits)
+    while len(_FIT_CACHE) > 8:
+        _FIT_CACHE.pop(next(iter(_FIT_CACHE)))
+    return fits
+
+
+def _fit_memories(spec: MemorySpec) -> list[KernelFit]:
     fits = []
     for t, r in zip(spec.memories, spec.rpe):
         if spec.matched and (t.kind, r) in (("exp", "lin"), ("power", "log")):
