@@ -1,0 +1,89 @@
+"""Benchmark targets of ``hmmtx bench <target>``, one module per target, discovered automatically.
+
+To add a target, create ``verify/benchmarks/<name>.py`` (no other file needs editing) defining::
+
+    def register(subparsers) -> None:
+        p = subparsers.add_parser("<name>", help="...", description="...")
+        p.add_argument(...)
+        p.set_defaults(func=run)          # run(args) -> exit status
+
+Keep heavy imports inside ``run`` so that ``hmmtx --help`` stays fast. Modules whose name starts with ``_`` are
+skipped. Use the helpers below for the machine description and best-of-N timing, and record the figures in
+``docs/performance.md`` (one section per target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import platform
+import time
+from typing import Any, Callable
+
+
+def discover() -> list[str]:
+    """Names of the target modules in this package (sorted)."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def register_all(subparsers: Any) -> None:
+    """Call ``register(subparsers)`` of every target module."""
+    for name in discover():
+        importlib.import_module(f"{__name__}.{name}").register(subparsers)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a usage error, i.e. one line and exit 2, otherwise)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float], Any]:
+    """Run ``fn`` ``repeats`` times; returns (best seconds, all seconds, the last result)."""
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), times, out
+
+
+def machine_info() -> dict[str, Any]:
+    """nproc, CPU model (/proc/cpuinfo), load average, Python / numpy / torch / hmmlearn versions."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    try:
+        info["loadavg_1min"] = os.getloadavg()[0]
+    except OSError:
+        info["loadavg_1min"] = None
+    from importlib import metadata
+
+    for dist in ("numpy", "torch", "hmmlearn"):  # versions from the installed metadata: no (slow) imports
+        try:
+            info[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            info[dist] = None
+    return info
+
+
+__all__ = ["discover", "register_all", "positive_int", "best_of", "machine_info"]
