@@ -233,7 +233,9 @@ def plot_table(table: ICLTable, path: str) -> None:
         ax.set_title(title)
         for i in range(data.shape[0]):
             for j in range(data.shape[1]):
-                ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
+                rgb = im.cmap(im.norm(data[i, j]))[:3]
+                light = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] > 0.5
+                ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7, color="k" if light else "w")
         fig.colorbar(im, ax=ax, fraction=0.046)
     p = table.params
     fig.suptitle(f"H4 in-context learner (r={p['r']}, K={p['K']}, eta={p['eta']}, {p['features']}, alpha={p['prior_mass']}), "
