@@ -337,6 +337,7 @@ def build_report(
     seconds: float = 0.0,
     reproducer_dir: Path | str | None = None,
     plots: Sequence[Path | str] = (),
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """The JSON report (see ``docs/report-format.md``)."""
     passed = all(s.passed for s in summaries)
@@ -350,6 +351,7 @@ def build_report(
         "passed": passed,
         "exit_status": 0 if passed else 1,
         "seconds": round(float(seconds), 6),
+        "jobs": int(jobs),
         "reproducer_dir": str(reproducer_dir) if reproducer_dir is not None else None,
         "plots": [str(p) for p in plots],
         "constructions": [summary_record(s) for s in summaries],

@@ -339,10 +339,32 @@ class Adapter(Protocol):
 
 
 def adapters() -> list[Adapter]:
-    """One adapter per construction in the registry, in registry order (empty while nothing is registered)."""
+    """One adapter per construction in the registry, in registry order; a construction module that failed to
+    import gets an adapter whose one case crashes with the import error (so verify fails and names it)."""
     from constructions import registry
 
-    return [adapter_for(entry) for entry in registry.entries().values()]
+    out = [adapter_for(entry) for entry in registry.entries().values()]
+    for module, message in registry.import_errors().items():
+        out.append(_Unavailable(f"constructions.{module}", f"the module failed to import: {message}"))
+    return out
+
+
+class _Unavailable:
+    """A construction verify cannot sweep (import failure, no case generator): one case that crashes, with why."""
+
+    dtypes: tuple[str, ...] = ("float64",)
+
+    def __init__(self, name: str, why: str, summary: str = "", provenance: str = "") -> None:
+        self.name, self.why, self.summary, self.provenance = name, why, summary, provenance
+
+    def cases(self, plan: Plan) -> list[Case]:
+        return [Case(self.name, "", None, 1, "float64", plan.seed)]
+
+    def run(self, case: Case) -> Outcome:
+        raise HmmtxError(self.why)
+
+    def replay_for(self, case: Case) -> Replay | None:
+        return None
 
 
 def adapter_for(entry: Any) -> Adapter:
@@ -657,18 +679,83 @@ def run_suite(
     plan: Plan,
     progress: Callable[[CaseResult, int, int], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
+    jobs: int = 1,
 ) -> list[CaseResult]:
-    """Run every case of every selected adapter for ``plan``, in order; ``progress`` is called after each case."""
-    todo = [(a, c) for a in selected for c in a.cases(plan)]
+    """Run every case of every selected adapter for ``plan``; results in case order; ``progress`` is called after
+    each case (in completion order).
+
+    ``jobs > 1`` runs the registry constructions' cases in that many worker processes (``spawn``: each worker
+    imports the registry afresh, so monkeypatched entries are seen only with ``jobs=1``). The cases of one
+    (family, S, T, seed) point stay together in one worker so they share the built model; points go out largest
+    first. Other adapters (test doubles, stand-ins) run in this process.
+    """
+    todo: list[tuple[Any, Case]] = []
+    for a in selected:
+        try:
+            cases = a.cases(plan)
+        except Exception as exc:  # noqa: BLE001 - reported as one crashing case of that construction
+            stand_in = _Unavailable(a.name, f"cannot generate cases: {type(exc).__name__}: {exc}", a.summary,
+                                    a.provenance)
+            todo += [(stand_in, c) for c in stand_in.cases(plan)]
+            continue
+        todo += [(a, c) for c in cases]
     if on_plan is not None:
         on_plan(len(todo))
-    results = []
-    for i, (adapter, case) in enumerate(todo):
-        res = run_case(adapter, case)
-        results.append(res)
+    results: list[CaseResult | None] = [None] * len(todo)
+    done = 0
+
+    def record(i: int, res: CaseResult) -> None:
+        nonlocal done
+        results[i] = res
+        done += 1
         if progress is not None:
-            progress(res, i + 1, len(todo))
-    return results
+            progress(res, done, len(todo))
+
+    remote = [i for i, (a, _) in enumerate(todo) if type(a) is RegistryAdapter] if jobs > 1 else []
+    if len(remote) > 1:
+        groups: dict[tuple, list[int]] = {}
+        for i in remote:
+            c = todo[i][1]
+            groups.setdefault((c.construction, c.family, c.states, c.length, c.seed), []).append(i)
+        order = sorted(groups.values(), key=lambda ix: -_cost(todo[ix[0]][1]))
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(min(jobs, len(order)), initializer=_worker_init) as pool:
+            remote_set = set(remote)
+            local = [i for i in range(len(todo)) if i not in remote_set]
+            for i in local:
+                record(i, run_case(todo[i][0], todo[i][1]))
+            payload = [(ix, [todo[i][1] for i in ix]) for ix in order]
+            for ix, rs in pool.imap_unordered(_worker_run, payload):
+                for i, r in zip(ix, rs):
+                    record(i, r)
+    else:
+        for i, (adapter, case) in enumerate(todo):
+            record(i, run_case(adapter, case))
+    return [r for r in results if r is not None]
+
+
+def _cost(case: Case) -> float:
+    """Rough relative cost of a point, for scheduling (width ~ S^2, positions ~ T)."""
+    return float((case.states or 1) ** 2 * case.length)
+
+
+_WORKER_ADAPTERS: dict[str, Adapter] = {}
+
+
+def _worker_init() -> None:  # pragma: no cover - runs in worker processes
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _worker_run(payload: tuple[list[int], list[Case]]) -> tuple[list[int], list[CaseResult]]:  # pragma: no cover
+    ix, cases = payload
+    if not _WORKER_ADAPTERS:
+        _WORKER_ADAPTERS.update({a.name: a for a in adapters()})
+    adapter = _WORKER_ADAPTERS[cases[0].construction]
+    return ix, [run_case(adapter, c) for c in cases]
 
 
 def select(all_adapters: Sequence[Adapter], names: Iterable[str] | None) -> list[Adapter]:

@@ -170,3 +170,15 @@ def test_plots_written_atomically_as_png(bad, tmp_path):
     for p in files:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in (tmp_path / "plots").iterdir() if p.name.startswith(".")]
+
+
+def test_a_construction_without_cases_is_a_named_crash_not_an_abort():
+    class NoCases(fakes.ToyAdapter):
+        def cases(self, plan):
+            raise ValueError("no case generator for input kind 'none'")
+
+    res = run_suite([fakes.ToyAdapter(), NoCases(name="nocases")], PLAN)
+    bad = [r for r in res if r.case.construction == "nocases"]
+    assert len(bad) == 1 and bad[0].status == "crash"
+    assert "cannot generate cases: ValueError: no case generator" in bad[0].message
+    assert all(r.passed for r in res if r.case.construction == "toy")

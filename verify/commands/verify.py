@@ -62,6 +62,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--reproducers", metavar="DIR", default=None,
                    help="folder for the worst case of each construction (default: hmmtx-reproducers/ beside --json,"
                    " else in the current folder)")
+    p.add_argument("--jobs", "-j", type=str, default=None, metavar="N",
+                   help="worker processes (default: 2, or 1 on a one-core machine)")
     p.add_argument("--list", action="store_true", help="list the registered constructions and exit")
     p.set_defaults(func=main)
 
@@ -96,6 +98,26 @@ def make_plan(args: argparse.Namespace) -> Any:
     return dataclasses.replace(base, **changes)
 
 
+def default_jobs() -> int:
+    import os
+
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def parse_jobs(text: str | None) -> int:
+    from hmm.errors import HmmtxError
+
+    if text is None:
+        return default_jobs()
+    try:
+        n = int(text)
+    except ValueError:
+        raise HmmtxError(f"--jobs: {text!r} is not an integer") from None
+    if n < 1:
+        raise HmmtxError(f"--jobs: {n} must be >= 1")
+    return n
+
+
 def canonical_command(args: argparse.Namespace) -> list[str]:
     """The command line that reruns this sweep (recorded in the JSON report)."""
     cmd = ["hmmtx", "verify", "--full" if args.full else "--quick"]
@@ -106,6 +128,8 @@ def canonical_command(args: argparse.Namespace) -> list[str]:
             cmd += [flag, ",".join(" ".join(value).replace(",", " ").split())]
     if args.seed is not None:
         cmd += ["--seed", str(args.seed)]
+    if args.jobs is not None:
+        cmd += ["--jobs", str(args.jobs)]
     for flag, value in (("--json", args.json), ("--plots", args.plots), ("--reproducers", args.reproducers)):
         if value:
             cmd += [flag, value]
@@ -130,6 +154,7 @@ def main(args: argparse.Namespace) -> int:
             out.print(f"{a.name:16} {a.summary}  [dim]({', '.join(a.dtypes)})[/dim]")
         return 0
     plan = make_plan(args)
+    jobs = parse_jobs(args.jobs)
     selected = suite.select(all_adapters, args.construction)
     if not selected:
         raise HmmtxError("no construction is registered (constructions.registry is empty)")
@@ -159,7 +184,7 @@ def main(args: argparse.Namespace) -> int:
         def on_case(res: suite.CaseResult, done: int, total: int) -> None:
             progress.update(task, completed=done, description=res.case.construction)
 
-        results = suite.run_suite(selected, plan, progress=on_case, on_plan=on_plan)
+        results = suite.run_suite(selected, plan, progress=on_case, on_plan=on_plan, jobs=jobs)
     seconds = time.perf_counter() - t0
 
     reproducers = rep.write_reproducers(results, repro_dir) if results else {}
@@ -182,11 +207,11 @@ def main(args: argparse.Namespace) -> int:
         out.print(f"{failed} of {n} cases FAILED in {seconds:.1f} s", markup=False)
     else:
         out.print(f"all {n} cases within their bounds (exact mode bit-exact) in {seconds:.1f} s", markup=False)
-    out.print(f"reproducers (worst case per construction): {repro_dir}/", markup=False)
+    out.print(f"reproducers (worst case per construction): {repro_dir}/  [{jobs} worker(s)]", markup=False)
     if args.json:
         command = canonical_command(args)
         report = rep.build_report(results, summaries, plan, command=command, seconds=seconds,
-                                  reproducer_dir=repro_dir, plots=plots)
+                                  reproducer_dir=repro_dir, plots=plots, jobs=jobs)
         rep.write_report(args.json, report)
         out.print(f"JSON report: {args.json}", markup=False)
     if plots:
