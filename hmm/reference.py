@@ -61,10 +61,11 @@ def forward_filter(hmm: HMM, tokens: Any, dtype: Any = np.float64) -> FilterResu
 
     Returns:
         :class:`FilterResult` with numpy arrays of ``dtype`` (``marginal_loglik`` is accumulated in float64). The
-        (N, T, .) arrays are views of time-major buffers (not C-contiguous); copy them if that matters.
+        (N, T, .) arrays are transposed views of (T, ., N) buffers (not C-contiguous); copy them if that matters.
 
-    The loop over time does four array operations per step (multiply, sum, divide, matmul) on time-major buffers;
-    the next-token probabilities (one matmul), the log-likelihood and the zero-probability check are done after it.
+    The loop over time does four array operations per step (multiply, sum, divide, matmul) on state-major buffers
+    of shape (T, S, N) (sequences on the fast axis); the next-token probabilities (one matmul), the log-likelihood
+    and the zero-probability check are done after it.
     """
     x = hmm.check_tokens(tokens)
     single = x.ndim == 1
@@ -72,26 +73,28 @@ def forward_filter(hmm: HMM, tokens: Any, dtype: Any = np.float64) -> FilterResu
     N, T = x.shape
     pi, A, B = hmm.arrays(dtype)
     S, V = B.shape
-    lik = np.ascontiguousarray(B.T)[x.T]  # (T, N, S): lik[t, n] = B[:, x[n, t]], gathered once
-    filt = np.empty((T, N, S), dtype=dtype)
-    pred = np.empty((T + 1, N, S), dtype=dtype)  # pred[t] = P(z_t | x_<t); pred[T] is used for the last next-token row
-    c = np.empty((T, N), dtype=dtype)  # c[t] = P(x_t | x_<t)
-    pred[0] = pi
+    lik = B[:, x.T]  # (S, T, N): lik[:, t, n] = B[:, x[n, t]] (one gather; lik[:, t] is an (S, N) view)
+    At = np.ascontiguousarray(A.T)
+    filt = np.empty((T, S, N), dtype=dtype)
+    pred = np.empty((T + 1, S, N), dtype=dtype)  # pred[t] = P(z_t | x_<t); pred[T] feeds the last next-token row
+    c = np.empty((T, 1, N), dtype=dtype)  # c[t] = P(x_t | x_<t)
+    pred[0] = pi[:, None]
     # A zero c[t] gives 0/0 = NaN from then on; it is detected (and reported at its first position) after the loop.
     with np.errstate(divide="ignore", invalid="ignore"):
         for t in range(T):
-            joint = np.multiply(pred[t], lik[t], out=filt[t])
-            ct = joint.sum(axis=1, out=c[t])
-            np.divide(joint, ct[:, None], out=filt[t])
-            np.matmul(filt[t], A, out=pred[t + 1])
-    ok = c > 0
+            f = filt[t]
+            np.multiply(pred[t], lik[:, t], out=f)
+            np.add.reduce(f, axis=0, out=c[t], keepdims=True)
+            np.divide(f, c[t], out=f)
+            np.matmul(At, f, out=pred[t + 1])  # P(z_{t+1} | x_0..x_t) = A^T filtered
+    ok = c[:, 0, :] > 0  # (T, N)
     if not ok.all():
         t0 = int(np.argmax(~ok.all(axis=1)))
         n = int(np.argmin(ok[t0]))
         raise _zero_prob_error(t0, None if single else n, int(x[n, t0]))
-    nxt = pred[1:] @ B  # (T, N, V): P(x_{t+1} | x_0..x_t) = P(z_{t+1} | x_0..x_t) B
-    loglik = np.log(c.astype(np.float64)).sum(axis=0)
-    filt, pred, nxt = (np.moveaxis(a, 0, 1) for a in (filt, pred[:-1], nxt))
+    nxt = np.matmul(np.ascontiguousarray(B.T), pred[1:])  # (T, V, N): P(x_{t+1} | x_0..x_t) = B^T P(z_{t+1} | ...)
+    loglik = np.log(c[:, 0, :].astype(np.float64)).sum(axis=0)
+    filt, pred, nxt = (a.transpose(2, 0, 1) for a in (filt, pred[:-1], nxt))  # views of shape (N, T, .)
     if single:
         return FilterResult(filt[0], pred[0], nxt[0], float(loglik[0]))
     return FilterResult(filt, pred, nxt, loglik)
