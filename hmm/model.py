@@ -162,7 +162,8 @@ class HMM:
         exact: bool | None = None,
         name: str = "",
     ) -> "HMM":
-        """Validate and build. ``exact=None`` makes the HMM exact iff any entry is a Fraction, int or string."""
+        """Validate and build. ``exact=None`` makes the HMM exact iff any entry is a Fraction or a string ``"p/q"``
+        (or an object ndarray holds ints); nested lists of plain ints and floats give a float HMM."""
         if exact is None:
             exact = any(_is_exact_input(v) for v in (initial_probs, transition_matrix, emission_probs))
         conv = to_fraction_array if exact else to_float_array
@@ -187,7 +188,8 @@ class HMM:
         return self.initial_probs.dtype == object
 
     def as_exact(self) -> "HMM":
-        """Exact copy: Fractions unchanged, floats converted exactly (``Fraction(float)``), never re-normalised."""
+        """Exact copy: Fractions unchanged, floats converted exactly (``Fraction(float)``); the row-sum round-off of a
+        float row (at most ROW_SUM_TOL) is then added to that row's largest entry so the exact rows sum to 1."""
         if self.exact:
             return self
         conv = lambda a, n, d: to_fraction_array(a.tolist(), n, d)  # noqa: E731
