@@ -3,7 +3,8 @@
 File formats (SPEC §2):
 
 * HMM: ``{"initial_probs": [...], "transition_matrix": [[...]], "emission_probs": [[...]]}``; entries are numbers
-  or strings ``"p/q"`` (exact rationals). An HMM is exact when any entry is a string (plain ints and floats give a float HMM). Optional ``"name"``.
+  or strings ``"p/q"`` (exact rationals). An HMM is exact when any entry is a string (plain ints and floats give a
+  float HMM). Optional ``"name"``.
 * Mixture: ``{"task_prior": [...], "tasks": [HMM, ...]}``.
 * Tokens: ``"0 1 2 ..."`` (spaces or commas); contexts ``"0 1 2 | 1 0 | 2"`` with ``|`` = SEP.
 
