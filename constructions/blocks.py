@@ -16,6 +16,8 @@ the source of truth. The torch module converts them to the requested dtype; the 
   (default: itself). Not a standard Transformer operation; it is allowed here because beliefs and operator
   products are only defined up to a positive scalar (scale invariance), so dividing by a positive sum changes no
   output, it only keeps numbers in range. A zero sum raises :class:`HmmtxError` (probability-zero input).
+* any 2-D weight may be a dense object array or a :class:`SparseFrac` (exact sparse; builders use it for wide
+  sparse weights); consumers go through :func:`nonzeros` / :func:`to_dense`.
 * readout: ``z = W_U h`` (unnormalised masses, ``n_out`` rows); the output is ``z / sum(z)`` (= softmax of log z),
   normalised over the readout's last axis.
 """
@@ -58,7 +60,84 @@ def as_frac_array(values: Any, name: str = "weights") -> np.ndarray:
     return out
 
 
+class SparseFrac:
+    """Exact sparse 2-D matrix: ``shape`` and a dict ``{(i, j): Fraction}`` of its non-zeros (zeros never stored).
+
+    Equivalent to a dense object array of Fractions for every consumer of this framework (the torch module, the
+    exact executor, ``weight_tables``/``hmmtx inspect``); builders use it for wide, sparse weights (a bilinear FFN
+    of width n^3 over a residual of width 2 n^2 would otherwise hold millions of Fraction zeros). Supports
+    ``W[i, j]`` reads/writes/``+=``, ``shape``, ``nnz``, ``items()``, ``todense()``.
+    """
+
+    def __init__(self, shape: tuple[int, int], entries: dict | None = None) -> None:
+        if len(shape) != 2 or any(int(s) < 0 for s in shape):
+            raise HmmtxError(f"SparseFrac: expected a 2-D shape, got {shape!r}")
+        self.shape = (int(shape[0]), int(shape[1]))
+        self._d: dict[tuple[int, int], Fraction] = {}
+        for (i, j), v in (entries or {}).items():
+            self[i, j] = v
+
+    ndim = 2
+    dtype = np.dtype(object)
+
+    @property
+    def size(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    @property
+    def nnz(self) -> int:
+        return len(self._d)
+
+    def _key(self, key: Any) -> tuple[int, int]:
+        if not (isinstance(key, tuple) and len(key) == 2):
+            raise HmmtxError(f"SparseFrac: index with [i, j], got {key!r}")
+        i, j = int(key[0]), int(key[1])
+        if not (0 <= i < self.shape[0] and 0 <= j < self.shape[1]):
+            raise HmmtxError(f"SparseFrac: index {(i, j)} out of range for shape {self.shape}")
+        return i, j
+
+    def __getitem__(self, key: Any) -> Fraction:
+        return self._d.get(self._key(key), ZERO)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        k = self._key(key)
+        v = value if isinstance(value, Fraction) else Fraction(value)
+        if v == 0:
+            self._d.pop(k, None)
+        else:
+            self._d[k] = v
+
+    def items(self) -> list[tuple[int, int, Fraction]]:
+        """Non-zeros as ``(i, j, value)``, sorted by row then column."""
+        return [(i, j, v) for (i, j), v in sorted(self._d.items())]
+
+    def todense(self) -> np.ndarray:
+        out = frac_zeros(*self.shape)
+        for (i, j), v in self._d.items():
+            out[i, j] = v
+        return out
+
+    def __repr__(self) -> str:
+        return f"SparseFrac(shape={self.shape}, nnz={self.nnz})"
+
+
+def nonzeros(W: Any) -> list[tuple[int, int, Fraction]]:
+    """Non-zero entries ``(i, j, value)`` of a 2-D exact weight (dense object array or :class:`SparseFrac`)."""
+    if isinstance(W, SparseFrac):
+        return W.items()
+    return [(int(i), int(j), W[i, j]) for i, j in zip(*np.nonzero(np.vectorize(lambda v: v != 0, otypes=[bool])(W)))] if W.size else []
+
+
+def to_dense(W: Any) -> np.ndarray:
+    """Dense object array of a 2-D exact weight (use only for small matrices / selected blocks)."""
+    return W.todense() if isinstance(W, SparseFrac) else W
+
+
 def _check_exact(arr: np.ndarray, name: str, shape: tuple[int, ...]) -> None:
+    if isinstance(arr, SparseFrac):
+        if arr.shape != shape:
+            raise HmmtxError(f"{name}: expected shape {shape}, got {arr.shape}")
+        return  # SparseFrac stores Fractions only (converted on write)
     if not isinstance(arr, np.ndarray) or arr.dtype != object:
         raise HmmtxError(f"{name}: weights must be numpy object arrays of Fractions, got {type(arr).__name__}")
     if arr.shape != shape:
@@ -130,7 +209,7 @@ class AttentionHead:
     @property
     def positional(self) -> bool:
         """True when the score depends on the lag only (no content term)."""
-        return self.d_qk == 0 or all(v == 0 for v in self.W_Q.ravel()) or all(v == 0 for v in self.W_K.ravel())
+        return self.d_qk == 0 or not nonzeros(self.W_Q) or not nonzeros(self.W_K)
 
 
 @dataclass(frozen=True, eq=False)
@@ -255,13 +334,13 @@ def copy_head(
     s_blk, d_blk = layout.block(src), layout.block(dst)
     if s_blk.size != d_blk.size:
         raise HmmtxError(f"copy_head: source '{src}' has size {s_blk.size} but destination '{dst}' has {d_blk.size}")
-    W_V = frac_zeros(s_blk.size, D)
-    W_O = frac_zeros(D, s_blk.size)
+    W_V = SparseFrac((s_blk.size, D))
+    W_O = SparseFrac((D, s_blk.size))
     for i in range(s_blk.size):
         W_V[i, s_blk.start + i] = ONE  # value i = h_v[src][i]
         W_O[d_blk.start + i, i] = ONE  # written to dst[i]
-    W_Q = frac_zeros(len(content), D)
-    W_K = frac_zeros(len(content), D)
+    W_Q = SparseFrac((len(content), D))
+    W_K = SparseFrac((len(content), D))
     for r, (qc, kc, w) in enumerate(content):
         W_Q[r, coord(layout, qc)] = Fraction(w)
         W_K[r, coord(layout, kc)] = ONE
@@ -298,13 +377,13 @@ class BilinearBuilder:
 
     def build(self) -> BilinearFFN:
         D, m = self.layout.width, len(self._units)
-        W_1, W_2, W_3 = frac_zeros(m, D), frac_zeros(m, D), frac_zeros(D, m)
+        W_1, W_2, W_3 = SparseFrac((m, D)), SparseFrac((m, D)), SparseFrac((D, m))
         labels = []
         for u, (a, sa, b, sb, writes, label) in enumerate(self._units):
-            W_1[u, a] += sa
-            W_2[u, b] += sb
+            W_1[u, a] = W_1[u, a] + sa
+            W_2[u, b] = W_2[u, b] + sb
             for c, v in writes:
-                W_3[c, u] += v
+                W_3[c, u] = W_3[c, u] + v
             labels.append(label or f"u{u}")
         return BilinearFFN(W_1, W_2, W_3, tuple(labels))
 
@@ -322,9 +401,10 @@ def readout(
     n = 1
     for s in shape:
         n *= s
-    W_U = frac_zeros(n, layout.width)
+    W_U = SparseFrac((n, layout.width))
     for row, c, w in terms:
-        W_U[row, coord(layout, c)] += Fraction(w)
+        k = coord(layout, c)
+        W_U[row, k] = W_U[row, k] + Fraction(w)
     return Readout(name, W_U, tuple(shape), description, tuple(labels))
 
 
@@ -342,5 +422,8 @@ __all__ = [
     "readout",
     "frac_zeros",
     "as_frac_array",
+    "SparseFrac",
+    "nonzeros",
+    "to_dense",
     "coord",
 ]

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from constructions.blocks import BilinearFFN, ReLUFFN
+from constructions.blocks import BilinearFFN, ReLUFFN, nonzeros, to_dense
 from constructions.transformer import RECORD_LEVELS, ConstructedTransformer, Trace
 from hmm.errors import HmmtxError
 
@@ -25,9 +25,11 @@ ZERO = Fraction(0)
 class _Sparse:
     """Rows of an exact matrix as (column, value) lists of the non-zeros."""
 
-    def __init__(self, W: np.ndarray) -> None:
+    def __init__(self, W: Any) -> None:
         self.shape = W.shape
-        self.rows = [[(int(c), W[r, c]) for c in range(W.shape[1]) if W[r, c] != 0] for r in range(W.shape[0])]
+        self.rows: list[list] = [[] for _ in range(W.shape[0])]
+        for r, c, v in nonzeros(W):
+            self.rows[r].append((c, v))
 
     def apply(self, x: list) -> list:
         out = []
@@ -96,7 +98,7 @@ def _compile(model: ConstructedTransformer) -> dict:
         layers.append((layer, heads, ffn, norms))
     return {
         "layers": layers,
-        "W_E": [list(r) for r in model.embedding.W_E],
+        "W_E": [list(r) for r in to_dense(model.embedding.W_E)],
         "readouts": {n: (_Sparse(r.W_U), r.shape) for n, r in model.readouts.items()},
     }
 

@@ -44,7 +44,7 @@ PROVENANCE = (
     "reconstruction of the parallel-prefix construction (Hu, Liu & Jin 2024; Liu et al. 2023; Rizvi et al. 2024): "
     "log-depth operator products with hard relative-position attention, bilinear FFN and projective normalisation"
 )
-FAMILIES = ("dirichlet", "sticky", "cyclic", "low_rank", "observable", "mess3", "rrxor", "even_process", "golden_mean")
+FAMILIES = ("dirichlet", "sticky", "cyclic", "low_rank", "observable", "mess3", "rrxor", "even", "golden_mean")
 
 
 def exact_hmm_arrays(hmm: HMM) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

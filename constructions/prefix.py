@@ -95,14 +95,12 @@ def embed_operators(layout: Layout, rows: Sequence[dict]) -> Embedding:
     return Embedding(W_E, tuple(r["name"] for r in rows))
 
 
-def doubling_layer(layout: Layout, l: int, max_positions: int) -> Layer:
-    """Layer ``l`` of the parallel prefix product (see module docstring)."""
+def product_ffn(layout: Layout) -> Any:
+    """The bilinear FFN of a doubling layer (the same for every layer; built once per layout and shared)."""
+    cached = _FFN_CACHE.get(id(layout))
+    if cached is not None and cached[0] is layout:
+        return cached[1]
     n = layout.block("op").shape[0]
-    head = copy_head(
-        layout, "op", "fetched_op", lag_bias(2**l, max_positions),
-        name=f"lag{2**l}",
-        description=f"fetch op at u-{2**l} (NULL when u < {2**l}); tent bias -|lag-{2**l}|",
-    )
     ffn = BilinearBuilder(layout)
     # Proof: the new op[i,j] = Q[i,j] + (sum_k F[i,k] Q[k,j] - Q[i,j]) = (F Q)[i,j]; fetched becomes F - F = 0.
     for i in range(n):
@@ -115,10 +113,26 @@ def doubling_layer(layout: Layout, l: int, max_positions: int) -> Layer:
     for i in range(n):
         for j in range(n):
             ffn.unit("one", ("fetched_op", i, j), [(("fetched_op", i, j), -1)], label=f"-F[{i},{j}]")
+    built = ffn.build()
+    _FFN_CACHE.clear()
+    _FFN_CACHE[id(layout)] = (layout, built)
+    return built
+
+
+_FFN_CACHE: dict[int, tuple[Layout, Any]] = {}
+
+
+def doubling_layer(layout: Layout, l: int, max_positions: int) -> Layer:
+    """Layer ``l`` of the parallel prefix product (see module docstring)."""
+    head = copy_head(
+        layout, "op", "fetched_op", lag_bias(2**l, max_positions),
+        name=f"lag{2**l}",
+        description=f"fetch op at u-{2**l} (NULL when u < {2**l}); tent bias -|lag-{2**l}|",
+    )
     return Layer(
         name=f"layer{l}",
         heads=(head,),
-        ffn=ffn.build(),
+        ffn=product_ffn(layout),
         norms=(ProjectiveNorm("op"),),
         description=f"doubling step {l}: op <- normalise(op[u-{2**l}] @ op[u])",
     )
@@ -270,6 +284,7 @@ __all__ = [
     "normalised",
     "embed_operators",
     "doubling_layer",
+    "product_ffn",
     "colsum_readout",
     "roundoff_allowance",
     "target_and_weight",

@@ -23,7 +23,7 @@ from typing import Any, Callable, NamedTuple, Protocol, Sequence
 import numpy as np
 import torch
 
-from constructions.blocks import AttentionHead, BilinearFFN, Embedding, Layer, ReLUFFN, Readout
+from constructions.blocks import AttentionHead, BilinearFFN, Embedding, Layer, ReLUFFN, Readout, nonzeros
 from constructions.layout import Layout
 from hmm.errors import HmmtxError
 
@@ -166,44 +166,67 @@ class _Lin(torch.nn.Module):
     than a dense matmul would use, which is still a correct floating-point evaluation of the same linear map.
     """
 
-    def __init__(self, W: np.ndarray, dtype: torch.dtype, device: Any) -> None:
+    def __init__(self, W: Any, dtype: torch.dtype, device: Any) -> None:
         super().__init__()
         out_dim, in_dim = W.shape
         self.out_dim, self.in_dim = int(out_dim), int(in_dim)
-        nz = np.vectorize(lambda v: v != 0, otypes=[bool])(W) if W.size else np.zeros(W.shape, dtype=bool)
-        vals = np.vectorize(float, otypes=[np.float64])(W) if W.size else np.zeros(W.shape)
-        rows_nnz = nz.sum(axis=1) if W.size else np.zeros(out_dim, dtype=int)
-        cols_nnz = nz.sum(axis=0) if W.size else np.zeros(in_dim, dtype=int)
-        if W.size == 0 or rows_nnz.max(initial=0) <= 1:
+        nz = nonzeros(W)
+        r = np.array([e[0] for e in nz], dtype=np.int64)
+        c = np.array([e[1] for e in nz], dtype=np.int64)
+        v = np.array([float(e[2]) for e in nz], dtype=np.float64)
+        rows_nnz = np.bincount(r, minlength=out_dim) if nz else np.zeros(out_dim, dtype=int)
+        cols_nnz = np.bincount(c, minlength=in_dim) if nz else np.zeros(in_dim, dtype=int)
+        if rows_nnz.max(initial=0) <= 1:
             self.kind = "gather"
             idx = np.zeros(out_dim, dtype=np.int64)
             scale = np.zeros(out_dim)
-            for r in range(out_dim):
-                cs = np.flatnonzero(nz[r])
-                if cs.size:
-                    idx[r], scale[r] = cs[0], vals[r, cs[0]]
+            idx[r], scale[r] = c, v
             self.register_buffer("idx", torch.as_tensor(idx, device=device))
             self.register_buffer("scale", torch.as_tensor(scale, dtype=dtype, device=device))
+            self.unit_scale = bool(np.all(scale == 1.0))
         elif cols_nnz.max(initial=0) <= 1:
             self.kind = "scatter"
-            cols = np.flatnonzero(cols_nnz)
-            rows = np.array([np.flatnonzero(nz[:, c])[0] for c in cols], dtype=np.int64)
-            self.register_buffer("cols", torch.as_tensor(cols.astype(np.int64), device=device))
-            self.register_buffer("rows", torch.as_tensor(rows, device=device))
-            self.register_buffer("scale", torch.as_tensor(vals[rows, cols], dtype=dtype, device=device))
+            self.register_buffer("cols", torch.as_tensor(c, device=device))
+            self.register_buffer("rows", torch.as_tensor(r, device=device))
+            self.register_buffer("scale", torch.as_tensor(v, dtype=dtype, device=device))
+            self.identity_cols = bool(len(c) == in_dim and np.array_equal(c, np.arange(in_dim)))
         else:
             self.kind = "dense"
-            self.register_buffer("W", torch.as_tensor(vals, dtype=dtype, device=device))
+            dense = np.zeros((out_dim, in_dim))
+            dense[r, c] = v
+            self.register_buffer("W", torch.as_tensor(dense, dtype=dtype, device=device))
+
+    def apply_T(self, xT: torch.Tensor) -> torch.Tensor:
+        """The same map on a transposed 2-D input: ``xT`` (in, n) -> (out, n) (row gathers: cache friendly)."""
+        if self.kind == "gather":
+            if self.in_dim == 0:
+                return xT.new_zeros((self.out_dim, xT.shape[1]))
+            y = xT[self.idx]
+            return y if self.unit_scale else y * self.scale[:, None]
+        if self.kind == "scatter":
+            y = xT.new_zeros((self.out_dim, xT.shape[1]))
+            src = xT if self.identity_cols else xT[self.cols]
+            return y.index_add_(0, self.rows, src * self.scale[:, None])
+        return self.W @ xT
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "gather":
             if self.in_dim == 0:
                 return x.new_zeros(x.shape[:-1] + (self.out_dim,))
-            return x[..., self.idx] * self.scale
+            y = x[..., self.idx]
+            return y if self.unit_scale else y * self.scale
         if self.kind == "scatter":
             y = x.new_zeros(x.shape[:-1] + (self.out_dim,))
-            return y.index_add_(-1, self.rows, x[..., self.cols] * self.scale)
+            return y.index_add_(-1, self.rows, x[..., self.cols] * self.scale if not self.identity_cols else x * self.scale)
         return x @ self.W.T
+
+
+def _dense_float(W: Any, dtype: torch.dtype, device: Any) -> torch.Tensor:
+    """A 2-D exact weight (dense or SparseFrac) as a dense torch tensor."""
+    out = np.zeros(W.shape)
+    for i, j, v in nonzeros(W):
+        out[i, j] = float(v)
+    return torch.as_tensor(out, dtype=dtype, device=device)
 
 
 def _fvec(a: np.ndarray, dtype: torch.dtype, device: Any) -> torch.Tensor:
@@ -236,6 +259,29 @@ class _TorchLayer(torch.nn.Module):
             self.register_buffer("b_in", _fvec(layer.ffn.b_in, dtype, device))
             self.register_buffer("b_out", _fvec(layer.ffn.b_out, dtype, device))
         self.norms = [(layout[n.block], layout[n.denominator], n) for n in layer.norms]
+
+
+#: Positions per chunk in the token-local FFN evaluation (keeps the wide hidden layer in cache).
+FFN_CHUNK = 512
+
+
+def _ffn_chunked(tl: "_TorchLayer", x: torch.Tensor) -> torch.Tensor:
+    """The FFN update ``d`` (N, P, D) of a token-local FFN, evaluated in chunks of positions in transposed layout.
+
+    Chunking is batching (every position of a chunk at once), not a loop over positions; each hidden unit and
+    output is computed with the same operations in the same order as an unchunked evaluation would.
+    """
+    D = x.shape[-1]
+    flat = x.reshape(-1, D)
+    outs = []
+    for s in range(0, flat.shape[0], FFN_CHUNK):
+        xt = flat[s : s + FFN_CHUNK].T.contiguous()
+        if tl.ffn_kind == "bilinear":
+            d = tl.W_3.apply_T(tl.W_1.apply_T(xt) * tl.W_2.apply_T(xt))
+        else:
+            d = tl.W_out.apply_T(torch.relu(tl.W_in.apply_T(xt) + tl.b_in[:, None])) + tl.b_out[:, None]
+        outs.append(d.T)
+    return torch.cat(outs, dim=0).reshape(x.shape)
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -306,7 +352,7 @@ class ConstructedTransformer(torch.nn.Module):
         self.beta = check_attention(attention, beta)
         self.info = dict(info or {})
         self.dtype = dtype
-        self.register_buffer("W_E", _fvec(embedding.W_E, dtype, device))
+        self.register_buffer("W_E", _dense_float(embedding.W_E, dtype, device))
         self.t_layers = torch.nn.ModuleList([_TorchLayer(l, layout, dtype, device) for l in self.layers])
         self.t_readouts = torch.nn.ModuleDict({n: _Lin(r.W_U, dtype, device) for n, r in self.readouts.items()})
 
@@ -388,13 +434,25 @@ class ConstructedTransformer(torch.nn.Module):
                     else:
                         q, k = th.W_Q(x), th.W_K(x)
                         logits = torch.where(causal, q @ k.transpose(-1, -2) + bias, neg_inf)
+                    vals = th.W_V(x)  # (N, P, d_v)
                     if mode == "hard":
                         mx = logits.amax(dim=-1, keepdim=True)
-                        sel = (logits == mx).to(x.dtype)
-                        w = sel / sel.sum(dim=-1, keepdim=True)  # ties: average over the tied maxima
+                        hit = logits == mx
+                        counts = hit.sum(dim=-1)
+                        w = None
+                        if bool((counts == 1).all()):
+                            # every query has a unique maximum: the weighted sum is a gather (same result exactly)
+                            arg = hit.to(torch.int8).argmax(dim=-1)  # (N, P)
+                            mixed = torch.gather(vals, 1, arg[..., None].expand(-1, -1, vals.shape[-1]))
+                        else:
+                            w = hit.to(x.dtype) / counts[..., None].to(x.dtype)  # ties: average over tied maxima
+                            mixed = w @ vals
+                        if record == "all" and w is None:
+                            w = hit.to(x.dtype)
                     else:
                         w = torch.softmax(b * logits, dim=-1)
-                    out = out + th.W_O(w @ th.W_V(x))
+                        mixed = w @ vals
+                    out = out + th.W_O(mixed)
                     if record == "all":
                         sc_all.append(logits)
                         w_all.append(w)
@@ -404,10 +462,8 @@ class ConstructedTransformer(torch.nn.Module):
                     weights_l[li] = torch.stack(w_all, dim=1)
             if record == "all":
                 after_attn[li] = x
-            if tl.ffn_kind == "bilinear":
-                x = x + tl.W_3(tl.W_1(x) * tl.W_2(x))
-            elif tl.ffn_kind == "relu":
-                x = x + tl.W_out(torch.relu(tl.W_in(x) + tl.b_in)) + tl.b_out
+            if tl.ffn_kind is not None:
+                x = x + _ffn_chunked(tl, x)
             if record == "all":
                 after_ffn[li] = x
             if tl.norms:

@@ -98,10 +98,11 @@ def _cell(v: Any) -> str:
 
 
 def _nonzero(mat: Any) -> tuple[list[int], list[int]]:
-    import numpy as np
+    """Indices of the rows and columns holding a non-zero (dense object arrays or SparseFrac)."""
+    from constructions.blocks import nonzeros
 
-    nz = np.vectorize(lambda v: v != 0, otypes=[bool])(mat) if mat.size else np.zeros(mat.shape, dtype=bool)
-    return [int(i) for i in np.flatnonzero(nz.any(axis=1))], [int(j) for j in np.flatnonzero(nz.any(axis=0))]
+    nz = nonzeros(mat)
+    return sorted({i for i, _, _ in nz}), sorted({j for _, j, _ in nz})
 
 
 def show(model: Any, tables: list[dict], max_rows: int, max_cols: int) -> None:
@@ -174,7 +175,8 @@ def plot_tables(tables: list[dict], path: str, max_panels: int = 16) -> None:
         ax.axis("off")
     for ax, t in zip(axes.ravel(), panels):
         rows, cols = _nonzero(t["matrix"])
-        sub = np.vectorize(float, otypes=[np.float64])(t["matrix"][np.ix_(rows, cols)])
+        mat = t["matrix"]
+        sub = np.array([[float(mat[i, j]) for j in cols] for i in rows], dtype=np.float64)
         im = ax.imshow(sub, aspect="auto", cmap="RdBu_r", vmin=-np.abs(sub).max(), vmax=np.abs(sub).max(), interpolation="nearest")
         ax.set_title(f"{t['layer']} / {t['name']}", fontsize=8)
         if len(rows) <= 24:
