@@ -22,7 +22,7 @@ sequence start?", which decides between the prior ``mu`` and ``initial_probs``):
   and slot ``r`` into the prior row vector (``mu``, or ``pi`` at the marker); ``ceil(log2 r)`` bilinear layers
   multiply them pairwise in a balanced tree (each product projectively normalised), and a final bilinear layer
   applies the current token: ``belief ∝ v diag(B[:, x_t])``, ``pred ∝ v diag(B[:, x_t]) A``. Depth
-  ``ceil(log2(r+1)) + ceil(log2 r) + 1``, FFN width at most ``max(r (V+1), ceil(r/2) S^3, S (V+1))``.
+  ``ceil(log2(r+1)) + ceil(log2 r) + 1``, FFN width ``max(r (V+1), S^2 + (floor(r/2) - 1) S^3, S (V+1))`` (middle term for r >= 2).
 
 Readouts: ``next_token = B^T pred`` (unnormalised masses; output ``z / sum z``) and ``belief`` (the window-filtered
 state distribution). At BOS/NULL both blocks hold ``initial_probs``.

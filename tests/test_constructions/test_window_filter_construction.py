@@ -49,6 +49,8 @@ def test_float64_construction_equals_window_reference(data):
     assert model.spec.heads == 1
     if readout == "lookup":
         assert model.spec.ffn_width == lookup_width(V, r)
+    else:  # docs: max(r (V+1), S^2 + (floor(r/2) - 1) S^3 [r >= 2], S (V+1))
+        assert model.spec.ffn_width == max(r * (V + 1), S * (V + 1), S * S + (r // 2 - 1) * S**3 if r >= 2 else 0)
 
 
 @settings(max_examples=15)  # the exact executor loops in Python over positions and Fractions
