@@ -52,7 +52,10 @@ def test_float64_equals_closed_form_to_1e12(case):
     m = model(V, r, K, eta, kind)
     out = m.run(segs, "float64", record="final").outputs
     ref = icl_reference(segs, ICLFeatures(V, r, kind), float(eta), K)  # eigendecomposition closed form
-    np.testing.assert_allclose(out["masses"].numpy(), ref.masses[1:], rtol=0, atol=1e-12)
+    # 1e-12 absolute in the convergent regime (|masses| <= 2); when eta lam_max > 2 (concat, eta = 3/2, r >= 2) GD
+    # diverges and the masses grow like |1 - eta lam|^K, so the same 1e-12 is applied relative to their size
+    scale = max(1.0, float(np.abs(ref.masses).max()))
+    np.testing.assert_allclose(out["masses"].numpy(), ref.masses[1:], rtol=0, atol=1e-12 * scale)
     it = icl_reference(segs, ICLFeatures(V, r, kind), float(eta), K, method="iterate")
     rep = normalise_masses(it.masses[1:])
     assert out["status"].numpy().tolist() == rep.status.tolist()
@@ -208,7 +211,8 @@ def test_registry_entry_builds_task_independent_weights_and_references_agree():
     a = e.build(mix1, toks, attention="hard", beta=None, r=2, K=3, eta="1/2", features="pattern", max_len=0)
     b = e.build(mix2, toks, attention="hard", beta=None, r=2, K=3, eta="1/2", features="pattern", max_len=0)
     wa, wb = a.weight_tables(), b.weight_tables()
-    assert len(wa) == len(wb) and all(x["matrix"].tolist() == y["matrix"].tolist() for x, y in zip(wa, wb))
+    dense = lambda W: W.todense() if hasattr(W, "todense") else W  # noqa: E731  (sparse exact weights)
+    assert len(wa) == len(wb) and all(dense(x["matrix"]).tolist() == dense(y["matrix"]).tolist() for x, y in zip(wa, wb))
     ref = e.reference(mix1, toks, exact=True, r=2, K=3, eta="1/2", features="pattern", max_len=0)
     assert a.run(toks, "exact").outputs["next_token_probs"].tolist() == ref["next_token_probs"].tolist()
     reff = e.reference(mix1, toks, exact=False, r=2, K=3, eta="1/2", features="pattern", max_len=0)

@@ -97,7 +97,9 @@ def test_exact_iteration_equals_doubling_series_and_float_closed_form(ctx, data,
     assert (it.masses == cl.masses).all()
     assert (it.W == cl.W).all()
     fl = icl_reference(segs, f, float(eta), K, dtype=np.float64, method="closed")
-    np.testing.assert_allclose(fl.masses, it.masses.astype(np.float64), rtol=0, atol=1e-12)
+    # 1e-12 absolute while GD converges (|masses| <= 2); diverging runs (eta lam_max > 2) are compared relative to size
+    exact = it.masses.astype(np.float64)
+    np.testing.assert_allclose(fl.masses, exact, rtol=0, atol=1e-12 * max(1.0, float(np.abs(exact).max())))
     if kind == "pattern":
         pc = pattern_closed_form(it.features, f, eta, K, dtype=object)
         assert (pc == it.masses).all()

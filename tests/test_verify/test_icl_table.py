@@ -20,7 +20,7 @@ def mixture():
 
 
 def test_error_falls_as_demonstrations_grow(mixture):
-    tab = icl_table(mixture, [2, 24], [4], demo_len=10, contexts=48, r=1, K=4, eta="1/2", seed=3)
+    tab = icl_table(mixture, [2, 16], [4], demo_len=10, contexts=32, r=1, K=4, eta="1/2", seed=3)
     tv = tab.metrics["tv_icl_bayes"][:, 0]
     acc = tab.metrics["acc_icl_bayes"][:, 0]
     assert tv[1] < 0.6 * tv[0], tv
