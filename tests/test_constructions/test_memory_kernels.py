@@ -163,8 +163,8 @@ def test_fit_rates_recovers_known_slopes() -> None:
     assert r.algebraic == pytest.approx(3.0, rel=1e-9)
     r = fit_rates(H, [0.4 * math.exp(-0.5 * h) for h in H])
     assert r.exponential == pytest.approx(0.5, rel=1e-9) and r.points == 5
-    r = fit_rates(H + [64], [0.9 * 2.0**-h for h in H] + [1e-20])  # 0.9/4 counts; 0.9 > RATE_CEIL? no: 0.225
-    assert r.points == 5  # the 1e-20 point is below the round-off floor and left out
+    r = fit_rates(H + [64], [0.9 * 2.0**-h for h in H] + [1e-20])
+    assert r.points == 5  # the 1e-20 point is below the round-off floor RATE_FLOOR and left out
     assert fit_rates([1, 2], [1.0, 0.9]).algebraic is None  # pre-asymptotic points are left out
 
 
