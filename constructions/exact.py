@@ -53,7 +53,7 @@ def _obj(rows: Any) -> np.ndarray:
 def run_exact(model: ConstructedTransformer, input_ids: Any, *, record: str = "all") -> Trace:
     """Execute ``model``'s exact weights on input ids (N, P) with hard attention. Returns a Trace of Fractions.
 
-    Shapes as in :class:`~constructions.transformer.Trace`; masked attention entries hold None.
+    Shapes as in :class:`~constructions.transformer.Trace`; masked attention scores hold None (weights 0).
     """
     if record not in RECORD_LEVELS:
         raise HmmtxError(f"record must be one of {RECORD_LEVELS}, got {record!r}")
@@ -121,7 +121,7 @@ def _run_one(model: ConstructedTransformer, cache: dict, ids: list, record: str)
                     qs = [h["Q"].apply(x) for x in xs]
                     ks = [h["K"].apply(x) for x in xs]
                 sc = np.full((P, P), None, dtype=object)
-                wt = np.full((P, P), None, dtype=object)
+                wt = np.full((P, P), ZERO, dtype=object)  # masked (v > u) weights are 0, as in torch
                 for u in range(P):
                     row = []
                     for v in range(u + 1):

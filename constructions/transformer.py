@@ -413,7 +413,7 @@ class ConstructedTransformer(torch.nn.Module):
         N, P = ids.shape
         x = self.W_E[ids]  # (N, P, D)
         L = len(self.layers)
-        residuals: list = [x] + [None] * L
+        residuals: list = [x if record != "final" or L == 0 else None] + [None] * L
         after_attn: list = [None] * L
         after_ffn: list = [None] * L
         scores_l: list = [None] * L
