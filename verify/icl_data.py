@@ -211,7 +211,7 @@ def mixture_references(mixture: HMMMixture, batch: ContextBatch) -> MixtureRefer
         # step to the next observation's state: observations move with A_k, BOS / SEP already hold the start state
         p = np.where(obs[:, None, None], np.einsum("nks,kst->nkt", f, A), f) if t > 0 else f
         nxt[:, t] = np.einsum("nks,ksv->nv", p, B)
-    return MixtureReferences(nxt, post, filt, filt.sum(axis=1))
+    return MixtureReferences(nxt, post, filt, filt.sum(axis=2))
 
 
 def unigram_probs(batch: ContextBatch) -> np.ndarray:
