@@ -147,7 +147,7 @@ def main(args: argparse.Namespace) -> int:
     from verify import report as rep
     from verify import suite
 
-    out = Console(width=None if sys.stdout.isatty() else 120, highlight=False)
+    out = Console(width=None if sys.stdout.isatty() else 128, highlight=False)
     all_adapters = suite.adapters()
     if args.list:
         for a in all_adapters:

@@ -1,0 +1,137 @@
+"""verify.suite: plans, case ids, deterministic case generation from the registry, comparisons, judging."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from constructions import registry
+from hmm.errors import HmmtxError
+from hmm.io import hmm_from_dict, mixture_from_dict, parse_context
+from verify import suite
+from verify.suite import FULL, QUICK, Case, Plan, compare, context_shape, derived_seed
+
+
+def test_plan_validation_names_the_flag():
+    with pytest.raises(HmmtxError, match="--states"):
+        Plan("custom", states=(0,), lengths=(4,), dtypes=("float64",))
+    with pytest.raises(HmmtxError, match="--lengths"):
+        Plan("custom", states=(2,), lengths=(), dtypes=("float64",))
+    with pytest.raises(HmmtxError, match="--dtype"):
+        Plan("custom", states=(2,), lengths=(4,), dtypes=("float16",))
+    with pytest.raises(HmmtxError, match="--seed"):
+        Plan("custom", states=(2,), lengths=(4,), dtypes=("exact",), seed=-1)
+
+
+def test_presets_cover_what_the_issue_asks():
+    assert set(QUICK.dtypes) == set(FULL.dtypes) == {"float64", "float32", "exact"}
+    assert max(FULL.states) == 8 and max(FULL.lengths) == 1024
+    assert FULL.exact_allowed(4, 64) and not FULL.exact_allowed(8, 64) and not FULL.exact_allowed(4, 256)
+
+
+def test_classic_lengths_rotate_and_cover():
+    p = dataclasses.replace(FULL, classic_lengths_per_family=2)
+    got = [p.classic_lengths(i) for i in range(4)]
+    assert got == [(16, 64), (64, 256), (256, 1024), (1024, 16)]
+    assert dataclasses.replace(FULL, classic_lengths_per_family=0).classic_lengths(3) == FULL.lengths
+
+
+def test_case_ids_are_stable_and_params_sorted():
+    c = Case("window", "sticky", 3, 16, "float64", 7, (("r", 4), ("attention", "softmax"), ("beta", 20.0)))
+    assert c.params == (("attention", "softmax"), ("beta", 20.0), ("r", 4))
+    assert c.case_id == "window/sticky/S3/T16/float64/seed7/attention=softmax,beta=20,r=4"
+    assert Case("m", "", None, 8, "float32", 0).case_id == "m/-/S-/T8/float32/seed0"
+    with pytest.raises(HmmtxError, match="dtype"):
+        Case("m", "", None, 8, "half", 0)
+
+
+def test_derived_seeds_are_deterministic_and_distinct():
+    a = derived_seed(0, "exact-filter", "sticky", 2, 16, 0)
+    assert a == derived_seed(0, "exact-filter", "sticky", 2, 16, 0)
+    others = {derived_seed(s, n, f, S, T, 0) for s in (0, 1) for n in ("a", "b") for f in ("x", "y")
+              for S in (2, 4) for T in (16, 64)}
+    assert len(others) == 32 and all(0 <= x < 2**31 for x in others)
+
+
+@given(st.integers(min_value=1, max_value=2000))
+def test_context_shape_fills_about_the_requested_stream(length):
+    n, demo, test = context_shape(length)
+    stream = n * (demo + 1) + test  # demonstrations, their SEPs, the test segment
+    assert test >= 1 and demo >= 1 and n >= 0
+    assert stream <= length + 3 and stream >= length - 3 - n  # within rounding of the request
+    if length >= 8:
+        assert n == 3
+
+
+def test_compare_exact_float_and_shapes():
+    F = Fraction
+    a = np.array([[F(1, 3), F(2, 3)]], dtype=object)
+    assert compare(a, a.copy(), exact=True) == (0.0, True)
+    b = np.array([[F(1, 3), F(2, 3) + F(1, 10**30)]], dtype=object)
+    err, same = compare(a, b, exact=True)
+    assert not same and err == pytest.approx(1e-30, rel=1e-12, abs=0)  # a difference below float64 resolution of 2/3
+    t = torch.tensor([[[1 / 3, 2 / 3]]], dtype=torch.float64)  # leading batch axis of 1 is dropped
+    err, _ = compare(t, a, exact=False)
+    assert err <= 1.2e-16
+    with pytest.raises(HmmtxError, match="shape"):
+        compare(np.zeros((2, 3)), np.zeros((3, 2)), exact=False)
+    with pytest.raises(HmmtxError, match="exact mode"):
+        compare(np.zeros((1, 2)), a, exact=True)
+    e, same = compare(np.array([np.nan, 0.5]), np.array([0.5, 0.5]), exact=False)
+    assert math.isnan(e) and not same
+
+
+def test_compared_outputs_are_the_probability_outputs():
+    for name, entry in registry.entries().items():
+        outs = suite.compared_outputs(entry)
+        assert outs and "next_token_probs" in outs or "verify_outputs" in entry.extra, name
+        assert not any(o.startswith("bayes_") or o in ("masses", "status", "negative_mass") for o in outs), name
+
+
+def _registry_adapters():
+    return [a for a in suite.adapters() if isinstance(a, suite.RegistryAdapter)]
+
+
+@pytest.mark.parametrize("plan", [QUICK, FULL], ids=["quick", "full"])
+def test_registry_cases_respect_the_plan(plan):
+    adapters = _registry_adapters()
+    assert adapters
+    for a in adapters:
+        cases = a.cases(plan)
+        assert len({c.case_id for c in cases}) == len(cases), a.name  # no duplicates
+        for c in cases:
+            if c.dtype == "exact":
+                assert plan.exact_allowed(c.states, c.length) and c.param_dict["attention"] == "hard"
+            if c.param_dict["attention"] == "softmax":
+                assert c.dtype == "float64" and c.length <= plan.softmax_max_length
+        assert {c.states for c in cases if c.family not in ("mess3", "even", "golden_mean", "rrxor")} == set(plan.states)
+        assert {c.length for c in cases} == set(plan.lengths)
+        fams = {c.family for c in cases}
+        assert len(fams) >= min(2, len(a.entry.families)), a.name  # families rotate
+
+
+def test_case_inputs_are_deterministic_and_replay_files_round_trip():
+    for a in _registry_adapters():
+        case = next(c for c in a.cases(QUICK) if c.dtype == "exact")
+        first = a.inputs(case)
+        a._input_cache.clear()
+        second = a.inputs(case)
+        assert first.tokens_text == second.tokens_text
+        rp = a.replay_for(case)
+        assert rp.tokens == first.tokens_text and "--mode" in rp.run_args and "exact" in rp.run_args
+        if rp.model_kind == "hmm":
+            h = hmm_from_dict(rp.model)
+            assert h.exact and np.array_equal(h.transition_matrix, first.source.transition_matrix)
+            assert len(rp.tokens.split()) == case.length
+        else:
+            m = mixture_from_dict(rp.model)
+            assert m.num_obs == first.source.num_obs
+            segs = parse_context(rp.tokens)
+            assert sum(len(s) for s in segs) + len(segs) - 1 == pytest.approx(case.length, abs=3)
