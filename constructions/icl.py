@@ -531,7 +531,21 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
 
     cfg: ICLConfig = model.info["config"]
     if model.attention == "softmax":
-        return BoundReport(1.0, 1.0, 0.0, 1.0, "softmax attention: no leakage bound derived for icl (trivial bound 1)")
+        if cfg.features == "pattern":
+            return BoundReport(1.0, 1.0, 0.0, 1.0, "softmax attention: no leakage bound derived for icl (trivial bound 1)")
+        # concat outputs are signed vectors z / sum z, not distributions: the trivial bound is the a-posteriori
+        # max |p_softmax| + max |p_reference| (both computed here), at least 1
+        with torch.no_grad():
+            got = model.run(tokens, mode if mode != "exact" else "float64", record="final").outputs["next_token_probs"]
+        ctxs, _ = _as_contexts(tokens)
+        ref_max = 0.0
+        for c in ctxs:
+            ref = icl_reference(c, cfg.feats, float(cfg.eta), int(cfg.K), method="iterate")
+            z = ref.masses[1:] + float(cfg.prior_mass) / int(cfg.vocab_size)
+            ref_max = max(ref_max, float(np.abs(normalise_masses(z).probs).max()))
+        triv = max(1.0, float(got.abs().max()) + ref_max)
+        return BoundReport(triv, triv, 0.0, triv, "softmax attention, concat features (signed outputs): no leakage "
+                           f"bound derived; trivial a-posteriori bound max|p_softmax| + max|p_ref| = {triv:.3g}")
     if mode == "exact":
         return BoundReport(0.0, 0.0, 0.0, 1.0, "hard attention, exact arithmetic: bit-exact equality with the closed form")
     eps = float(np.finfo(np.float32 if mode == "float32" else np.float64).eps)

@@ -283,3 +283,25 @@ def test_prior_mass_adds_alpha_over_v_and_removes_zero_masses():
     assert set(out["status"].tolist()) == {0}
     with pytest.raises(HmmtxError, match="--prior-mass"):
         build(3, 2, 2, Fraction(1, 2), "pattern", MAX_LEN, "-1")
+
+
+def test_softmax_claims_only_trivial_bounds_that_hold():
+    segs = [[0, 1, 2, 1], [1, 1, 0], [2, 0, 0, 1]]
+    for kind in ("pattern", "concat"):
+        m = build(3, 2, 3, Fraction(1, 2), kind, 16, attention="softmax", beta=5.0)
+        hard = model(3, 2, 3, Fraction(1, 2), kind)
+        err = (m.run(segs).outputs["next_token_probs"] - hard.run(segs).outputs["next_token_probs"]).abs().max()
+        b = m.claimed_bound(segs)
+        assert 0 < float(err) <= b.value and b.leakage == b.value and "no leakage bound" in b.notes
+
+
+def test_generic_run_cli_is_bit_exact(tmp_path, capsys):
+    from hmm.io import save_mixture
+    from hmm.zoo import make_mixture
+    from verify.cli import main
+
+    path = tmp_path / "mix.json"
+    save_mixture(make_mixture("dirichlet", 2, num_states=2, num_obs=2, seed=0, rational=True), path)
+    rc = main(["run", "icl", "--tasks", str(path), "--tokens", "0 1 1 0 | 1 1 0 | 0 1", "--mode", "exact", "--K", "3"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "bit-identical to the exact reference: yes" in out
