@@ -112,7 +112,7 @@ def build(
 ) -> ConstructedTransformer:
     """Build H3 for streams (observations and SEPs, BOS excluded) of up to ``max_len`` items.
 
-    Size: ``L = ceil(log2(max_len + 1))`` layers, 1 head each, width ``2 n^2 + V + 5`` (n = sum_k S_k), FFN width
+    Size: ``L = ceil(log2(max_len + 1))`` layers, 1 head each, width ``2 n^2 + V + 4`` (n = sum_k S_k), FFN width
     ``n^3 + 2 n^2``.
     """
     import torch
