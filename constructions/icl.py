@@ -32,7 +32,6 @@ stored as ``A_diag``) or ``"concat"`` (per-lag one-hots over V + 1 symbols, ``d_
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any, Sequence
@@ -47,7 +46,6 @@ from constructions.blocks import (
     Embedding,
     Layer,
     ReLUFFN,
-    as_frac_array,
     frac_zeros,
     readout,
 )
