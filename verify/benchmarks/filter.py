@@ -42,6 +42,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--repeats", type=positive_int, default=3, help="interleaved rounds, best of them is reported (3)")
     p.add_argument("--check-sequences", type=positive_int, default=20, help="sequences whose lattices are compared (20)")
     p.add_argument("--no-torch", action="store_true", help="skip the torch timing")
+    p.add_argument("--torch-threads", type=positive_int, default=1,
+                   help="torch intra-op threads (1: small per-step ops gain nothing from threads, and OpenMP "
+                        "barriers stall badly on an oversubscribed machine)")
     p.add_argument("--json", metavar="OUT", default=None, help="write the figures as JSON here")
     p.set_defaults(func=run)
 
@@ -92,7 +95,11 @@ def run(args: argparse.Namespace) -> int:
     jobs = {"numpy float64 (batched)": lambda: forward_filter(hmm, x),
             "numpy float32 (batched)": lambda: forward_filter(hmm, x, np.float32)}
     if not args.no_torch:
-        jobs["torch float64 (batched)"] = lambda: forward_filter_torch(hmm, x)
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+        forward_filter_torch(hmm, x[:2, :4])
+        jobs[f"torch float64 (batched, {torch.get_num_threads()} threads)"] = lambda: forward_filter_torch(hmm, x)
     for impl, m in models.items():
         jobs[f"hmmlearn score ({impl}), per sequence"] = lambda m=m: np.array([m.score(c) for c in cols])
     jobs["hmmlearn score(lengths) (scaling), one call"] = lambda: models["scaling"].score(flat, lengths=lengths)
