@@ -374,13 +374,16 @@ def _fit_rows(grid: HeadGrid, target: TargetKernel, S: int) -> tuple[np.ndarray,
     y = np.add.reduceat(y, edges)
     rows, ys = [V], [y]
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-        for a, b in _tail_blocks(S):
-            sn, wn = _block_nodes(a, b)
-            w0 = head_weight(grid.rpe, grid.p0, sn) * wn
-            if not np.any(w0 > 0):
-                continue
-            rows.append((_cheb_design(u_of_lag(grid, sn), H) * w0[:, None]).sum(axis=0, keepdims=True))
-            ys.append(np.array([float(np.sum(target.values(sn) * wn))]))
+        nodes = [_block_nodes(a, b) for a, b in _tail_blocks(S)]  # 8 nodes per block, all blocks at once
+        sn = np.concatenate([n[0] for n in nodes])
+        wn = np.concatenate([n[1] for n in nodes])
+        w0 = head_weight(grid.rpe, grid.p0, sn) * wn
+        starts = np.arange(0, len(sn), 8)
+        blk = np.add.reduceat(_cheb_design(u_of_lag(grid, sn), H) * w0[:, None], starts, axis=0)
+        yb = np.add.reduceat(target.values(sn) * wn, starts)
+        live = np.add.reduceat(w0, starts) > 0
+        rows.append(blk[live])
+        ys.append(yb[live])
         rest = _weight_block(grid.rpe, grid.p0, _tail_blocks(S)[-1][0] * 1e6, math.inf)
         if rest > 0:
             rows.append(_cheb_design(np.zeros(1), H) * rest)
@@ -541,6 +544,36 @@ def _fixed_point_bits(fit: KernelFit) -> int:
     return int(256 * math.ceil(P / 256))  # round up so the lag tables are shared between fits
 
 
+_F = 200  # fixed-point bits of w0 and rho in the l1 sum
+
+
+@lru_cache(maxsize=64)
+def _w0_rho_fixed(rpe: str, p0: float, kind: str, param: float, S: int) -> tuple[np.ndarray, np.ndarray]:
+    """``floor(w_{p0}(s) 2^F)`` and ``round(rho(s) 2^F)`` for ``s = 1..S`` (object arrays of ints)."""
+    with mpmath.workprec(_F + 40):
+        scale = mpmath.mpf(2) ** _F
+        p = mpmath.mpf(p0)
+        W0 = [int(mpmath.floor((mpmath.exp(-p * s) if rpe == "lin" else mpmath.power(s, -p)) * scale))
+              for s in range(1, S + 1)]
+        R0 = [int(mpmath.nint(r * scale)) for r in _target_mp(kind, param, S, _F + 40)]
+    return np.array(W0, dtype=object), np.array(R0, dtype=object)
+
+
+def _horner_fixed(fit: KernelFit, S: int) -> tuple[np.ndarray, int, float]:
+    """``(acc, P, qerr)``: ``acc[s-1] ~ Q(u_s) 2^P`` by fixed-point Horner, ``|acc 2^-P - Q| <= qerr``."""
+    P = _fixed_point_bits(fit)
+    ufp, _ = _lag_tables(fit.grid.rpe, fit.grid.p0, fit.grid.beta, int(S), P)
+    shift = P - fit.mono_exp
+    B = [b << shift for b in fit.mono_int]
+    acc = np.full(len(ufp), B[-1], dtype=object)
+    for b in reversed(B[:-1]):
+        acc = ((acc * ufp) >> P) + b
+    with mpmath.workprec(64):
+        sum_b = mpmath.fsum(abs(mpmath.mpf(b)) for b in fit.mono_int) / mpmath.mpf(2) ** fit.mono_exp
+        qerr = float(fit.grid.H * (1 + sum_b) * mpmath.mpf(2) ** (-P))
+    return acc, P, qerr
+
+
 def kernel_values_exact(fit: KernelFit, S: int) -> tuple[list, float]:
     """``K(1..S)`` as mpf (160-bit) plus the rigorous absolute rounding bound on each value's ``Q`` part.
 
@@ -574,41 +607,43 @@ def _tail_bound(fit: KernelFit, S: int) -> tuple[float, str]:
     """Bound on ``sum_{s > S} |K(s) - rho(s)|`` from blockwise sups (grid estimates) times exact block masses.
 
     For each tail block ``[a, b)``: ``sum_block w_{p0} |Q - q| <= W_block * max_block |Q - q|`` with
-    ``q = rho / w_{p0}``; where ``q`` is unbounded (lin heads, heavier target) the block uses
+    ``q = rho / w_{p0}``; where that is larger (or ``q`` is unbounded: lin heads, heavier target) the block uses
     ``sum_block rho + W_block * max_block |Q|`` instead. The block maxima are taken over 9 points per block
-    (both ends and 7 interior points, in log-lag) and inflated by 1%: an estimate, not a proof; reported apart.
+    (both ends and 7 interior points, in log-lag) and inflated by 1%; the last block (to infinity) uses 40 points
+    and the ``u -> 0`` limit. An estimate, not a proof; reported apart from the exact part.
     """
     g = fit.grid
-    total = 0.0
-    methods = set()
+    blocks = _tail_blocks(S)
+    finite = blocks[:-1]
     with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
-        for a, b in _tail_blocks(S):
-            hi = b - 1 if math.isfinite(b) else math.inf
-            W = _weight_block(g.rpe, g.p0, a, b)
-            if math.isfinite(hi):
-                sn = np.geomspace(a, hi, 9)
-            else:
-                sn = a * np.geomspace(1, 1e300 / a, 40)
-            u = u_of_lag(g, sn)
-            if not math.isfinite(hi):
-                u = np.concatenate([u, [0.0]])
-            w = head_weight(g.rpe, g.p0, sn)
-            q = _q_values(fit, sn, w)
-            if not math.isfinite(hi):
-                # where w underflows, rho/w is 0/0: those lags are represented by the u -> 0 limit instead
-                keep = np.concatenate([w > 0, [True]])
-                q = np.concatenate([q, [_q_at_zero(fit)]])
-                u, q = u[keep], q[keep]
-            Q = np.polynomial.chebyshev.chebval(2 * u - 1, fit.cheb)
-            d = np.abs(Q - q)
-            via_q = W * float(np.max(d)) * 1.01 if np.all(np.isfinite(d)) else math.inf
-            via_rho = fit.target.block_mass(a, b) + W * float(np.max(np.abs(Q))) * 1.01
-            if via_q <= via_rho:
-                total += via_q
-                methods.add("W*sup|Q-q|")
-            else:
-                total += via_rho
-                methods.add("rho+W*sup|Q|")
+        a = np.array([x for x, _ in finite])
+        hi = np.array([y - 1 for _, y in finite])
+        sn = np.exp(np.linspace(np.log(a), np.log(hi), 9, axis=1))  # (nblocks, 9)
+        W = np.array([_weight_block(g.rpe, g.p0, x, y) for x, y in finite])
+        mass = np.array([fit.target.block_mass(x, y) for x, y in finite])
+        u = u_of_lag(g, sn)
+        Q = np.polynomial.chebyshev.chebval(2 * u - 1, fit.cheb)
+        q = _q_values(fit, sn, head_weight(g.rpe, g.p0, sn))
+        d = np.abs(Q - q).max(axis=1)
+        via_q = np.where(np.isfinite(d), W * d * 1.01, np.inf)
+        via_rho = mass + W * np.abs(Q).max(axis=1) * 1.01
+        use_q = via_q <= via_rho
+        total = float(np.sum(np.where(use_q, via_q, via_rho)))
+        methods = set(["W*sup|Q-q|"] if use_q.any() else []) | set(["rho+W*sup|Q|"] if (~use_q).any() else [])
+        # last block [a, inf)
+        a_last = blocks[-1][0]
+        sl = a_last * np.geomspace(1, 1e300 / a_last, 40)
+        wl = head_weight(g.rpe, g.p0, sl)
+        keep = wl > 0  # where w underflows, rho/w is 0/0: those lags are represented by the u -> 0 limit
+        ul = np.concatenate([u_of_lag(g, sl)[keep], [0.0]])
+        ql = np.concatenate([_q_values(fit, sl[keep], wl[keep]), [_q_at_zero(fit)]])
+        Ql = np.polynomial.chebyshev.chebval(2 * ul - 1, fit.cheb)
+        Wl = _weight_block(g.rpe, g.p0, a_last, math.inf)
+        dl = np.abs(Ql - ql)
+        vq = Wl * float(np.max(dl)) * 1.01 if np.all(np.isfinite(dl)) else math.inf
+        vr = fit.target.block_mass(a_last, math.inf) + Wl * float(np.max(np.abs(Ql))) * 1.01
+        total += min(vq, vr)
+        methods.add("W*sup|Q-q|" if vq <= vr else "rho+W*sup|Q|")
     return total, "+".join(sorted(methods))
 
 
@@ -647,17 +682,22 @@ def l1_error(fit: KernelFit, S: int | None = None) -> L1Error:
     ``tail``).
     """
     S = default_lags(fit.grid, fit.target) if S is None else int(S)
-    K, qerr = kernel_values_exact(fit, S)
+    acc, P, qerr = _horner_fixed(fit, S)
+    W0, R0 = _w0_rho_fixed(fit.grid.rpe, fit.grid.p0, fit.target.kind, fit.target.param, S)
+    # K(s) 2^F = floor(acc * W0 / 2^P): acc = Q 2^P (error qerr 2^P), W0 = w0 2^F (error 1), R0 = rho 2^F (error 1/2)
+    Kf = (acc * W0) >> P
+    finite_int = int(np.sum(np.abs(Kf - R0)))
+    kl1_int = int(np.sum(np.abs(Kf)))
     with mpmath.workprec(160):
-        rho = fit.target.values_mp(S)
-        finite = mpmath.fsum(abs(K[i] - rho[i]) for i in range(S))
-        kl1 = mpmath.fsum(abs(k) for k in K)
-        _, w0 = _lag_tables(fit.grid.rpe, fit.grid.p0, fit.grid.beta, S, _fixed_point_bits(fit))
-        wsum = float(mpmath.fsum(w0))
+        scale = mpmath.mpf(2) ** (-_F)
+        fin = float(mpmath.mpf(finite_int) * scale)
+        kl1 = float(mpmath.mpf(kl1_int) * scale)
+        qmax = float(mpmath.mpf(int(np.max(np.abs(acc)))) * mpmath.mpf(2) ** (-P)) + qerr
+        # per lag: |w0| qerr + (|Q| + 1) 2^-F (W0 and the product's floor) + 2^-F (R0 rounding)
+        wsum = float(mpmath.fsum(_lag_tables(fit.grid.rpe, fit.grid.p0, fit.grid.beta, S, P)[1]))
+        rounding = qerr * wsum + S * (qmax + 2) * 2.0**-_F
     tail, method = _tail_bound(fit, S)
-    rounding = qerr * wsum
-    fin = float(finite)
-    return L1Error(fin, float(tail), float(rounding), fin + float(tail) + float(rounding), S, float(kl1), method)
+    return L1Error(fin, float(tail), float(rounding), fin + float(tail) + float(rounding), S, kl1, method)
 
 
 def l1_error_float(fit: KernelFit, S: int | None = None) -> float:
@@ -680,6 +720,7 @@ def worst_case_input(fit: KernelFit, S: int) -> np.ndarray:
     return np.concatenate([sg[::-1], [0.0]])
 
 
+@lru_cache(maxsize=128)
 def gram_condition(grid: HeadGrid, dps: int | None = None) -> float:
     """2-norm condition number of the head kernels ``a_{p_k}`` as vectors in ``l2(lags >= 1)``.
 
