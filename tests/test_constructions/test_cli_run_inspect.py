@@ -135,7 +135,8 @@ def test_inspect_prints_layout_and_named_rows(files, capsys):
     png = d / "w.png"
     rc, out, err = _run(capsys, ["inspect", "bayes-multitask", "--tasks", str(m), "--layer", "readout", "--plot", str(png)])
     assert rc == 0, err
-    assert "task_posterior.W_U" in out and "task 1" in out
+    flat = " ".join(out.split())
+    assert "task_posterior.W_U" in flat and "task 1" in flat
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rc, _, err = _run(capsys, ["inspect", "exact-filter", "--hmm", str(h), "--layer", "99"])
     assert rc == 2 and "layers 0.." in err

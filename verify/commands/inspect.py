@@ -143,7 +143,7 @@ def show(model: Any, tables: list[dict], max_rows: int, max_cols: int) -> None:
         note = f" (non-zero: {len(rows)} rows, {len(cols)} cols"
         note += f"; showing {len(shown_r)} x {len(shown_c)})" if (len(shown_r) < len(rows) or len(shown_c) < len(cols)) else ")"
         tab = Table(title=title + note, show_lines=False)
-        tab.add_column("row \\ col")
+        tab.add_column("row \\ col", no_wrap=True)
         for j in shown_c:
             tab.add_column(escape(str(t["cols"][j])), justify="right")
         for i in shown_r:
