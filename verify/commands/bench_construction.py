@@ -1,0 +1,121 @@
+"""``hmmtx bench-construction``: time a construction against its references (a benchmark, not a unit test).
+
+    hmmtx bench-construction h1 [--states 16] [--length 2048] [--vocab 4] [--seed 0] [--mode float64]
+                             [--repeats 3] [--exact-reference/--no-exact-reference] [--json OUT]
+
+H1 (the exact filter, ``exact-filter``): builds the construction for a random Dirichlet HMM (concentration 2, a
+mixing HMM) with S states, samples T tokens, runs the torch module (hard attention, ``record="final"``), and
+compares its next-token probabilities with the numpy float64 forward filter and (optionally, slow at large T)
+the exact Fraction forward filter :func:`hmm.reference.forward_filter_exact`, reporting the times of all three.
+The library function :func:`bench_h1` returns the same numbers as a dict (the lead can wire it elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "bench-construction",
+        help="benchmark a construction (h1: exact filter) against its float and exact references",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    p.add_argument("which", choices=["h1"], help="which construction benchmark (h1 = exact-filter)")
+    p.add_argument("--states", type=int, default=16, help="hidden states S (default 16)")
+    p.add_argument("--length", type=int, default=2048, help="sequence length T (default 2048)")
+    p.add_argument("--vocab", type=int, default=4, help="observation symbols V (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the HMM and the tokens")
+    p.add_argument("--mode", choices=["float64", "float32"], default="float64", help="number mode (default float64)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of the module (best reported; default 3)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--exact-reference", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the exact Fraction forward filter (slow at large T; default on)")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the numbers as JSON (atomically)")
+    p.set_defaults(func=run)
+
+
+def bench_h1(S: int = 16, T: int = 2048, V: int = 4, seed: int = 0, mode: str = "float64", repeats: int = 3,
+             exact_reference: bool = True) -> dict:
+    """Numbers of one H1 benchmark (errors are max-abs over next-token probabilities; times in seconds)."""
+    import os
+
+    import numpy as np
+    import torch
+
+    from constructions.exact_filter import build
+    from hmm.errors import HmmtxError
+    from hmm.reference import forward_filter, forward_filter_exact
+    from hmm.sampling import sample
+    from hmm.zoo import make
+
+    for name, v, lo in (("--states", S, 1), ("--length", T, 1), ("--vocab", V, 1), ("--repeats", repeats, 1)):
+        if v < lo:
+            raise HmmtxError(f"{name} must be at least {lo}, got {v}")
+    hmm = make("dirichlet", S, V, seed=seed, concentration=2.0)
+    x = sample(hmm, 1, T, seed=seed + 1).tokens[0]
+    t0 = time.perf_counter()
+    model = build(hmm, T, filtered=False, dtype=torch.float64 if mode == "float64" else torch.float32)
+    t_build = time.perf_counter() - t0
+    ids = model.codec.encode(x)
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            tr = model.forward(ids, record="final")
+            times.append(time.perf_counter() - t0)
+    got = model.read(tr, "next_token", slice(2, None))[0].double().numpy()
+    t0 = time.perf_counter()
+    ref = forward_filter(hmm, x)
+    t_np = time.perf_counter() - t0
+    out = {
+        "construction": "exact-filter",
+        "mode": mode,
+        "S": S, "T": T, "V": V, "seed": seed,
+        "layers": model.spec.layers, "width": model.spec.width, "ffn_width": model.spec.ffn_width,
+        "build_seconds": t_build,
+        "module_seconds_best": min(times),
+        "module_seconds_all": times,
+        "numpy_filter_seconds": t_np,
+        "max_abs_error_vs_float64_filter": float(np.abs(got - ref.next_token_probs).max()),
+        "claimed_bound": model.claimed_bound(x, mode).value,
+        "torch_threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if exact_reference:
+        t0 = time.perf_counter()
+        ex = forward_filter_exact(hmm, x)
+        out["exact_filter_seconds"] = time.perf_counter() - t0
+        exf = np.vectorize(float, otypes=[np.float64])(ex.next_token_probs)
+        out["max_abs_error_vs_exact_filter"] = float(np.abs(got - exf).max())
+        out["float64_filter_error_vs_exact"] = float(np.abs(ref.next_token_probs - exf).max())
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    if args.threads is not None:
+        from hmm.errors import HmmtxError
+
+        if args.threads < 1:
+            raise HmmtxError(f"--threads must be positive, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    res = bench_h1(args.states, args.length, args.vocab, args.seed, args.mode, args.repeats, args.exact_reference)
+    tab = Table(title=f"H1 exact filter, S={res['S']} T={res['T']} V={res['V']} ({res['mode']})")
+    tab.add_column("quantity")
+    tab.add_column("value", justify="right")
+    for k, v in res.items():
+        if k in ("construction", "S", "T", "V", "mode", "module_seconds_all"):
+            continue
+        tab.add_row(k, f"{v:.3g}" if isinstance(v, float) else str(v))
+    Console().print(tab)
+    if args.json:
+        from hmm.io import atomic_write_json
+
+        atomic_write_json(args.json, res)
+    return 0
