@@ -73,7 +73,9 @@ def forward_filter(hmm: HMM, tokens: Any, dtype: Any = np.float64) -> FilterResu
     N, T = x.shape
     pi, A, B = hmm.arrays(dtype)
     S, V = B.shape
-    lik = B[:, x.T]  # (S, T, N): lik[:, t, n] = B[:, x[n, t]] (one gather; lik[:, t] is an (S, N) view)
+    # (S, T, N): lik[:, t, n] = B[:, x[n, t]]; one gather (np.take with a contiguous index is ~10x faster than
+    # fancy indexing here); lik[:, t] is an (S, N) view.
+    lik = np.take(B, np.ascontiguousarray(x.T), axis=1)
     At = np.ascontiguousarray(A.T)
     filt = np.empty((T, S, N), dtype=dtype)
     pred = np.empty((T + 1, S, N), dtype=dtype)  # pred[t] = P(z_t | x_<t); pred[T] feeds the last next-token row
