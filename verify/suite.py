@@ -398,9 +398,8 @@ class RegistryAdapter:
 
     Cases: for every (S, T) of the plan one of the entry's random zoo families (rotating diagonally, so each family
     meets several S and T), plus each classic zoo process (fixed size) whose S is within the plan's largest S, at
-    :meth:`Plan.classic_lengths`. Each point runs
-    in every supported mode (``exact`` only where :meth:`Plan.exact_allowed`), with hard attention; float64 also
-    with softmax attention at each beta of ``entry.extra["verify_betas"]`` (default :data:`DEFAULT_BETAS`; ``()``
+    :meth:`Plan.classic_lengths`. Each point runs in every supported mode (``exact`` only where
+    :meth:`Plan.exact_allowed`), with hard attention; float64 also with softmax attention at each beta of ``entry.extra["verify_betas"]`` (default :data:`DEFAULT_BETAS`; ``()``
     turns it off). HMMs are drawn with small rational entries (zoo ``rational=True``, so Fractions stay small) and
     the same HMM, tokens and built model serve every mode of a point.
 
@@ -412,9 +411,9 @@ class RegistryAdapter:
         ``none``: not sweepable generically; the entry must provide ``extra["verify_adapter"]``.
 
     Run: ``model = entry.build(source, tokens, attention, beta, **params)``; ``model.run(tokens, mode)``;
-    ``entry.reference(source, tokens, exact=...)`` (exact Fractions in exact mode and wherever the plan allows exact
-    mode, float64 otherwise); error = max |output - reference| over every output both name; bound and allowance from
-    ``model.claimed_bound(tokens, mode)`` (``allowance = roundoff``, ``bound = value - allowance``).
+    ``entry.reference(source, tokens, exact=...)`` (exact Fractions in exact mode and, for float modes, where
+    S <= 4 and T <= 64; float64 beyond); error = max |output - reference| over :func:`compared_outputs`; bound and
+    allowance from ``model.claimed_bound(tokens, mode)`` (``allowance = roundoff``, ``bound = value - allowance``).
     """
 
     def __init__(self, entry: Any) -> None:
@@ -441,7 +440,13 @@ class RegistryAdapter:
     def _families(self) -> tuple[list[str], list[tuple[str, int]]]:
         from hmm.zoo import FAMILIES
 
-        fams = [f for f in self.entry.families if f in FAMILIES] or ["dirichlet"]
+        unknown = [f for f in self.entry.families if f not in FAMILIES]
+        if unknown:  # a family the construction claims but verify cannot draw would go untested: say so
+            raise HmmtxError(
+                f"registry entry '{self.name}' names zoo families {unknown} that hmm.zoo does not have "
+                f"(known: {', '.join(FAMILIES)})"
+            )
+        fams = list(self.entry.families) or ["dirichlet"]
         random_f = [f for f in fams if FAMILIES[f].fixed_size is None]
         classic = [(f, FAMILIES[f].fixed_size[0]) for f in fams if FAMILIES[f].fixed_size is not None]
         return random_f, classic

@@ -135,3 +135,13 @@ def test_case_inputs_are_deterministic_and_replay_files_round_trip():
             assert m.num_obs == first.source.num_obs
             segs = parse_context(rp.tokens)
             assert sum(len(s) for s in segs) + len(segs) - 1 == pytest.approx(case.length, abs=3)
+
+
+def test_an_unknown_zoo_family_in_the_registry_fails_loudly():
+    entry = registry.get("exact-filter")
+    a = suite.RegistryAdapter(dataclasses.replace(entry, families=entry.families + ("even_process",)))
+    with pytest.raises(HmmtxError, match="even_process"):
+        a.cases(QUICK)
+    (res,) = [r for r in suite.run_suite([a], dataclasses.replace(QUICK, states=(2,), lengths=(2,)))
+              if r.status == "crash"]
+    assert res.case.construction == "exact-filter" and "even_process" in res.message
