@@ -45,6 +45,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     except OSError as exc:
         raise HmmtxError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
+        # mkstemp creates the file with mode 0600; give it the mode an ordinary open() would (0666 less umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
