@@ -56,7 +56,8 @@ def test_brute_force_equals_fraction_filter_exactly(data):
 
 def _max_len_for(S: int) -> int:
     # The Fraction filter costs about S^2 T x (digits ~ T) per sequence: S <= 3 up to T = 512, S <= 8 up to T = 192
-    # (S = 8 with T = 512 takes 5-15 s in exact arithmetic on this machine, too slow for a unit test).
+    # (S = 8 with T = 512 takes 5-15 s in exact arithmetic: the largest sizes are checked against an mpmath oracle in
+    # test_float64_within_1e12_at_the_largest_sizes).
     return 512 if S <= 3 else 384 if S <= 5 else 192
 
 
@@ -170,3 +171,39 @@ def test_float_filter_does_not_underflow_on_long_sequences():
     r = forward_filter(hmm, x, dtype=np.float32)
     assert np.all(np.isfinite(r.next_token_probs)) and np.all(np.abs(r.next_token_probs.sum(-1) - 1) <= 1e-5)
     assert np.all(r.marginal_loglik < -1000)  # a log-likelihood far below float underflow, accumulated in log space
+
+
+def _mp_next_token_probs(hmm: HMM, x, dps: int = 40) -> np.ndarray:
+    """High-precision oracle (mpmath, ``dps`` digits) of next-token probabilities, for sizes where Fractions are too
+    slow; its own rounding (~1e-40) is far below the 1e-12 being checked. Cross-checked against Fractions below."""
+    import mpmath
+
+    with mpmath.workdps(dps):
+        mp = lambda v: mpmath.mpf(v.numerator) / v.denominator  # noqa: E731
+        h = hmm.as_exact()
+        S, V = h.num_states, h.num_obs
+        A = [[mp(v) for v in r] for r in h.transition_matrix]
+        B = [[mp(v) for v in r] for r in h.emission_probs]
+        p = [mp(v) for v in h.initial_probs]
+        out = []
+        for o in x.tolist():
+            joint = [p[i] * B[i][o] for i in range(S)]
+            c = mpmath.fsum(joint)
+            f = [j / c for j in joint]
+            p = [mpmath.fsum(f[i] * A[i][j] for i in range(S)) for j in range(S)]
+            out.append([float(mpmath.fsum(p[j] * B[j][v] for j in range(S))) for v in range(V)])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("S, V, T", [(8, 4, 512), (16, 4, 2048)])
+def test_float64_within_1e12_at_the_largest_sizes(S, V, T):
+    """SPEC §6 corner sizes (S = 8, T = 512 and S = 16, T = 2048), mixing small-rational HMMs, mpmath oracle."""
+    rng = np.random.default_rng(S * T)
+    w = lambda r, c: [[Fraction(int(v), int(row.sum())) for v in row] for row in rng.integers(1, 5, size=(r, c))]  # noqa: E731
+    hmm = HMM.from_arrays(w(1, S)[0], w(S, S), w(S, V))
+    x = sample(hmm, 1, T, 3).tokens[0]
+    oracle = _mp_next_token_probs(hmm, x)
+    exact_prefix = forward_filter_exact(hmm, x[:48]).next_token_probs
+    assert np.abs(oracle[:48] - _as_float(exact_prefix)).max() <= 1e-15  # the oracle agrees with Fractions
+    err = np.abs(forward_filter(hmm.as_float(), x).next_token_probs - oracle).max()
+    assert err <= 1e-12, err
