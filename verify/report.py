@@ -399,17 +399,18 @@ def summary_table(summaries: Sequence[ConstructionSummary], title: str = "hmmtx 
     """A rich Table: one row per construction and number mode."""
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", show_lines=False, header_style="bold")
-    table.add_column("construction", no_wrap=True)
-    table.add_column("mode", no_wrap=True)
-    table.add_column("cases", justify="right")
-    table.add_column("max error", justify="right")
-    table.add_column("max bound", justify="right")
-    table.add_column("allowance", justify="right")
-    table.add_column("max err/bound", justify="right")
-    table.add_column("exact agree", justify="right")
-    table.add_column("time", justify="right")
-    table.add_column("status", no_wrap=True)
+    from rich import box
+
+    table = Table(title=title, title_justify="left", show_lines=False, header_style="bold", box=box.SIMPLE_HEAD)
+    table.add_column("construction", no_wrap=True, min_width=max([12] + [len(x.construction) for x in summaries]))
+    table.add_column("mode", no_wrap=True, min_width=7)
+    table.add_column("cases", justify="right", min_width=5)
+    # numbers never get cut (min_width = len("1.23e-45"), no spaces inside); headers wrap on narrow terminals
+    for name in ("max error", "max bound", "allowance", "max err/bound"):
+        table.add_column(name, justify="right", min_width=8)
+    table.add_column("exact agree", justify="right", min_width=5)
+    table.add_column("time", justify="right", min_width=6)
+    table.add_column("status", min_width=6)
     for s in summaries:
         for i, d in enumerate(s.by_dtype):
             ok = d.failed == 0

@@ -151,7 +151,7 @@ def main(args: argparse.Namespace) -> int:
     all_adapters = suite.adapters()
     if args.list:
         for a in all_adapters:
-            out.print(f"{a.name:16} {a.summary}  [dim]({', '.join(a.dtypes)})[/dim]")
+            print(f"{a.name:16} {a.summary} (modes: {', '.join(a.dtypes)})")
         return 0
     plan = make_plan(args)
     jobs = parse_jobs(args.jobs)
