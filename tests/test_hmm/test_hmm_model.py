@@ -5,7 +5,6 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 from hmm.errors import HmmtxError
 from hmm.model import HMM, validate_tokens

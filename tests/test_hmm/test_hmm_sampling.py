@@ -1,6 +1,5 @@
 """Sampling: seeded, batched, correct in distribution, never draws zero-probability events, SEP format for mixtures."""
 
-from fractions import Fraction
 
 import numpy as np
 import pytest
