@@ -708,16 +708,37 @@ def l1_error_float(fit: KernelFit, S: int | None = None) -> float:
     return fin + _tail_bound(fit, S)[0]
 
 
+def error_signs(fit: KernelFit, S: int) -> np.ndarray:
+    """``sign(K(s) - rho(s))`` for ``s = 1..S`` (float64 array of -1/0/1) from the exact fixed-point values."""
+    acc, P, _ = _horner_fixed(fit, S)
+    W0, R0 = _w0_rho_fixed(fit.grid.rpe, fit.grid.p0, fit.target.kind, fit.target.param, S)
+    d = ((acc * W0) >> P) - R0
+    return np.array([(v > 0) - (v < 0) for v in d], dtype=np.float64)
+
+
 def worst_case_input(fit: KernelFit, S: int) -> np.ndarray:
     """The input attaining the finite part of the l1 error: ``x_{t-s} = sign(K(s) - rho(s))``, ``s = 1..S``.
 
     Returned in time order (oldest first), length ``S + 1`` with the current token ``x_t = 0`` last.
     """
-    K, _ = kernel_values_exact(fit, S)
-    with mpmath.workprec(160):
-        rho = fit.target.values_mp(S)
-        sg = np.array([float(mpmath.sign(K[i] - rho[i])) for i in range(S)])
-    return np.concatenate([sg[::-1], [0.0]])
+    return np.concatenate([error_signs(fit, S)[::-1], [0.0]])
+
+
+def attained_error(fit: KernelFit, S: int | None = None) -> tuple[float, float]:
+    """``(value, allowance)``: the extraction error on the worst-case input ``x_{t-s} = sign(K - rho)(s)``,
+    evaluated independently in float64 (Clenshaw kernel, numpy target), and its float round-off allowance
+    ``2 H^2 u sum_j |cheb_j| sum_s w0(s) + 4 S u sum_s (|K| + |rho|)`` (Clenshaw's forward error is at most
+    ~``H^2 u sum|cheb|`` on ``[-1, 1]``; the rest is the products, subtraction and the sum). ``value`` equals
+    :attr:`L1Error.finite` within the allowance: the sup over inputs is attained."""
+    S = default_lags(fit.grid, fit.target) if S is None else int(S)
+    s = np.arange(1, S + 1, dtype=np.float64)
+    Kf = kernel_values_float(fit, s)
+    rho = fit.target.values(s)
+    u = 2.0**-53
+    w0 = head_weight(fit.grid.rpe, fit.grid.p0, s)
+    allow = 2 * fit.grid.H**2 * u * float(np.sum(np.abs(fit.cheb))) * float(np.sum(w0)) + 4 * S * u * float(
+        np.sum(np.abs(Kf) + np.abs(rho)))
+    return float(np.dot(error_signs(fit, S), Kf - rho)), allow
 
 
 @lru_cache(maxsize=128)
@@ -801,6 +822,8 @@ __all__ = [
     "kernel_values_exact",
     "kernel_values_float",
     "worst_case_input",
+    "error_signs",
+    "attained_error",
     "gram_condition",
     "finite_window_kernel",
     "finite_window_error",

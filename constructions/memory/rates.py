@@ -19,6 +19,7 @@ import numpy as np
 
 from constructions.memory.kernels import (
     HeadGrid,
+    attained_error,
     TargetKernel,
     fit_kernel,
     gram_condition,
@@ -92,7 +93,9 @@ class TableConfig:
 class Point(NamedTuple):
     """One (target, rpe, H) measurement: exact l1 error (``total`` = ``finite`` + ``tail`` + ``rounding``) and the
     size of the fitted head output weights (``log10`` of max and of the sum of ``|c_k|``; ``amplification`` =
-    ``sum |c_k| / sum_s |K(s)|``, the factor by which relative round-off in the heads is amplified)."""
+    ``sum |c_k| / sum_s |K(s)|``, the factor by which relative round-off in the heads is amplified);
+    ``attained``: the error of the worst-case input ``sign(K - rho)`` evaluated independently in float64 (matches
+    ``finite`` within ``attained_allowance``, its stated float round-off: the sup is attained)."""
 
     H: int
     total: float
@@ -103,6 +106,8 @@ class Point(NamedTuple):
     log10_weight_l1: float
     amplification: float
     gram_cond: float | None
+    attained: float
+    attained_allowance: float
     seconds: float
 
 
@@ -160,7 +165,7 @@ def _measure(t: TargetKernel, grid: HeadGrid, gram_max: int) -> Point:
     amp = 10.0 ** fit.log10_weight_l1 / err.kernel_l1 if err.kernel_l1 > 0 else math.inf
     cond = gram_condition(grid) if grid.H <= gram_max else None
     return Point(grid.H, err.total, err.finite, err.tail, err.rounding, fit.log10_max_weight, fit.log10_weight_l1,
-                 amp, cond, time.perf_counter() - t0)
+                 amp, cond, *attained_error(fit, err.S), time.perf_counter() - t0)
 
 
 def _row(t: TargetKernel, rpe: str, heads: Sequence[int], cfg: TableConfig) -> Row:

@@ -28,6 +28,10 @@ def test_cli_small_run_writes_json_and_plot(tmp_path, capsys) -> None:
     for r in data["rows"]:
         for p in r["points"]:
             assert p["total"] >= p["finite"] >= 0 and p["tail"] >= 0 and p["rounding"] < 1e-30
+            # the worst-case input attains the exact finite part (float64 evaluation within its stated allowance)
+            assert abs(p["attained"] - p["finite"]) <= p["attained_allowance"]
+            if r["kind"] != "spike":
+                assert p["attained_allowance"] < 1e-5
             assert p["log10_max_weight"] > -5
     assert data["insight_4a"]["power"] == {"1": True, "2": True, "4": True}
     g = {x["rpe"]: x for x in data["growth"]}
