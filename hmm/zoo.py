@@ -256,7 +256,8 @@ def _with_stationary(T: list, exact: bool, name: str) -> MealyHMM:
 
 
 def mess3_mealy(x: Any = 0.15, a: Any = 0.6, rational: bool = False) -> MealyHMM:
-    """mess3 (Marzen & Crutchfield 2017; the Shai et al. 2024 belief-geometry process), Mealy form, 3 states.
+    """mess3, Mealy form, 3 states: the definition used by the belief-geometry code bases (simplexity,
+    epsilon-transformers; attributed there to Marzen & Crutchfield 2017, arXiv 1702.08565).
 
     With ``b = (1 - a)/2`` and ``y = 1 - 2x``, ``T[x][i, j]`` (symbol first, then current and next state) is::
 
@@ -378,7 +379,7 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             "mess3",
-            "mess3 (Marzen & Crutchfield), 3 states / 3 symbols; Moore form via w_t = z_{t+1}",
+            "mess3 (as in the belief-geometry code bases, after Marzen & Crutchfield 2017); Moore form via w_t = z_{t+1}",
             _classic(mess3_mealy),
             {"x": 0.15, "a": 0.6},
             fixed_size=(3, 3),
