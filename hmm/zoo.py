@@ -256,8 +256,8 @@ def _with_stationary(T: list, exact: bool, name: str) -> MealyHMM:
 
 
 def mess3_mealy(x: Any = 0.15, a: Any = 0.6, rational: bool = False) -> MealyHMM:
-    """mess3, Mealy form, 3 states: the definition used by the belief-geometry code bases (simplexity,
-    epsilon-transformers; attributed there to Marzen & Crutchfield 2017, arXiv 1702.08565).
+    """mess3, Mealy form, 3 states: the definition used by the belief-geometry code bases (e.g.
+    epsilon-transformers, which attributes it to Marzen & Crutchfield 2017, arXiv 1702.08565).
 
     With ``b = (1 - a)/2`` and ``y = 1 - 2x``, ``T[x][i, j]`` (symbol first, then current and next state) is::
 
