@@ -355,6 +355,56 @@ def evaluate(model: Any, mixture: HMMMixture, batch: ContextBatch) -> EvalMetric
     )
 
 
+class SegmentMetrics(NamedTuple):
+    """Next-token quality by the segment of the predicted token (0..n_demos-1 demonstrations, n_demos = test):
+    the in-context analogue of Hao et al.'s Figure 1 axis "number of demonstrations seen".
+
+    Fields (arrays of shape (n_demos + 1,)): ``tv_model``, ``tv_unigram`` (TV against the Bayes predictive),
+    ``ce_model``, ``ce_bayes`` (cross-entropy of the sampled token, nats), ``task_posterior_max`` (mean Bayes
+    posterior probability of the most likely task when the token is predicted), ``n_positions``.
+    """
+
+    tv_model: np.ndarray
+    tv_unigram: np.ndarray
+    ce_model: np.ndarray
+    ce_bayes: np.ndarray
+    task_posterior_max: np.ndarray
+    n_positions: np.ndarray
+
+
+def evaluate_segments(model: Any, mixture: HMMMixture, batch: ContextBatch) -> SegmentMetrics:
+    """:func:`evaluate` broken down by the segment that the predicted token belongs to."""
+    torch = _torch()
+    with torch.no_grad():
+        logits = model(torch.as_tensor(batch.tokens))
+    p_model = torch.softmax(logits.double(), dim=-1).numpy()
+    ref = mixture_references(mixture, batch)
+    uni = unigram_probs(batch)
+    mask = target_mask(batch)
+    nxt = np.zeros_like(batch.tokens)
+    nxt[:, :-1] = batch.tokens[:, 1:]
+    nxt = np.where(mask, nxt, 0)
+    seg_of_target = np.full(batch.tokens.shape[1], -1)
+    seg_of_target[:-1] = batch.layout.positions().segment[1:]
+    tv_m = 0.5 * np.abs(p_model - ref.next_token_probs).sum(-1)
+    tv_u = 0.5 * np.abs(uni[None, None] - ref.next_token_probs).sum(-1)
+    pick = lambda p: np.take_along_axis(p, nxt[..., None], axis=-1)[..., 0]  # noqa: E731
+    with np.errstate(divide="ignore"):
+        ce_m, ce_b = -np.log(pick(p_model)), -np.log(pick(ref.next_token_probs))
+    post = ref.task_posterior.max(axis=-1)
+    out = {k: [] for k in ("tv_m", "tv_u", "ce_m", "ce_b", "post", "n")}
+    for s in range(batch.layout.n_demos + 1):
+        sel = mask & (seg_of_target == s)[None, :]
+        out["tv_m"].append(tv_m[sel].mean())
+        out["tv_u"].append(tv_u[sel].mean())
+        out["ce_m"].append(ce_m[sel].mean())
+        out["ce_b"].append(ce_b[sel].mean())
+        out["post"].append(post[sel].mean())
+        out["n"].append(int(sel.sum()))
+    a = {k: np.array(v) for k, v in out.items()}
+    return SegmentMetrics(a["tv_m"], a["tv_u"], a["ce_m"], a["ce_b"], a["post"], a["n"])
+
+
 class TrainResult(NamedTuple):
     """Fields: ``model`` (trained, eval mode), ``config``, ``mixture``, ``losses`` (per step), ``metrics``
     (:class:`EvalMetrics` on ``config.eval_contexts`` fresh contexts), ``seconds`` (wall time of training)."""
@@ -508,6 +558,8 @@ __all__ = [
     "deterministic_torch",
     "EvalMetrics",
     "evaluate",
+    "SegmentMetrics",
+    "evaluate_segments",
     "TrainResult",
     "train",
     "save_checkpoint",

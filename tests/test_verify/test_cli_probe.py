@@ -30,7 +30,7 @@ def test_probe_constructed_and_trained_side_by_side(checkpoint, tmp_path, capsys
     out, _ = checkpoint
     js = tmp_path / "probe.json"
     rc = main(["probe", "--model", "constructed:icl", "--model", f"checkpoint:{out}", "--contexts", "60",
-               "--perms", "2", "--lags", "1,2", "--r", "2", "--json", str(js), "--plot", str(tmp_path / "plots")])
+               "--perms", "2", "--lags", "1,2", "--json", str(js), "--plot", str(tmp_path / "plots")])
     assert rc == 0
     text = capsys.readouterr().out
     assert "constructed:icl" in text and "trained:tiny.pt" in text and "side by side" in text
@@ -41,6 +41,10 @@ def test_probe_constructed_and_trained_side_by_side(checkpoint, tmp_path, capsys
     assert icl["independence"]["mean"][icl["independence"]["layers"].index("aggregate")] == pytest.approx(1.0, abs=1e-12)
     assert len(trained["residual_labels"]) == 3 and len(trained["independence"]["mean"]) == 2
     assert trained["data"] == icl["data"]  # the same contexts for both subjects
+    seg = trained["next_token_by_segment"]
+    assert len(seg["tv_model"]) == 3 and sum(seg["n_positions"]) == 60 * 12
+    assert all(0 <= m < u for m, u in zip(seg["tv_model"], seg["tv_unigram"]))
+    assert "next-token quality by segment" in text
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert names == ["fig2-independence.png", "fig3a-state-task.png", "fig3b-token-probes.png"]
     assert all((tmp_path / "plots" / n).read_bytes()[:4] == b"\x89PNG" for n in names)

@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the probe contexts and of the permutations")
     p.add_argument("--lags", default="1,2,3,4", help="token distances k for the previous-token probes")
     p.add_argument("--perms", type=int, default=8, help="random permutations of the demonstrations")
-    p.add_argument("--r", type=int, default=None, help="window length r of the icl (default 3) / window (default 4) constructions")
+    p.add_argument("--r", type=int, default=None, help="window length r of the icl (default 2) / window (default 4) constructions")
     p.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots (fig2/fig3 analogues) into DIR")
     p.add_argument("--json", default=None, metavar="OUT", help="write all numbers as JSON")
     p.set_defaults(func=run)
@@ -88,7 +88,7 @@ def build_construction(name: str, source: Any, layout: Any, r: int | None) -> An
     if name == "icl":
         from constructions.icl import build
 
-        return build(source.num_obs, r=3 if r is None else r, max_len=max(layout.length, 2))
+        return build(source.num_obs, r=2 if r is None else r, max_len=max(layout.length, 2))
     if name == "window":
         from constructions.window_filter import build
 
@@ -214,6 +214,8 @@ def result_json(r: dict) -> dict:
         "task": cls(rep.task),
         "data": r["data"],
     }
+    if r.get("segments") is not None:
+        out["next_token_by_segment"] = r["segments"]
     pi = r.get("independence")
     if pi is not None:
         out["independence"] = {"layers": list(pi.layers), "mean": pi.mean, "std": pi.std, "n_perms": pi.n_perms,
@@ -398,6 +400,24 @@ def run(args: argparse.Namespace) -> int:
 
     for t in _tables(results, lags):
         console.print(t)
+    for path, ck in checkpoints.items():
+        from rich.table import Table
+
+        from verify.training import evaluate_segments
+
+        seg = evaluate_segments(ck.model, mixture, data.batch)
+        t = Table(title=f"trained:{Path(path).name}: next-token quality by segment of the predicted token "
+                        f"({data.batch.tokens.shape[0]} probe contexts)")
+        for c in ("segment", "TV model vs Bayes", "TV unigram vs Bayes", "CE model", "CE Bayes", "Bayes max task post."):
+            t.add_column(c, justify="right")
+        for i in range(len(seg.n_positions)):
+            name = f"demo {i + 1}" if i < layout.n_demos else "test"
+            t.add_row(name, f"{seg.tv_model[i]:.4f}", f"{seg.tv_unigram[i]:.4f}", f"{seg.ce_model[i]:.4f}",
+                      f"{seg.ce_bayes[i]:.4f}", f"{seg.task_posterior_max[i]:.3f}")
+        console.print(t)
+        for r in results:
+            if r["label"] == f"trained:{Path(path).name}":
+                r["segments"] = {k: v for k, v in seg._asdict().items()}
     if args.plot:
         for f in write_plots(results, lags, args.plot):
             console.print(f"wrote {f}")
