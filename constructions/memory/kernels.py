@@ -353,8 +353,9 @@ def _block_nodes(a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
 def _fit_rows(grid: HeadGrid, target: TargetKernel, S: int) -> tuple[np.ndarray, np.ndarray]:
     """Fitting rows ``(V, y)``: ``V @ cheb ~ y`` in l1, with ``V[i, j] = sum (weights) w_{p0}(s) T_j(2 u_s - 1)``.
 
-    One row per lag ``1..S`` (exact values), then one quadrature row per tail block beyond ``S`` (8 nodes each), then
-    a ``u = 0`` row carrying what is left beyond ``~S*1e19``.
+    One row per lag up to ``max(512, T + 16)``, then exact block sums of consecutive lags (ratio 1.05) up to ``S``,
+    then one quadrature row per tail block beyond ``S`` (8 nodes each), then a ``u = 0`` row carrying what is left
+    beyond ``~S*1e19``.
     """
     H = grid.H
     s = np.arange(1, S + 1, dtype=np.float64)
@@ -362,14 +363,12 @@ def _fit_rows(grid: HeadGrid, target: TargetKernel, S: int) -> tuple[np.ndarray,
     y = target.values(s)
     # Lags beyond the direct range are summed exactly in blocks (ratio 1.05) to keep the least-squares problems small
     # (multi-threaded BLAS is slow on big ones here); a block row is exact: sum of its lags' rows.
-    direct = min(S, max(_FIT_DIRECT, int(target.param) + 16 if target.kind == "spike" else 0))
-    starts = [0] + list(range(direct, S))
+    direct = min(S, max(_FIT_DIRECT, (int(target.param) + 16) if target.kind == "spike" else 0))
     edges = list(range(direct))
     e = direct
     while e < S:
         edges.append(e)
         e = max(e + 1, int(e * 1.05))
-    del starts
     V = np.add.reduceat(V, edges, axis=0)
     y = np.add.reduceat(y, edges)
     rows, ys = [V], [y]
