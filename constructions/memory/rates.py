@@ -92,8 +92,8 @@ class TableConfig:
 
 class Point(NamedTuple):
     """One (target, rpe, H) measurement: exact l1 error (``total`` = ``finite`` + ``tail`` + ``rounding``) and the
-    size of the fitted head output weights (``log10`` of max and of the sum of ``|c_k|``; ``amplification`` =
-    ``sum |c_k| / sum_s |K(s)|``, the factor by which relative round-off in the heads is amplified);
+    size of the fitted head output weights (``log10`` of max and of the sum of ``|c_k|``; ``log10_amplification`` =
+    ``log10(sum |c_k| / sum_s |K(s)|)``, the factor by which relative round-off in the heads is amplified);
     ``attained``: the error of the worst-case input ``sign(K - rho)`` evaluated independently in float64 (matches
     ``finite`` within ``attained_allowance``, its stated float round-off: the sup is attained)."""
 
@@ -104,7 +104,7 @@ class Point(NamedTuple):
     rounding: float
     log10_max_weight: float
     log10_weight_l1: float
-    amplification: float
+    log10_amplification: float
     gram_cond: float | None
     attained: float
     attained_allowance: float
@@ -162,8 +162,10 @@ def _measure(t: TargetKernel, grid: HeadGrid, gram_max: int) -> Point:
     t0 = time.perf_counter()
     fit = fit_kernel(t, grid)
     err = l1_error(fit)
-    amp = 10.0 ** fit.log10_weight_l1 / err.kernel_l1 if err.kernel_l1 > 0 else math.inf
+    amp = fit.log10_weight_l1 - math.log10(err.kernel_l1) if err.kernel_l1 > 0 else None
     cond = gram_condition(grid) if grid.H <= gram_max else None
+    if cond is not None and not math.isfinite(cond):
+        cond = None  # Gram matrix numerically singular even in mpmath (JSON has no inf)
     return Point(grid.H, err.total, err.finite, err.tail, err.rounding, fit.log10_max_weight, fit.log10_weight_l1,
                  amp, cond, *attained_error(fit, err.S), time.perf_counter() - t0)
 

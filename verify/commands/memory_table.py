@@ -5,7 +5,8 @@ Rows (Wang & E, W1/W3; a reconstruction, see docs/constructions/memory_kernels.m
 growing lags T (fixed memories). Each error is ``sum_s |K(s) - rho(s)|``, the sup over inputs ``|x| <= 1`` of the
 memory-extraction error, computed exactly over lags ``1..S`` plus a tail bound. Next to each row: the fitted log-log
 slope k (error ~ H^-k) and exponential rate r (error ~ e^{-rH}), the rate in the paper notes, and the size of the
-fitted head output weights (they grow huge: log10 max |c_k|, amplification sum|c_k| / sum|K|, Gram condition).
+fitted head output weights (they grow huge: log10 max |c_k|, log10 of the amplification sum|c_k| / sum|K|, Gram
+condition).
 """
 
 from __future__ import annotations
@@ -111,14 +112,14 @@ def _print(tab) -> None:
         t.add_column("rpe")
         for H in heads:
             t.add_column(f"H={H}", justify="right")
-        for c in ("slope k", "exp rate r", "log10 max|c|", "amplif.", "Gram cond", "notes' rate"):
+        for c in ("slope k", "exp rate r", "log10 max|c|", "log10 amplif.", "Gram cond", "notes' rate"):
             t.add_column(c, justify="right" if c != "notes' rate" else "left", overflow="fold",
                          max_width=46 if c == "notes' rate" else None)
         for r in rows:
             last = r.points[-1]
             gc = [p.gram_cond for p in r.points if p.gram_cond is not None]
             t.add_row(r.target, r.rpe, *[f"{p.total:.2e}" for p in r.points], _fmt(r.rates.algebraic, ".2f"),
-                      _fmt(r.rates.exponential, ".3f"), f"{last.log10_max_weight:.1f}", f"{last.amplification:.1e}",
+                      _fmt(r.rates.exponential, ".3f"), f"{last.log10_max_weight:.1f}", _fmt(last.log10_amplification, ".1f"),
                       f"{gc[-1]:.1e} (H={[p.H for p in r.points if p.gram_cond is not None][-1]})" if gc else "-",
                       r.notes_rate)
         con.print(t)
