@@ -10,9 +10,10 @@ strictly positive keep every entry >= 1/denominator) and the HMM is exact. Struc
 ``noise``, the classic processes' parameters) are read as ``Fraction(str(value))`` in rational mode (0.15 -> 3/20);
 passing Fractions or strings such as ``"3/20"`` also makes the classic processes exact.
 
-Classic processes are defined as Mealy machines (:mod:`hmm.mealy`) as in the belief-state literature and converted
-with :func:`hmm.mealy.mealy_to_moore` (mess3 and golden mean factorise through the next state, so they keep 3 and 2
-states; rrxor and even use the pair-state construction). Their initial distribution is the stationary one by default.
+Classic processes (mess3, rrxor, even, golden mean, z1r) are defined as Mealy machines (:mod:`hmm.mealy`) as in the
+belief-state literature and converted with :func:`hmm.mealy.mealy_to_moore`: mess3 and golden mean factorise
+through the next state, so they keep 3 and 2 states; z1r factorises through the current state and keeps 3; rrxor
+and even use the pair-state construction. Their initial distribution is the stationary one.
 """
 
 from __future__ import annotations
@@ -324,6 +325,24 @@ def golden_mean_mealy(p: Any = 0.5, rational: bool = False) -> MealyHMM:
     return _with_stationary(T, exact, f"golden_mean(p={p})")
 
 
+def z1r_mealy(p: Any = 0.5, rational: bool = False) -> MealyHMM:
+    """Zero-one-random: emits 0, then 1, then a random bit (0 with probability p), repeated. States ``Z, O, R``.
+
+    ``Z -0|1-> O``, ``O -1|1-> R``, ``R -0|p-> Z``, ``R -1|1-p-> Z``. The symbol and the next state are independent
+    given the current state, so the Moore form keeps the 3 states (period 3).
+    """
+    exact, q = _mealy_params(rational, p=p)
+    p_ = q["p"]
+    _check_prob(p_, "p")
+    z = Fraction(0) if exact else 0.0
+    Z_, O_, R_ = range(3)
+    T = [[[z] * 3 for _ in range(3)] for _ in range(2)]
+    T[0][Z_][O_] = 1 + z
+    T[1][O_][R_] = 1 + z
+    T[0][R_][Z_], T[1][R_][Z_] = p_, 1 - p_
+    return _with_stationary(T, exact, f"z1r(p={p})")
+
+
 def _classic(mealy_fn: Callable[..., MealyHMM]) -> Callable[..., HMM]:
     def build(S, V, rng, rational, **params):
         return mealy_to_moore(mealy_fn(rational=rational, **params)).hmm
@@ -336,6 +355,7 @@ MEALY_PROCESSES: dict[str, Callable[..., MealyHMM]] = {
     "rrxor": rrxor_mealy,
     "even": even_mealy,
     "golden_mean": golden_mean_mealy,
+    "z1r": z1r_mealy,
 }
 
 _RANDOM_COMMON = {"initial": "random", "denominator": None}
@@ -412,6 +432,16 @@ FAMILIES: dict[str, Family] = {
             strictly_positive=False,
             fixed_size=(2, 2),
             default_size=(2, 2),
+        ),
+        Family(
+            "z1r",
+            "zero-one-random: 0, 1, then a random bit (0 w.p. p), repeated; 3 Moore states; period 3",
+            _classic(z1r_mealy),
+            {"p": 0.5},
+            mixing=False,
+            strictly_positive=False,
+            fixed_size=(3, 2),
+            default_size=(3, 2),
         ),
     ]
 }
@@ -533,4 +563,5 @@ __all__ = [
     "rrxor_mealy",
     "even_mealy",
     "golden_mean_mealy",
+    "z1r_mealy",
 ]

@@ -17,7 +17,7 @@ from hmm.reference import forward_filter, forward_filter_exact
 from hmm.sampling import sample
 
 RANDOM = ["dirichlet", "sticky", "cyclic", "low_rank", "observable"]
-CLASSIC = ["mess3", "rrxor", "even", "golden_mean"]
+CLASSIC = ["mess3", "rrxor", "even", "golden_mean", "z1r"]
 
 
 def _same(h1: HMM, h2: HMM) -> bool:
@@ -145,6 +145,9 @@ def test_classic_processes_obey_their_grammar():
     for row in ev:  # interior blocks of 1s (between two 0s) have even length
         zeros = np.flatnonzero(row == 0)
         assert all((b - a - 1) % 2 == 0 for a, b in zip(zeros[:-1], zeros[1:]))
+    zr = sample(zoo.make("z1r", p=0.3), 50, 120, seed=0).tokens
+    for row in zr:  # some phase phi: 0 then 1 then a free bit
+        assert any(np.all(row[phi::3] == 0) and np.all(row[phi + 1::3] == 1) for phi in range(3))
     rr = sample(zoo.make("rrxor", pR1=0.3, pR2=0.6), 50, 120, seed=0).tokens
     for row in rr:  # some phase phi: every third symbol is the XOR of the two before it
         assert any(all(row[k + 2] == row[k] ^ row[k + 1] for k in range(phi, 118, 3)) for phi in range(3))
