@@ -36,8 +36,8 @@ class Sample(NamedTuple):
 def _rng(seed: Any) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise HmmtxError(f"seed must be an integer or a numpy Generator, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise HmmtxError(f"seed must be a non-negative integer or a numpy Generator, got {seed!r}")
     return np.random.default_rng(int(seed))
 
 

@@ -30,6 +30,7 @@ from hmm.errors import HmmtxError
 from hmm.mealy import MealyHMM, mealy_to_moore
 from hmm.mixture import HMMMixture
 from hmm.model import HMM
+from hmm.sampling import _rng
 
 
 @dataclass(frozen=True)
@@ -492,7 +493,7 @@ def make(
     """
     fam = _family(name)
     S, V = _size(fam, num_states, num_obs)
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    rng = _rng(seed)
     return fam.builder(S, V, rng, bool(rational), **_params(fam, params))
 
 
@@ -523,7 +524,9 @@ def make_mixture(
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)) or num_tasks < 1:
         raise HmmtxError(f"num_tasks must be a positive integer, got {num_tasks!r}")
     K = int(num_tasks)
-    children = np.random.SeedSequence(seed).spawn(K + 1)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise HmmtxError(f"seed must be a non-negative integer, got {seed!r}")
+    children = np.random.SeedSequence(int(seed)).spawn(K + 1)
     tasks = []
     for k in range(K):
         pk = {}

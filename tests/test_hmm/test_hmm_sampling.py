@@ -32,7 +32,7 @@ def test_bad_arguments():
         sample(h, 0, 5)
     with pytest.raises(HmmtxError, match="length must be an integer >= 1"):
         sample(h, 2, 0)
-    with pytest.raises(HmmtxError, match="seed must be an integer or a numpy Generator"):
+    with pytest.raises(HmmtxError, match="seed must be a non-negative integer or a numpy Generator"):
         sample(h, 2, 2, seed="x")
     with pytest.raises(HmmtxError, match="expected an HMM"):
         sample("h", 2, 2)

@@ -170,6 +170,10 @@ def test_make_errors_name_the_problem():
         zoo.make("mess3", x=0.7)
     with pytest.raises(HmmtxError, match=r"parameter concentration = -1 must be a positive number"):
         zoo.make("dirichlet", concentration=-1)
+    with pytest.raises(HmmtxError, match=r"seed must be a non-negative integer"):
+        zoo.make("dirichlet", seed=-1)
+    with pytest.raises(HmmtxError, match=r"seed must be a non-negative integer"):
+        zoo.make_mixture("dirichlet", 2, seed=1.5)
 
 
 def test_make_mixture_is_seeded_and_takes_per_task_parameters():
