@@ -200,6 +200,8 @@ def _cyclic(S, V, rng, rational, *, eps, permutation, emission_concentration, in
 
 
 def _low_rank(S, V, rng, rational, *, rank, concentration, emission_concentration, initial, denominator):
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
+        raise HmmtxError(f"parameter rank = {rank!r} must be an integer")
     d = int(rank)
     if not 1 <= d <= S:
         raise HmmtxError(f"parameter rank = {rank} must satisfy 1 <= rank <= num_states = {S}")
