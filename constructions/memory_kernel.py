@@ -157,8 +157,11 @@ def build(spec: MemorySpec, *, max_len: int = 64, values: Any = (), beta: float 
     M = len(fits)
     vals = sorted({float(v) for v in DEFAULT_VALUES} | {float(v) for v in np.asarray(values, dtype=np.float64).ravel()})
     check_inputs(np.array(vals))
-    radius = 1.0 + sum(float(np.sum(np.abs(f.weights))) for f in fits)  # |x| + sum_k |mem_k| <= 1 + sum |c|
-    net = readout_net(spec.readout, M, spec.ffn_width, spec.seed, radius)
+    # FFN inputs in the model: |x| + sum_k |mem_k| <= 1 + sum |c| (each head averages x); used for round-off.
+    radius = 1.0 + sum(float(np.sum(np.abs(f.weights))) for f in fits)
+    # the target's ridge variable x_t + sum_k z_k has |.| <= 1 + M (|x| <= 1, unit-l1 kernels): the tanh readout is
+    # interpolated there; outside, the interpolant continues with slopes in [0, 1], so its Lipschitz bound holds.
+    net = readout_net(spec.readout, M, spec.ffn_width, spec.seed, 1.0 + M)
 
     lay = Layout()
     lay.add("x", 1, "the current input x_t (0 at BOS)")

@@ -181,8 +181,9 @@ def readout_net(kind: str, M: int, width: int, seed: int, radius: float) -> Read
     * ``relu``: a random ReLU network of width ``m`` (dyadic weights; the target ``f`` *is* this network, so the FFN
       error is 0 and the attention error is isolated);
     * ``tanh``: ``f(v) = tanh(x + sum_k z_k)``, approximated by its piecewise-linear interpolant in the ridge
-      variable ``r`` at ``m`` equispaced knots on ``[-R, R]`` (``R = radius``, a bound on ``|r|``): one ReLU unit
-      per knot.
+      variable ``r`` at ``m`` equispaced knots on ``[-R, R]`` (``R = radius``, a bound on the target's ``|r|``):
+      one ReLU unit per knot. The interpolant is constant left of ``-R`` and continues with its last chord slope
+      right of ``R``, so it is Lipschitz with constant ``max chord slope <= 1`` on the whole line.
       Error ``<= h^2/8 max|tanh''| = h^2 * 4/(3 sqrt 3) / 8`` with ``h = 2R/(m-1)``; Lipschitz 1 per argument.
     * ``identity``: ``f(v) = sum_k z_k`` as ``relu(r) - relu(-r)`` (exact).
     """
