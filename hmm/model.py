@@ -98,7 +98,11 @@ def check_stochastic(arr: np.ndarray, name: str) -> None:
             where = f"{name} row {row[0]}" if arr.ndim > 1 else name
             shown = f"{s}" if exact else f"{float(s):.12g}"
             rule = "exactly 1" if exact else f"1 within {ROW_SUM_TOL:g}"
-            raise HmmtxError(f"{where} sums to {shown}, not {rule}")
+            hint = ""
+            if exact and any(isinstance(v, Fraction) and v.denominator & (v.denominator - 1) == 0 and v.denominator > 2**20
+                             for v in np.ravel(arr[row] if arr.ndim > 1 else arr)):
+                hint = " (a float entry in an exact HMM keeps its exact binary value: write every entry as 'p/q')"
+            raise HmmtxError(f"{where} sums to {shown}, not {rule}{hint}")
 
 
 @dataclass(frozen=True, eq=False)
