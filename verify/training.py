@@ -360,12 +360,15 @@ class SegmentMetrics(NamedTuple):
     the in-context analogue of Hao et al.'s Figure 1 axis "number of demonstrations seen".
 
     Fields (arrays of shape (n_demos + 1,)): ``tv_model``, ``tv_unigram`` (TV against the Bayes predictive),
-    ``ce_model``, ``ce_bayes`` (cross-entropy of the sampled token, nats), ``task_posterior_max`` (mean Bayes
-    posterior probability of the most likely task when the token is predicted), ``n_positions``.
+    ``tv_segment_only`` (TV against the Bayes predictive of the Bayes predictor that sees only the current segment:
+    what a model ignoring the other demonstrations can reach at best), ``ce_model``, ``ce_bayes`` (cross-entropy of
+    the sampled token, nats), ``task_posterior_max`` (mean Bayes posterior probability of the most likely task when
+    the token is predicted), ``n_positions``.
     """
 
     tv_model: np.ndarray
     tv_unigram: np.ndarray
+    tv_segment_only: np.ndarray
     ce_model: np.ndarray
     ce_bayes: np.ndarray
     task_posterior_max: np.ndarray
@@ -392,17 +395,27 @@ def evaluate_segments(model: Any, mixture: HMMMixture, batch: ContextBatch) -> S
     with np.errstate(divide="ignore"):
         ce_m, ce_b = -np.log(pick(p_model)), -np.log(pick(ref.next_token_probs))
     post = ref.task_posterior.max(axis=-1)
-    out = {k: [] for k in ("tv_m", "tv_u", "ce_m", "ce_b", "post", "n")}
+    idx = batch.layout.positions()
+    out = {k: [] for k in ("tv_m", "tv_u", "tv_s", "ce_m", "ce_b", "post", "n")}
     for s in range(batch.layout.n_demos + 1):
         sel = mask & (seg_of_target == s)[None, :]
         out["tv_m"].append(tv_m[sel].mean())
         out["tv_u"].append(tv_u[sel].mean())
+        # the segment alone, after a fresh BOS: its predictions of tokens 0..n-1 align with the full stream's
+        # predictions made at positions start-1 .. start+n-2 (start-1 is the preceding SEP, or BOS)
+        pos = np.flatnonzero(idx.is_obs & (idx.segment == s))
+        alone = ContextBatch(np.concatenate([batch.tokens[:, :1], batch.tokens[:, pos]], axis=1),
+                             np.concatenate([batch.states[:, :1], batch.states[:, pos]], axis=1), batch.task,
+                             Layout(0, 1, len(pos)), batch.vocab_size)
+        p_alone = mixture_references(mixture, alone).next_token_probs[:, : len(pos)]
+        tv_s = 0.5 * np.abs(p_alone - ref.next_token_probs[:, pos - 1]).sum(-1)
+        out["tv_s"].append(tv_s.mean())
         out["ce_m"].append(ce_m[sel].mean())
         out["ce_b"].append(ce_b[sel].mean())
         out["post"].append(post[sel].mean())
         out["n"].append(int(sel.sum()))
     a = {k: np.array(v) for k, v in out.items()}
-    return SegmentMetrics(a["tv_m"], a["tv_u"], a["ce_m"], a["ce_b"], a["post"], a["n"])
+    return SegmentMetrics(a["tv_m"], a["tv_u"], a["tv_s"], a["ce_m"], a["ce_b"], a["post"], a["n"])
 
 
 class TrainResult(NamedTuple):

@@ -33,6 +33,18 @@ def test_tiny_training_beats_the_unigram_baseline(tiny_run):
     assert m.n_positions == 200 * 12  # 2 demos x 4 + 4 test tokens: 12 observation targets per context
 
 
+def test_segment_breakdown(tiny_run):
+    from verify.training import evaluate_segments
+
+    b = sample_context_batch(tiny_run.mixture, tiny_run.config.layout, 100, np.random.default_rng(3))
+    seg = evaluate_segments(tiny_run.model, tiny_run.mixture, b)
+    assert list(seg.n_positions) == [400, 400, 400]  # 4 targets per segment, BOS/SEP positions predict the first
+    assert seg.tv_segment_only[0] < 1e-12  # nothing precedes the first demonstration
+    assert np.all(seg.tv_segment_only[1:] > 0.01)  # later segments lose the earlier demonstrations' evidence
+    assert np.all(seg.task_posterior_max[1:] >= seg.task_posterior_max[0])
+    assert np.all(seg.tv_model < seg.tv_unigram)
+
+
 def test_training_is_deterministic_given_the_seed():
     a = train(preset("tiny", **MICRO))
     b = train(preset("tiny", **MICRO))

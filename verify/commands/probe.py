@@ -408,11 +408,12 @@ def run(args: argparse.Namespace) -> int:
         seg = evaluate_segments(ck.model, mixture, data.batch)
         t = Table(title=f"trained:{Path(path).name}: next-token quality by segment of the predicted token "
                         f"({data.batch.tokens.shape[0]} probe contexts)")
-        for c in ("segment", "TV model vs Bayes", "TV unigram vs Bayes", "CE model", "CE Bayes", "Bayes max task post."):
+        for c in ("segment", "TV model vs Bayes", "TV unigram vs Bayes", "TV segment-only Bayes vs Bayes", "CE model",
+                  "CE Bayes", "Bayes max task post."):
             t.add_column(c, justify="right")
         for i in range(len(seg.n_positions)):
             name = f"demo {i + 1}" if i < layout.n_demos else "test"
-            t.add_row(name, f"{seg.tv_model[i]:.4f}", f"{seg.tv_unigram[i]:.4f}", f"{seg.ce_model[i]:.4f}",
+            t.add_row(name, f"{seg.tv_model[i]:.4f}", f"{seg.tv_unigram[i]:.4f}", f"{seg.tv_segment_only[i]:.4f}", f"{seg.ce_model[i]:.4f}",
                       f"{seg.ce_bayes[i]:.4f}", f"{seg.task_posterior_max[i]:.3f}")
         console.print(t)
         for r in results:
