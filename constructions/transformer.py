@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -190,6 +192,15 @@ class _Lin(torch.nn.Module):
             self.register_buffer("rows", torch.as_tensor(r, device=device))
             self.register_buffer("scale", torch.as_tensor(v, dtype=dtype, device=device))
             self.identity_cols = bool(len(c) == in_dim and np.array_equal(c, np.arange(in_dim)))
+            # CSR form (rows sorted): summing each output's few inputs row-wise is much faster than index_add_
+            order = np.lexsort((c, r))
+            crow = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=out_dim))]).astype(np.int64)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+                self.csr = torch.sparse_csr_tensor(
+                    torch.as_tensor(crow, device=device), torch.as_tensor(c[order], device=device),
+                    torch.as_tensor(v[order], dtype=dtype, device=device), size=(out_dim, in_dim),
+                )
         else:
             self.kind = "dense"
             dense = np.zeros((out_dim, in_dim))
@@ -201,12 +212,10 @@ class _Lin(torch.nn.Module):
         if self.kind == "gather":
             if self.in_dim == 0:
                 return xT.new_zeros((self.out_dim, xT.shape[1]))
-            y = xT[self.idx]
+            y = xT.index_select(0, self.idx)
             return y if self.unit_scale else y * self.scale[:, None]
         if self.kind == "scatter":
-            y = xT.new_zeros((self.out_dim, xT.shape[1]))
-            src = xT if self.identity_cols else xT[self.cols]
-            return y.index_add_(0, self.rows, src * self.scale[:, None])
+            return self.csr @ xT
         return self.W @ xT
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -242,6 +251,25 @@ class _TorchHead(torch.nn.Module):
         self.W_V = _Lin(head.W_V, dtype, device)
         self.W_O = _Lin(head.W_O, dtype, device)
         self.register_buffer("rel_bias", _fvec(head.rel_bias, dtype, device))
+        vals = [float(v) for v in head.rel_bias]
+        # exact comparisons in float64 are valid when every bias entry is exactly representable (integers, dyadics)
+        self._bias_exact_in_float = all(Fraction(f) == v for f, v in zip(vals, head.rel_bias))
+        self._bias64 = np.array(vals, dtype=np.float64)
+        self._targets: dict[int, Any] = {}
+
+    def hard_targets(self, P: int) -> torch.Tensor | None:
+        """For a positional head: the unique argmax key of every query u < P, or None when some query has tied
+        maxima or the bias table is not exactly representable in float64 (then the general path is used)."""
+        if P not in self._targets:
+            arg = None
+            if self._bias_exact_in_float:
+                lag = np.arange(P)[:, None] - np.arange(P)[None, :]
+                sc = np.where(lag >= 0, self._bias64[np.clip(lag, 0, None)], -np.inf)
+                best = sc.max(axis=1, keepdims=True)
+                if bool(((sc == best).sum(axis=1) == 1).all()):
+                    arg = torch.as_tensor(sc.argmax(axis=1), device=self.rel_bias.device)
+            self._targets[P] = arg
+        return self._targets[P]
 
 
 class _TorchLayer(torch.nn.Module):
@@ -428,6 +456,13 @@ class ConstructedTransformer(torch.nn.Module):
                 out = torch.zeros_like(x)
                 sc_all, w_all = [], []
                 for th in tl.heads:
+                    if th.positional and mode == "hard" and record != "all":
+                        # content-free hard head: the argmax depends on (u, lag table) only; computed once per P
+                        arg = th.hard_targets(P)
+                        if arg is not None:
+                            vals = th.W_V(x)
+                            out = out + th.W_O(vals[:, arg])
+                            continue
                     bias = torch.where(causal, th.rel_bias[lag_idx], neg_inf)  # (P, P)
                     if th.positional:
                         logits = bias.expand(N, P, P)

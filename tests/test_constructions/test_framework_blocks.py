@@ -127,6 +127,9 @@ def test_hard_attention_ties_average_over_tied_maxima_in_torch_and_exact():
         assert torch.allclose(w[: u + 1], torch.full((u + 1,), 1.0 / (u + 1), dtype=torch.float64), rtol=0, atol=1e-15)
         assert bool((w[u + 1 :] == 0).all())  # causal
         assert all(ex.attn_weights[0][0, 0, u, v] == Fraction(1, u + 1) for v in range(u + 1))
+    # the fast path for positional hard heads (record="final") must fall back to averaging when maxima tie
+    fin = model.forward(ids, record="final")
+    assert torch.equal(fin.residuals[-1], tr.residuals[-1])
     # masked scores: -inf in torch, None in the exact trace
     assert torch.isinf(tr.attn_scores[0][0, 0, 0, 1]) and ex.attn_scores[0][0, 0, 0, 1] is None
 
