@@ -366,7 +366,12 @@ def write_report(path: Path | str, report: Mapping[str, Any]) -> Path:
 
 def load_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of the report, shipped as ``verify/report_schema.json``."""
-    text = resources.files("verify").joinpath("report_schema.json").read_text(encoding="utf-8")
+    try:
+        text = resources.files("verify").joinpath("report_schema.json").read_text(encoding="utf-8")
+    except (FileNotFoundError, OSError):
+        raise HmmtxError(
+            "verify/report_schema.json is missing from this installation (it must be shipped as package data)"
+        ) from None
     return json.loads(text)
 
 
