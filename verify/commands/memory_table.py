@@ -143,6 +143,13 @@ def _print(tab) -> None:
             parts.append(f"{kind}: {win}-type better at every H" if not lost else f"{kind}: {win}-type better except at H={lost}")
     if parts:
         con.print("Insight 4a (equal H): " + "; ".join(parts))
+    pts = [p for r in tab.rows for p in r.points]
+    ok = sum(abs(p.attained - p.finite) <= p.attained_allowance for p in pts)
+    gap = max((abs(p.attained - p.finite) for p in pts), default=0.0)
+    con.print(f"worst-case inputs x = sign(K - rho) attain the exact finite error at {ok}/{len(pts)} points "
+              f"(float64 evaluation; largest gap {gap:.1e}, each within its stated allowance)"
+              if ok == len(pts) else
+              f"[red]worst-case check: only {ok}/{len(pts)} points attain the exact error within the allowance[/red]")
     con.print(f"[{tab.seconds:.1f} s]")
 
 
