@@ -31,6 +31,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--mode", choices=["float64", "float32"], default="float64", help="number mode (default float64)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of the module (best reported; default 3)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--rational", action="store_true",
+                   help="draw the HMM with small-denominator rationals (the zoo's rational mode): the exact filter's "
+                        "Fractions stay far smaller than for float entries (2^-53 denominators)")
     p.add_argument("--exact-reference", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the exact Fraction forward filter (slow at large T; default on)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the numbers as JSON (atomically)")
@@ -38,7 +41,7 @@ def register(subparsers: Any) -> None:
 
 
 def bench_h1(S: int = 16, T: int = 2048, V: int = 4, seed: int = 0, mode: str = "float64", repeats: int = 3,
-             exact_reference: bool = True) -> dict:
+             exact_reference: bool = True, rational: bool = False) -> dict:
     """Numbers of one H1 benchmark (errors are max-abs over next-token probabilities; times in seconds)."""
     import os
 
@@ -54,10 +57,14 @@ def bench_h1(S: int = 16, T: int = 2048, V: int = 4, seed: int = 0, mode: str = 
     for name, v, lo in (("--states", S, 1), ("--length", T, 1), ("--vocab", V, 1), ("--repeats", repeats, 1)):
         if v < lo:
             raise HmmtxError(f"{name} must be at least {lo}, got {v}")
-    hmm = make("dirichlet", S, V, seed=seed, concentration=2.0)
+    hmm = make("dirichlet", S, V, seed=seed, concentration=2.0, rational=rational)
     x = sample(hmm, 1, T, seed=seed + 1).tokens[0]
+    if rational:
+        hmm_f = hmm.as_float()  # the float references and the module see the rationals rounded to float64
+    else:
+        hmm_f = hmm
     t0 = time.perf_counter()
-    model = build(hmm, T, filtered=False, dtype=torch.float64 if mode == "float64" else torch.float32)
+    model = build(hmm_f, T, filtered=False, dtype=torch.float64 if mode == "float64" else torch.float32)
     t_build = time.perf_counter() - t0
     ids = model.codec.encode(x)
     times = []
@@ -68,12 +75,12 @@ def bench_h1(S: int = 16, T: int = 2048, V: int = 4, seed: int = 0, mode: str = 
             times.append(time.perf_counter() - t0)
     got = model.read(tr, "next_token", slice(2, None))[0].double().numpy()
     t0 = time.perf_counter()
-    ref = forward_filter(hmm, x)
+    ref = forward_filter(hmm_f, x)
     t_np = time.perf_counter() - t0
     out = {
         "construction": "exact-filter",
         "mode": mode,
-        "S": S, "T": T, "V": V, "seed": seed,
+        "S": S, "T": T, "V": V, "seed": seed, "rational": rational,
         "layers": model.spec.layers, "width": model.spec.width, "ffn_width": model.spec.ffn_width,
         "build_seconds": t_build,
         "module_seconds_best": min(times),
@@ -105,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise HmmtxError(f"--threads must be positive, got {args.threads}")
         torch.set_num_threads(args.threads)
-    res = bench_h1(args.states, args.length, args.vocab, args.seed, args.mode, args.repeats, args.exact_reference)
+    res = bench_h1(args.states, args.length, args.vocab, args.seed, args.mode, args.repeats, args.exact_reference,
+                   args.rational)
     tab = Table(title=f"H1 exact filter, S={res['S']} T={res['T']} V={res['V']} ({res['mode']})")
     tab.add_column("quantity")
     tab.add_column("value", justify="right")
