@@ -65,6 +65,7 @@ class ConstructionSummary(NamedTuple):
     worst: CaseResult | None
     reproducer: str | None  # folder of the worst case's reproducer (None when none was written)
     replay_command: str | None
+    largest: CaseResult | None = None  # the case with the widest built model (its ``size`` is reported)
 
     @property
     def passed(self) -> bool:
@@ -78,6 +79,15 @@ def _max(values: Iterable[float | None]) -> float | None:
 
 def _finite_max(values: Iterable[float | None]) -> float | None:
     return _max(v for v in values if v is not None and math.isfinite(v))
+
+
+def largest_case(results: Sequence[CaseResult]) -> CaseResult | None:
+    """The case whose built model is largest (width, then layers, then FFN width); None without sizes."""
+    sized = [r for r in results if r.size and "width" in r.size]
+    if not sized:
+        return None
+    key = lambda r: (r.size.get("width", 0), r.size.get("layers", 0), r.size.get("ffn_width", 0))  # noqa: E731
+    return max(sized, key=key)
 
 
 def worst_case(results: Sequence[CaseResult]) -> CaseResult | None:
@@ -152,6 +162,7 @@ def summarise(
                 worst=worst,
                 reproducer=str(folder) if folder is not None else None,
                 replay_command=replay_command(worst, folder) if (worst and folder is not None) else None,
+                largest=largest_case(rs),
             )
         )
     return out
@@ -301,6 +312,8 @@ def summary_record(s: ConstructionSummary) -> dict[str, Any]:
             for d in s.by_dtype
         ],
         "worst_case": s.worst.case.case_id if s.worst else None,
+        "largest_case": s.largest.case.case_id if s.largest else None,
+        "largest_size": dict(s.largest.size) if s.largest else None,
         "reproducer": s.reproducer,
         "replay_command": s.replay_command,
     }
@@ -435,6 +448,26 @@ def summary_table(summaries: Sequence[ConstructionSummary], title: str = "hmmtx 
     return table
 
 
+def size_table(summaries: Sequence[ConstructionSummary]) -> Any:
+    """A rich Table: the size of the largest model each construction built in the sweep."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title="largest model built per construction", title_justify="left", header_style="bold",
+                  box=box.SIMPLE_HEAD)
+    table.add_column("construction", no_wrap=True, min_width=max([12] + [len(x.construction) for x in summaries]))
+    table.add_column("at case", no_wrap=False)
+    for name in ("layers", "heads", "width D", "FFN width"):
+        table.add_column(name, justify="right", min_width=5)
+    for s in summaries:
+        if s.largest is None:
+            continue
+        z, c = s.largest.size, s.largest.case
+        where = ", ".join(x for x in (c.family, f"S={c.states}" if c.states is not None else "", f"T={c.length}") if x)
+        table.add_row(s.construction, where, *(str(z.get(k, "-")) for k in ("layers", "heads", "width", "ffn_width")))
+    return table
+
+
 def failure_lines(summaries: Sequence[ConstructionSummary]) -> list[str]:
     """One line per failing construction: its name, the worst case, why, and the reproducer + replay command."""
     lines = []
@@ -470,6 +503,8 @@ __all__ = [
     "load_schema",
     "validate_report",
     "summary_table",
+    "size_table",
+    "largest_case",
     "failure_lines",
     "fmt",
 ]

@@ -83,6 +83,11 @@ def test_unperturbed_run_exits_0_and_writes_a_valid_report(tmp_path, capsys):
     (s,) = report["constructions"]
     assert s["cases"] == 8 and s["exact_cases"] == s["exact_agree"] == 2
     assert s["max_ratio"] <= 1
+    # the largest model's size is reported: H1 has D = 2 S^2 + O(1) and one head per layer (SPEC §4)
+    size = s["largest_size"]
+    assert set(size) >= {"layers", "heads", "width", "ffn_width"} and size["heads"] == 1
+    assert 2 * 2**2 <= size["width"] <= 2 * 2**2 + 16 and size["layers"] >= 2
+    assert "largest model built per construction" in out
     assert sorted(p.rsplit("/", 1)[-1] for p in report["plots"]) == ["exact-filter-vs-S.png", "exact-filter-vs-T.png"]
     assert report["command"].startswith("hmmtx verify --quick -c") or report["command"].startswith(
         "hmmtx verify --quick --construction exact-filter")

@@ -199,6 +199,8 @@ def main(args: argparse.Namespace) -> int:
     title = (f"hmmtx verify --{plan.preset}" if plan.preset != "custom" else "hmmtx verify (custom sweep)")
     title += f": S in {list(plan.states)}, T in {list(plan.lengths)}, seed {plan.seed}"
     out.print(rep.summary_table(summaries, title=title))
+    if any(s.largest is not None for s in summaries):
+        out.print(rep.size_table(summaries))
     n = len(results)
     failed = sum(not r.passed for r in results)
     if failed:
