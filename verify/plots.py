@@ -103,8 +103,17 @@ def plot_construction(results: Sequence[CaseResult], construction: str, axis: st
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def require_matplotlib() -> None:
+    """HmmtxError (one line, exit 2) when matplotlib, an optional extra, is not installed."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise HmmtxError("--plots needs matplotlib, an optional extra: pip install 'hmmtx[plot]'") from None
+
+
 def write_plots(results: Sequence[CaseResult], folder: Path | str) -> list[Path]:
     """Both plots for every construction in ``results`` into ``folder`` (created if missing); returns the files."""
+    require_matplotlib()
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -120,4 +129,4 @@ def write_plots(results: Sequence[CaseResult], folder: Path | str) -> list[Path]
     return out
 
 
-__all__ = ["ZERO_FLOOR", "plot_construction", "write_plots"]
+__all__ = ["ZERO_FLOOR", "plot_construction", "write_plots", "require_matplotlib"]

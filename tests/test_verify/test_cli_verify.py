@@ -165,6 +165,29 @@ def test_two_workers_give_the_same_cases_and_verdicts(tmp_path, capsys):
         assert a["bound"] == pytest.approx(b["bound"], rel=1e-9, abs=0)
 
 
+@pytest.mark.parametrize("flag", ["--plots", "--reproducers"])
+def test_output_folder_that_is_a_file_is_a_one_line_error(flag, tmp_path, capsys):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    code, out, err = _run(capsys, "-c", "exact-filter", *TINY, flag, str(f))
+    assert code == 2 and "not a folder" in err and err.count("\n") == 1
+
+
+def test_plots_without_matplotlib_is_a_one_line_error(monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    code, out, err = _run(capsys, "-c", "exact-filter", *TINY, "--plots", "plots-dir")
+    assert code == 2 and "hmmtx[plot]" in err and err.count("\n") == 1
+
+
 def test_list_names_every_registered_construction(capsys):
     code, out, _ = _run(capsys, "--list")
     assert code == 0

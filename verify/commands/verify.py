@@ -163,7 +163,15 @@ def main(args: argparse.Namespace) -> int:
         folder = Path(args.json).parent
         if str(folder) and not folder.is_dir():
             raise HmmtxError(f"--json {args.json}: folder {folder} does not exist")
+    if args.plots:
+        from verify.plots import require_matplotlib
+
+        require_matplotlib()
+        if Path(args.plots).exists() and not Path(args.plots).is_dir():
+            raise HmmtxError(f"--plots {args.plots}: exists and is not a folder")
     repro_dir = rep.default_reproducer_dir(args.json, args.reproducers)
+    if repro_dir.exists() and not repro_dir.is_dir():
+        raise HmmtxError(f"--reproducers {repro_dir}: exists and is not a folder")
 
     err = Console(stderr=True)
     t0 = time.perf_counter()
