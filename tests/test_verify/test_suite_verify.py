@@ -145,3 +145,18 @@ def test_an_unknown_zoo_family_in_the_registry_fails_loudly():
     (res,) = [r for r in suite.run_suite([a], dataclasses.replace(QUICK, states=(2,), lengths=(2,)))
               if r.status == "crash"]
     assert res.case.construction == "exact-filter" and "even_process" in res.message
+
+
+_nonneg = st.floats(min_value=0, max_value=1e3, allow_nan=False, allow_infinity=False)
+
+
+@given(err=_nonneg, bound=st.one_of(_nonneg, st.just(math.inf)), allowance=_nonneg)
+def test_judging_is_consistent_with_the_ratio(err, bound, allowance):
+    case = Case("x", "f", 2, 4, "float64", 0)
+    res = suite.judge(case, suite.Outcome(err, bound, allowance, None, "q", suite.Replay(None, None, None, ())), 0.0)
+    assert res.passed == (err <= bound + allowance)
+    if math.isinf(bound):
+        assert res.ratio is None and res.passed
+    elif bound + allowance > 0:
+        assert (res.ratio <= 1) == res.passed or math.isclose(res.ratio, 1.0, rel_tol=1e-12)
+    assert (res.status == "bound") == (not res.passed)
