@@ -213,11 +213,11 @@ def main(args: argparse.Namespace) -> int:
     failed = sum(not r.passed for r in results)
     if failed:
         for line in rep.failure_lines(summaries):
-            out.print(line, markup=False)
+            out.print(line, markup=False, soft_wrap=True)
         out.print(f"{failed} of {n} cases FAILED in {seconds:.1f} s", markup=False)
     else:
         out.print(f"all {n} cases within their bounds (exact mode bit-exact) in {seconds:.1f} s", markup=False)
-    out.print(f"reproducers (worst case per construction): {repro_dir}/  [{jobs} worker(s)]", markup=False)
+    out.print(f"reproducers (worst case per construction): {repro_dir}/  [{jobs} worker(s)]", markup=False, soft_wrap=True)
     if args.json:
         command = canonical_command(args)
         report = rep.build_report(results, summaries, plan, command=command, seconds=seconds,
