@@ -111,6 +111,7 @@ def test_broken_construction_exits_1_names_it_and_its_reproducer(broken_exact_fi
     # The reproducer replays the very case through `hmmtx run` (still broken: the fixture is active).
     case = json.loads((repro / "exact-filter" / "case.json").read_text())
     assert case["id"] == s["worst_case"] and case["replay_command"] == s["replay_command"]
+    assert f"  replay: {s['replay_command']}\n" in out  # printed whole, on one line (copy-pasteable)
     argv = shlex.split(case["replay_command"])
     assert argv[:3] == ["hmmtx", "run", "exact-filter"]
     assert main(argv[1:]) == 0
