@@ -132,7 +132,8 @@ class TrainConfig:
         return cls(**data)
 
 
-#: Named presets. ``default`` trains in about 4-8 minutes on a shared 2-core machine; ``tiny`` in seconds (tests).
+#: Named presets. ``default`` needs about 6.5 CPU-minutes (one thread; measured: 34 min of wall time on a 2-core
+#: machine shared at load ~9, so about 6-7 minutes when the core is free); ``tiny`` takes seconds (tests).
 #: One thread by default: with other processes on the cores, 2 OpenMP threads measured 10x slower per step here.
 #: float32 is used for the trained model (not for any reference): training speed on CPU, and the reported errors
 #: (TV ~1e-2) are far above float32 round-off.

@@ -281,8 +281,12 @@ def write_plots(results: list[dict], lags: list[int], folder: Any) -> list[str]:
         fig, ax = plt.subplots(figsize=(5.5, 3.4))
         for r in with_pi:
             pi = r["independence"]
-            ax.errorbar(range(len(pi.layers)), pi.mean, yerr=pi.std, marker="o", capsize=3, label=r["label"])
-        ax.set_xlabel("layer")
+            import numpy as np
+
+            ok = np.isfinite(np.asarray(pi.mean, dtype=float))  # layers without attention have no score
+            xs = np.arange(len(pi.layers))[ok]
+            ax.errorbar(xs, np.asarray(pi.mean)[ok], yerr=np.asarray(pi.std)[ok], marker="o", capsize=3, label=r["label"])
+        ax.set_xlabel("layer (only layers with attention)")
         ax.set_ylabel("position-independence score")
         ax.set_ylim(-0.1, 1.05)
         ax.legend(fontsize=8)
