@@ -1,6 +1,7 @@
 """``hmmtx verify`` adapter for ``memory-kernel`` (its inputs are real sequences, not HMM tokens).
 
-Two configurations per sequence length T of the plan (capped at :data:`MAX_LENGTH`), each in float64 and float32:
+Two configurations per sequence length T of the plan (capped at :data:`MAX_LENGTH`), in float64, and W3 also in
+float32 (see :data:`FLOAT32_CONFIGS`):
 
 * ``W3``: kernel memories ``exp:0.35`` (lin-type heads) and ``power:2.25`` (log-type heads), 8 heads each, smooth
   readout ``tanh(x + z_1 + z_2)`` approximated by a width-32 ReLU FFN;
@@ -28,6 +29,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Configurations also checked in float32. W1's spike fit has head weights of about 3e4 whose float32 round-off
+#: (~5e-3) exceeds its mathematical bound (~2e-4): its stated allowance (~25) would make the float32 check empty,
+#: so W1 is verified in float64 only (docs/constructions/memory_kernels.md, "float32").
+FLOAT32_CONFIGS = frozenset({"W3"})
+
+
 class MemoryAdapter:
     """Verify-side view of the memory-kernel construction (see module docstring)."""
 
@@ -48,7 +55,7 @@ class MemoryAdapter:
                 for k in range(plan.seeds_per_point):
                     seed = derived_seed(plan.seed, self.name, cfg, T, k)
                     for d in plan.dtypes:
-                        if d in self.dtypes:
+                        if d in self.dtypes and (d != "float32" or cfg in FLOAT32_CONFIGS):
                             out.append(Case(self.name, cfg, None, T, d, seed, (("config", cfg),)))
         return out
 
