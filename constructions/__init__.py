@@ -29,7 +29,7 @@ API overview (import from the submodules; this package imports nothing heavy its
 ``constructions.prefix``
     Shared parallel-prefix operator-product machinery (H1, H3): ``prefix_layout``, ``embed_operators``,
     ``doubling_layer``, ``colsum_readout``, ``num_doubling_layers``, ``prefix_lambda`` / ``prefix_claimed_bound``
-    (certified softmax leakage), ``roundoff_allowance``.
+    (certified softmax leakage), ``required_beta`` (smallest beta for a target leakage), ``roundoff_allowance``.
 ``constructions.registry``
     ``ConstructionEntry``, ``Param``, ``register(entry)``, ``entries()``, ``get(name)``: every construction
     module registers itself; the CLI (``hmmtx run/inspect``) and the verification suite discover them.

@@ -183,6 +183,13 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
     return prefix_claimed_bound(model, tokens, mode, first_output=2)
 
 
+def required_beta(model: ConstructedTransformer, tokens: Any, target: float) -> float:
+    """Smallest beta (within 0.1%) whose certified softmax leakage on every output is at most ``target``."""
+    from constructions.prefix import required_beta as _req
+
+    return _req(model, tokens, target, first_output=2)
+
+
 def task_readable_layer(model: ConstructedTransformer, tokens: Any) -> int:
     """Number of doubling layers after which the LAST position's window covers every item (the task posterior is
     final only from then on): ``ceil(log2(P - 1))`` for the actual number of positions P."""
@@ -239,5 +246,5 @@ ENTRY = register(
     )
 )
 
-__all__ = ["build", "claimed_bound", "MultitaskCodec", "as_contexts", "stream_items", "task_readable_layer", "ENTRY",
+__all__ = ["build", "claimed_bound", "required_beta", "MultitaskCodec", "as_contexts", "stream_items", "task_readable_layer", "ENTRY",
            "NAME", "PROVENANCE"]

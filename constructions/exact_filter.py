@@ -32,7 +32,7 @@ from constructions.prefix import (
     as_float_array,
     prefix_claimed_bound,
     prefix_layout,
-    target_and_weight,
+    target_weights,
 )
 from constructions.registry import ConstructionEntry, Param, register
 from constructions.transformer import BoundReport, ConstructedTransformer, check_attention, spec_for
@@ -173,7 +173,17 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
     return prefix_claimed_bound(model, tokens, mode, first_output=1, extra=extra)
 
 
-def _filtered_leakage(model: ConstructedTransformer, tr: Any, lam: np.ndarray, ids: np.ndarray) -> tuple[float, str]:
+def required_beta(model: ConstructedTransformer, tokens: Any, target: float) -> float:
+    """Smallest beta (within 0.1%) whose certified softmax leakage on every output (next-token, predicted and, if
+    present, filtered) is at most ``target`` for these tokens (round-off allowance not included)."""
+    from constructions.prefix import required_beta as _req
+
+    extra = _filtered_leakage if "filtered" in model.readouts else None
+    return _req(model, tokens, target, first_output=1, extra=extra)
+
+
+def _filtered_leakage(model: ConstructedTransformer, tr: Any, lam: np.ndarray, ids: np.ndarray,
+                      beta: float) -> tuple[float, str]:
     """Leakage bound of the filtered readout. The last layer fetches ``F = sum_v w_v Q_v >= lam' F*`` with
     ``lam' = w_{u-1} lam_{u-1}``; the output is ``(1^T F D_b) / (1^T F b)`` with ``b = B[:, x_t]``, a convex
     combination of the exact value (weight ``lam' d*``) and garbage (weight ``<= (1 - lam') b_max``), so
@@ -187,13 +197,13 @@ def _filtered_leakage(model: ConstructedTransformer, tr: Any, lam: np.ndarray, i
     emis = as_float_array(tr.residuals[0][..., lay["emis"]])
     d_star = filt.sum(axis=-1) / F.sum(axis=-1)
     b_max = emis.max(axis=-1)
-    worst = 0.0
-    for u in range(2, P):
-        t, w = target_and_weight(head.rel_bias, u, model.beta)
-        lam_p = w * lam[:, t]
-        den = lam_p * d_star[:, u] + (1.0 - lam_p) * b_max[:, u]
-        e = np.where(den > 0, (1.0 - lam_p) * b_max[:, u] / np.where(den > 0, den, 1.0), 1.0)
-        worst = max(worst, float(e.max()))
+    bias = np.array([float(v) for v in head.rel_bias[:P]])
+    targets = np.maximum(np.arange(P) - 1, 0)  # lag 1 (position 0 attends to itself)
+    w = target_weights(bias, targets, beta)
+    lam_p = w[None, 2:] * lam[:, targets[2:]]
+    den = lam_p * d_star[:, 2:] + (1.0 - lam_p) * b_max[:, 2:]
+    e = np.where(den > 0, (1.0 - lam_p) * b_max[:, 2:] / np.where(den > 0, den, 1.0), 1.0)
+    worst = float(e.max()) if e.size else 0.0
     return worst, f"filtered-belief leakage {worst:.3g}"
 
 
@@ -245,4 +255,4 @@ ENTRY = register(
     )
 )
 
-__all__ = ["build", "claimed_bound", "FilterCodec", "exact_hmm_arrays", "ENTRY", "NAME", "PROVENANCE"]
+__all__ = ["build", "claimed_bound", "required_beta", "FilterCodec", "exact_hmm_arrays", "ENTRY", "NAME", "PROVENANCE"]

@@ -191,32 +191,101 @@ def prefix_lambda(model: Any, hard_trace: Any, beta: float, prefix_layers: Seque
     where m* = sum(F* Q*_u), C*_F = min(1, max column sum of F*), R*_u = max row sum of Q*_u (hard run; every
     matrix normalised to entry sum 1).
     """
+    return lambda_from_inputs(prefix_bound_inputs(model, hard_trace, prefix_layers, n), beta)
+
+
+def prefix_bound_inputs(model: Any, hard_trace: Any, prefix_layers: Sequence[int], n: int) -> list[dict]:
+    """Per prefix layer, what the leakage recursion needs from the hard run: hard targets ``t`` (P,), the score
+    gaps of each query (to get softmax weights for any beta), and ``m*``, ``R*``, ``C*`` (N, P)."""
     lay = model.layout
     op_sl, f_sl = lay["op"], lay["fetched_op"]
     N, P = hard_trace.residuals[0].shape[:2]
-    lam = np.ones((N, P))
+    out = []
     for l in prefix_layers:
         head = model.layers[l].heads[0]
+        if not head.positional:
+            raise HmmtxError(f"leakage bound: head of {model.layers[l].name} is not purely positional")
         Q = as_float_array(hard_trace.residuals[l][..., op_sl]).reshape(N, P, n, n)
         F = as_float_array(hard_trace.after_attn[l][..., f_sl]).reshape(N, P, n, n)
         X = as_float_array(hard_trace.after_ffn[l][..., op_sl])
         Q_mass = Q.sum(axis=(-1, -2))
         F_mass = F.sum(axis=(-1, -2))
-        m_star = X.sum(axis=-1) / (Q_mass * F_mass)  # mass of the product of the normalised matrices
-        R_star = Q.sum(axis=-1).max(axis=-1) / Q_mass  # max row sum of normalised Q*
-        C_star = np.minimum(1.0, F.sum(axis=-2).max(axis=-1) / F_mass)  # max column sum of normalised F*
-        new = np.empty_like(lam)
-        for u in range(P):
-            t, w = target_and_weight(head.rel_bias, u, beta)
-            lam_F = w * lam[:, t]
-            lam_u = lam[:, u]
-            R = np.minimum(1.0, lam_u * R_star[:, u] + (1.0 - lam_u))
-            s_hat = lam_F * (lam_u * m_star[:, u] + (1.0 - lam_u) * C_star[:, u]) + (1.0 - lam_F) * R
-            with np.errstate(divide="ignore", invalid="ignore"):
-                v = np.where(s_hat > 0, lam_F * lam_u * m_star[:, u] / s_hat, 0.0)
-            new[:, u] = np.clip(v, 0.0, 1.0)
-        lam = new
+        bias = np.array([float(v) for v in head.rel_bias[:P]])
+        if not all(Fraction(float(v)) == v for v in head.rel_bias[:P]):
+            raise HmmtxError(f"leakage bound: the bias table of {model.layers[l].name} is not exact in float64")
+        lag = np.arange(P)[:, None] - np.arange(P)[None, :]
+        sc = np.where(lag >= 0, bias[np.clip(lag, 0, P - 1)], -np.inf)
+        hits = sc == sc.max(axis=1, keepdims=True)
+        if not bool((hits.sum(axis=1) == 1).all()):
+            raise HmmtxError(f"leakage bound: the head of {model.layers[l].name} has tied maxima")
+        targets = hits.argmax(axis=1)
+        out.append({
+            "t": targets,
+            "bias": bias,
+            "m_star": X.sum(axis=-1) / (Q_mass * F_mass),  # mass of the product of the normalised matrices
+            "R_star": Q.sum(axis=-1).max(axis=-1) / Q_mass,  # max row sum of normalised Q*
+            "C_star": np.minimum(1.0, F.sum(axis=-2).max(axis=-1) / F_mass),  # max column sum of normalised F*
+        })
+    return out
+
+
+def target_weights(bias: np.ndarray, targets: np.ndarray, beta: float) -> np.ndarray:
+    """Softmax weight on the hard target of every query u < P: ``1 / sum_{v<=u} exp(beta (b(u-v) - b(u-t)))``."""
+    P = len(targets)
+    lag = np.arange(P)[:, None] - np.arange(P)[None, :]
+    sc = np.where(lag >= 0, bias[np.clip(lag, 0, P - 1)], -np.inf)
+    top = sc[np.arange(P), targets][:, None]
+    with np.errstate(over="ignore"):
+        return 1.0 / np.exp(beta * (sc - top)).sum(axis=1)
+
+
+def lambda_from_inputs(inputs: list[dict], beta: float) -> np.ndarray:
+    """The leakage recursion of :func:`prefix_lambda` (vectorised over sequences and positions) for one beta."""
+    N, P = inputs[0]["m_star"].shape if inputs else (1, 1)
+    lam = np.ones((N, P))
+    for d in inputs:
+        w = target_weights(d["bias"], d["t"], beta)  # (P,)
+        lam_F = w[None, :] * lam[:, d["t"]]
+        R = np.minimum(1.0, lam * d["R_star"] + (1.0 - lam))
+        s_hat = lam_F * (lam * d["m_star"] + (1.0 - lam) * d["C_star"]) + (1.0 - lam_F) * R
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = np.where(s_hat > 0, lam_F * lam * d["m_star"] / np.where(s_hat > 0, s_hat, 1.0), 0.0)
+        lam = np.clip(v, 0.0, 1.0)
     return lam
+
+
+def required_beta(model: Any, tokens: Any, target: float, *, first_output: int = 2, lo: float = 1e-3,
+                  hi: float = 1e4, rel_tol: float = 1e-3, extra: Any = None) -> float:
+    """The smallest inverse temperature (within ``rel_tol``) at which the certified softmax leakage of the prefix
+    outputs (positions ``first_output..``, plus ``extra`` as in :func:`prefix_claimed_bound`) is at most ``target``
+    for these tokens: the answer to "which beta do I need for error ``target``". Bisection on log beta; the
+    leakage bound decreases monotonically with beta.
+    The round-off allowance comes on top (see :func:`roundoff_allowance`)."""
+    if not (0 < target < 1):
+        raise HmmtxError(f"target error must lie in (0, 1), got {target!r}")
+    ids = model.check_input_ids(model.codec.encode(tokens))
+    tr = hard_trace_for_bound(model, ids)
+    inputs = prefix_bound_inputs(model, tr, model.info["prefix_layers"], model.info["n"])
+
+    def leak(b: float) -> float:
+        lam = lambda_from_inputs(inputs, b)
+        val = float((1.0 - lam[:, first_output:]).max())
+        if extra is not None:
+            val = max(val, extra(model, tr, lam, ids, b)[0])
+        return val
+
+    if leak(hi) > target:
+        raise HmmtxError(f"even beta = {hi:g} leaves a certified leakage of {leak(hi):.3g} > target {target:g}")
+    if leak(lo) <= target:
+        return lo
+    a, b = math.log(lo), math.log(hi)
+    while b - a > math.log1p(rel_tol):
+        mid = 0.5 * (a + b)
+        if leak(math.exp(mid)) <= target:
+            b = mid
+        else:
+            a = mid
+    return math.exp(b)
 
 
 def as_float_array(a: Any) -> np.ndarray:
@@ -244,7 +313,7 @@ def prefix_claimed_bound(model: Any, tokens: Any, mode: str, *, first_output: in
     * float modes: :func:`roundoff_allowance` (+ leakage for softmax: ``max_u 1 - lambda_u`` of
       :func:`prefix_lambda`), capped at the trivial bound 1.
 
-    ``extra(model, hard_trace, lam, ids) -> (leakage, note)`` lets a construction add outputs of another form
+    ``extra(model, hard_trace, lam, ids, beta) -> (leakage, note)`` lets a construction add outputs of another form
     (H1's filtered belief); the larger leakage is reported.
     """
     import torch
@@ -271,7 +340,7 @@ def prefix_claimed_bound(model: Any, tokens: Any, mode: str, *, first_output: in
         leak = float((1.0 - lam[:, first_output:]).max())
         note += f"; certified softmax leakage {leak:.3g} at beta={model.beta:g} (from the hard run)"
         if extra is not None:
-            leak2, note2 = extra(model, tr, lam, ids)
+            leak2, note2 = extra(model, tr, lam, ids, model.beta)
             leak = max(leak, leak2)
             note += "; " + note2
     return BoundReport(min(1.0, leak + rnd), leak, rnd, 1.0, note)
@@ -289,6 +358,10 @@ __all__ = [
     "roundoff_allowance",
     "target_and_weight",
     "prefix_lambda",
+    "prefix_bound_inputs",
+    "lambda_from_inputs",
+    "target_weights",
+    "required_beta",
     "prefix_claimed_bound",
     "hard_trace_for_bound",
     "as_float_array",

@@ -236,3 +236,19 @@ def test_softmax_bound_is_small_at_large_beta_and_shrinks_with_beta():
     assert rows[0][2] > 0.5  # small beta: close to the trivial bound, yet still above the measured error
     assert rows[3][2] < 1e-5 and rows[4][2] < 1e-9  # a real claim at large beta
     assert rows[3][1] / rows[3][2] > 1e-4  # and not absurdly loose
+
+
+def test_required_beta_reaches_the_target_and_is_minimal():
+    from constructions.exact_filter import required_beta
+
+    hmm = make("dirichlet", 3, 3, seed=13, concentration=2.0)
+    x = sample(hmm, 1, 20, seed=14).tokens[0]
+    target = 1e-6
+    b = required_beta(build(hmm, 20), x, target)
+    at = build(hmm, 20, "softmax", b).claimed_bound(x, "float64")
+    below = build(hmm, 20, "softmax", b / 1.05).claimed_bound(x, "float64")
+    assert at.leakage <= target < below.leakage
+    err = _max_err(build(hmm, 20, "softmax", b).run(x, "float64").outputs, forward_filter(hmm, x))
+    assert err <= at.value
+    with pytest.raises(HmmtxError, match="target error"):
+        required_beta(build(hmm, 20), x, 0.0)
