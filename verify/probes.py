@@ -158,8 +158,8 @@ def make_probe_data(mixture: HMMMixture, layout: Layout, n_contexts: int, seed: 
 
 # ---------------------------------------------------------------------------------------------- linear probes
 def _standardise(X_tr: np.ndarray, X_te: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-layer standardisation with training statistics; drop features constant on the training split (over
-    every layer the same columns are kept only if non-constant in that layer: handled by zeroing)."""
+    """Per-layer standardisation (L, M, D) with the training split's mean and standard deviation; features that are
+    constant on the training split become 0 (scale set to infinity) in both splits."""
     mu = X_tr.mean(axis=1, keepdims=True)
     sd = X_tr.std(axis=1, keepdims=True)
     scale = np.where(sd > 1e-12 * (1 + np.abs(mu)), sd, np.inf)  # constant features -> 0 after scaling
