@@ -60,6 +60,20 @@ def test_probe_single_hmm_construction_without_checkpoint(tmp_path, capsys):
     assert w["token"]["3"]["accuracy"][2] == 1.0  # lag 3 from gather layer 1 (residual 2)
 
 
+def test_probe_with_a_task_file(tmp_path, capsys):
+    from hmm.io import save_mixture
+    from hmm.zoo import make_mixture
+
+    save_mixture(make_mixture("sticky", 2, 2, 3, seed=1, rational=True), tmp_path / "tasks.json")
+    rc = main(["probe", "--model", "constructed:bayes-multitask", "--model", "constructed:exact-filter",
+               "--tasks", str(tmp_path / "tasks.json"), "--demos", "2", "--demo-len", "3", "--test-len", "2",
+               "--contexts", "30", "--perms", "1", "--lags", "1", "--json", str(tmp_path / "t.json")])
+    assert rc == 0
+    h3, h1 = json.loads((tmp_path / "t.json").read_text())["subjects"]
+    assert h3["task"]["bayes_ceiling"] is not None and h1["task"] is None
+    assert h3["belief"]["r2"][-1] > 0.99 and h1["belief"]["r2"][-1] > 0.99
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -121,3 +121,24 @@ def test_bayes_multitask_task_identity_late_hidden_state_early():
     rev = ConstructedSubject(reorder_layers(model, list(range(L))[::-1]))
     rep_rev = run_probes(rev, data, lags=(1,))
     assert rep_rev.task.accuracy[L] < rep.task.ceiling - 0.02
+
+
+def test_exact_filter_belief_readable_at_the_end_and_tokens_consumed():
+    from constructions import exact_filter
+
+    hmm = make_mixture("dirichlet", 1, 3, 3, seed=5, concentration=1.0).tasks[0]
+    one = HMMMixture.from_arrays([1.0], [hmm])
+    data = make_probe_data(one, Layout(0, 1, 12), 200, seed=2)
+    model = exact_filter.build(hmm, 12)
+    rep = run_probes(ConstructedSubject(model, input_kind="hmm"), data, lags=(1,))
+    L = len(model.layers)
+    # the last residual holds the filtered belief: a linear read-out recovers it (up to the ridge penalty)
+    assert rep.belief.r2[L] > 0.9999 and rep.belief.tv[L] < 1e-3
+    assert rep.belief.r2[0] < 0.9
+    assert rep.state.accuracy[L] >= rep.state.ceiling - 0.02
+    # the previous token is exactly readable after the first product G_{x_{u-1}} G_{x_u} and is then absorbed
+    # into the belief: the "rise then fall" of a previous-token probe
+    assert rep.token[1].accuracy[1] == 1.0 and np.all(rep.token[1].accuracy[2:] < 0.95)
+    # doubling layers in reverse order: the final residual no longer carries the belief
+    rev = run_probes(ConstructedSubject(reorder_layers(model, [3, 2, 1, 0, 4]), input_kind="hmm"), data, lags=(1,))
+    assert rev.belief.r2[L] < 0.99
