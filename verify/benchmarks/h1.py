@@ -1,13 +1,13 @@
-"""``hmmtx bench-construction``: time a construction against its references (a benchmark, not a unit test).
+"""``hmmtx bench h1``: time the H1 construction against its references (a benchmark, not a unit test).
 
-    hmmtx bench-construction h1 [--states 16] [--length 2048] [--vocab 4] [--seed 0] [--mode float64]
-                             [--repeats 3] [--exact-reference/--no-exact-reference] [--json OUT]
+    hmmtx bench h1 [--states 16] [--length 2048] [--vocab 4] [--seed 0] [--mode float64]
+                  [--repeats 3] [--exact-reference/--no-exact-reference] [--json OUT]
 
 H1 (the exact filter, ``exact-filter``): builds the construction for a random Dirichlet HMM (concentration 2, a
 mixing HMM) with S states, samples T tokens, runs the torch module (hard attention, ``record="final"``), and
 compares its next-token probabilities with the numpy float64 forward filter and (optionally, slow at large T)
 the exact Fraction forward filter :func:`hmm.reference.forward_filter_exact`, reporting the times of all three.
-The library function :func:`bench_h1` returns the same numbers as a dict (the lead can wire it elsewhere).
+The library function :func:`bench_h1` returns the same numbers as a dict.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "bench-construction",
-        help="benchmark a construction (h1: exact filter) against its float and exact references",
+        "h1",
+        help="the H1 exact-filter construction vs the numpy and exact forward filters (S=16, T=2048)",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
-    p.add_argument("which", choices=["h1"], help="which construction benchmark (h1 = exact-filter)")
     p.add_argument("--states", type=int, default=16, help="hidden states S (default 16)")
     p.add_argument("--length", type=int, default=2048, help="sequence length T (default 2048)")
     p.add_argument("--vocab", type=int, default=4, help="observation symbols V (default 4)")
