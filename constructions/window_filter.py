@@ -268,7 +268,7 @@ def _lookup_ffn(lay: Layout, plan: Gather, pi: list, A: list, B: list, mu: list,
     1 iff every tested slot matches, else <= 0. Full pattern ``w`` tests slots ``0..r-1`` against ``w`` and slot ``r``
     against "not the marker" (weight -1 on the marker, offset absorbed in the bias); a pattern of ``k`` tokens reaching
     BOS tests slots ``0..k-1`` and "slot ``k`` is the marker". The gather invariant makes exactly one of them hold."""
-    S, V, M = len(A), len(B[0]), len(B[0])
+    S, M = len(A), len(B[0])
     entries = list(_lookup_entries(pi, A, B, mu, r))
     m = len(entries) + 1
     D = lay.width

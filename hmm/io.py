@@ -207,6 +207,25 @@ def parse_tokens(text: str, name: str = "--tokens") -> np.ndarray:
     return np.array(out, dtype=np.int64)
 
 
+def parse_int_list(text: str, name: str, minimum: int | None = None, unique: bool = False) -> list[int]:
+    """``"1,2 4"`` -> ``[1, 2, 4]`` (commas and/or spaces); errors name ``name`` and the offending part."""
+    parts = str(text).replace(",", " ").split()
+    if not parts:
+        raise HmmtxError(f"{name}: expected a list of integers separated by commas or spaces, got {text!r}")
+    out = []
+    for p in parts:
+        try:
+            v = int(p)
+        except ValueError:
+            raise HmmtxError(f"{name}: {p!r} is not an integer") from None
+        if minimum is not None and v < minimum:
+            raise HmmtxError(f"{name}: values must be >= {minimum}, got {v}")
+        out.append(v)
+    if unique and len(set(out)) != len(out):
+        raise HmmtxError(f"{name}: duplicate values in {text!r}")
+    return out
+
+
 def parse_context(text: str, name: str = "--tokens") -> list[np.ndarray]:
     """``"0 1 2 | 1 0 | 2"`` -> list of int64 segments (demonstrations then the test segment)."""
     segs = text.split("|")
@@ -233,5 +252,6 @@ __all__ = [
     "save_hmm",
     "save_mixture",
     "parse_tokens",
+    "parse_int_list",
     "parse_context",
 ]

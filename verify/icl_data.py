@@ -13,7 +13,7 @@ returns the *filtered* joint (task, state) posterior, which the probes regress o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 

@@ -29,7 +29,6 @@ mean and standard deviation (constant features dropped), an intercept is added, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, Sequence
 
 import numpy as np

@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from fractions import Fraction
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
-import mpmath
 import numpy as np
 
 from constructions.memory.kernels import (
@@ -43,7 +41,6 @@ from constructions.memory.kernels import (
     KernelFit,
     TargetKernel,
     fit_kernel,
-    head_weight,
     single_head_fit,
 )
 from hmm.errors import HmmtxError

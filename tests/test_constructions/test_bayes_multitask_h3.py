@@ -19,7 +19,7 @@ from hmm.errors import HmmtxError
 from hmm.mixture import HMMMixture, bayes_predictive, bayes_predictive_exact
 from hmm.model import HMM
 from hmm.sampling import sample_contexts
-from hmm.testing import rational_hmms, rational_mixtures, token_sequences
+from hmm.testing import rational_mixtures, token_sequences
 from hmm.zoo import make_mixture
 
 FIELDS = ("next_token_probs", "task_posterior", "state_predicted")

@@ -154,7 +154,7 @@ def _aligned(segs: list, perm: list[int]):
 
 
 def test_aggregation_attention_is_invariant_to_permuting_demonstrations_gather_is_not():
-    V, r, K, eta = 3, 3, 2, Fraction(1, 2)
+    K, eta = 2, Fraction(1, 2)
     m = model(2, 3, K, eta, "pattern")
     segs = [[0, 1, 1], [1, 1, 0, 0, 1], [0, 0], [1, 0, 1, 1]]  # 3 demos of different lengths + test
     perm = [2, 0, 1]

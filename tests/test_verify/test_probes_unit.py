@@ -1,7 +1,6 @@
 """Unit tests of verify.probes and verify.icl_data: ridge probes, the independence score, demo permutations,
 batched Bayes references, and the probe/expectation machinery on synthetic subjects with known answers."""
 
-from fractions import Fraction
 
 import numpy as np
 import pytest

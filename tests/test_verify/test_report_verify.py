@@ -14,7 +14,7 @@ from hmm.errors import HmmtxError
 from hmm.io import load_hmm, parse_tokens
 from verify import report as rep
 from verify.plots import write_plots
-from verify.suite import Case, CaseResult, Plan, Replay, run_suite
+from verify.suite import Case, Plan, Replay, run_suite
 
 _spec = importlib.util.spec_from_file_location("verify_fakes", Path(__file__).with_name("verify_fakes.py"))
 fakes = importlib.util.module_from_spec(_spec)

@@ -56,26 +56,6 @@ class ICLTable(NamedTuple):
     spec: dict
 
 
-def _int_list(text: str, name: str, minimum: int) -> list[int]:
-    from hmm.errors import HmmtxError
-
-    parts = [p for p in str(text).replace(" ", "").split(",") if p]
-    if not parts:
-        raise HmmtxError(f"{name}: expected a comma-separated list of integers, got {text!r}")
-    out = []
-    for p in parts:
-        try:
-            v = int(p)
-        except ValueError:
-            raise HmmtxError(f"{name}: {p!r} is not an integer") from None
-        if v < minimum:
-            raise HmmtxError(f"{name}: values must be >= {minimum}, got {v}")
-        out.append(v)
-    if len(set(out)) != len(out):
-        raise HmmtxError(f"{name}: duplicate values in {text!r}")
-    return out
-
-
 def icl_table(
     mixture: Any,
     demos: Sequence[int],
@@ -314,10 +294,10 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from hmm.errors import HmmtxError
-    from hmm.io import atomic_write_json, load_mixture
+    from hmm.io import atomic_write_json, load_mixture, parse_int_list
 
-    demos = _int_list(args.demos, "--demos", 0)
-    tests = _int_list(args.test_lengths, "--test-lengths", 1)
+    demos = parse_int_list(args.demos, "--demos", 0, unique=True)
+    tests = parse_int_list(args.test_lengths, "--test-lengths", 1, unique=True)
     if args.tasks:
         mixture = load_mixture(args.tasks)
         source = f"task file {args.tasks}"

@@ -17,13 +17,13 @@ from hmm.errors import HmmtxError
 
 
 def _int_list(text: str) -> tuple[int, ...]:
+    """argparse type: a list of integers (argparse turns the error into one usage line and exit 2)."""
+    from hmm.io import parse_int_list
+
     try:
-        vals = tuple(int(v) for v in text.replace(",", " ").split())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas/spaces, got {text!r}") from None
-    if not vals:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return vals
+        return tuple(parse_int_list(text, "value"))
+    except HmmtxError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -21,20 +21,6 @@ MIXTURE_CONSTRUCTIONS = ("bayes-multitask", "icl")
 HMM_CONSTRUCTIONS = ("window", "exact-filter")
 
 
-def _int_list(text: str, flag: str) -> list[int]:
-    from hmm.errors import HmmtxError
-
-    out = []
-    for part in text.replace(",", " ").split():
-        try:
-            out.append(int(part))
-        except ValueError:
-            raise HmmtxError(f"{flag}: {part!r} is not an integer") from None
-    if not out:
-        raise HmmtxError(f"{flag}: empty list")
-    return out
-
-
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "probe",
@@ -146,7 +132,7 @@ def _tables(results: list[dict], lags: list[int]) -> list[Any]:
                 m, sd = pi.mean[i - 1], pi.std[i - 1]
                 row.append("no attention" if m != m else f"{m:.3f} +- {sd:.3f}")
             t.add_row(*row)
-        cap = [f"majority rate: " + ", ".join(f"k={k} {_fmt(rep.token[k].majority)}" for k in lags if k in rep.token),
+        cap = ["majority rate: " + ", ".join(f"k={k} {_fmt(rep.token[k].majority)}" for k in lags if k in rep.token),
                f"state {_fmt(rep.state.majority)}" + (f", task {_fmt(rep.task.majority)}" if rep.task is not None else ""),
                f"Bayes ceiling: state {_fmt(rep.state.ceiling)}" + (f", task {_fmt(rep.task.ceiling)}" if rep.task is not None else "")]
         t.caption = "; ".join(cap)
@@ -302,6 +288,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from hmm.errors import HmmtxError
+    from hmm.io import parse_int_list
     from hmm.io import atomic_write_json, load_mixture
     from hmm.mixture import HMMMixture
     from verify.icl_data import Layout
@@ -314,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     specs = _parse_specs(args.model)
-    lags = _int_list(args.lags, "--lags")
+    lags = parse_int_list(args.lags, "--lags")
     if any(k < 1 for k in lags):
         raise HmmtxError(f"--lags: distances must be >= 1, got {lags}")
     if args.contexts < 10:

@@ -23,20 +23,6 @@ The worst case of each construction is written as a reproducer to --reproducers 
 beside the --json file, or in the current folder)."""
 
 
-def _int_list(text: str, flag: str) -> list[int]:
-    from hmm.errors import HmmtxError
-
-    out = []
-    for part in text.replace(",", " ").split():
-        try:
-            out.append(int(part))
-        except ValueError:
-            raise HmmtxError(f"{flag}: {part!r} is not an integer") from None
-    if not out:
-        raise HmmtxError(f"{flag}: empty list")
-    return out
-
-
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "verify",
@@ -73,14 +59,15 @@ def make_plan(args: argparse.Namespace) -> Any:
     import dataclasses
 
     from hmm.errors import HmmtxError
+    from hmm.io import parse_int_list
     from verify.suite import DTYPES, FULL, QUICK
 
     base = FULL if args.full else QUICK
     changes: dict[str, Any] = {}
     if args.states:
-        changes["states"] = tuple(_int_list(" ".join(args.states), "--states"))
+        changes["states"] = tuple(parse_int_list(" ".join(args.states), "--states"))
     if args.lengths:
-        changes["lengths"] = tuple(_int_list(" ".join(args.lengths), "--lengths"))
+        changes["lengths"] = tuple(parse_int_list(" ".join(args.lengths), "--lengths"))
     if args.dtype:
         modes = " ".join(args.dtype).replace(",", " ").split()
         bad = [m for m in modes if m not in DTYPES]
