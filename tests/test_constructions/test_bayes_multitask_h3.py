@@ -60,6 +60,20 @@ def test_exact_mode_is_bit_identical_to_the_fraction_bayes_predictive(data):
     assert _max_err(resf.outputs, ref) <= model.claimed_bound(ctx, "float64").value
 
 
+# Longer contexts (stream length up to 64, S <= 4 per task): few examples, each ~1-3 s in Fractions.
+@settings(max_examples=6)
+@given(data=st.data())
+def test_exact_mode_is_bit_identical_on_long_contexts(data):
+    mix = data.draw(rational_mixtures(max_tasks=2, max_states=4, max_obs=3), label="mixture")
+    ctx = data.draw(contexts(mix, max_segments=6, max_seg_len=12), label="context")
+    n = len(stream_items(ctx, mix.num_obs)[0])
+    model = build(mix, n)
+    res = model.run(ctx, "exact", record="final")
+    ref = bayes_predictive_exact(mix, ctx)
+    for k in FIELDS:
+        assert all(a == b for a, b in zip(res.outputs[k].ravel(), getattr(ref, k).ravel())), k
+
+
 @settings(max_examples=10)
 @given(K=st.integers(1, 3), S=st.integers(1, 4), V=st.integers(2, 4), demos=st.integers(0, 4),
        demo_len=st.integers(1, 12), test_len=st.integers(1, 12), seed=st.integers(0, 10_000))

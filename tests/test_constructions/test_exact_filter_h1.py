@@ -53,6 +53,19 @@ def test_exact_mode_is_bit_identical_to_the_fraction_filter(data):
     assert _max_err(resf.outputs, ref) <= model.claimed_bound(x, "float64").value
 
 
+# The long end of the exact sweep (SPEC: S <= 4, T <= 64): few examples, each up to ~1.5 s at S = 4, T = 64.
+@settings(max_examples=8)
+@given(data=st.data())
+def test_exact_mode_is_bit_identical_on_long_sequences(data):
+    hmm = data.draw(rational_hmms(max_states=4, max_obs=3), label="hmm")
+    x = data.draw(token_sequences(hmm, min_len=21, max_len=64), label="tokens")
+    model = build(hmm, len(x))
+    res = model.run(x, "exact", record="final")
+    ref = forward_filter_exact(hmm, x)
+    for k in FIELDS:
+        assert all(a == b for a, b in zip(res.outputs[k].ravel(), getattr(ref, k).ravel())), k
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_exact_mode_bit_identical_at_s4_t64(seed):
     hmm = make("dirichlet", 4, 3, seed=seed, rational=True)
