@@ -241,7 +241,9 @@ def write_plots(results: list[dict], lags: list[int], folder: Any) -> list[str]:
         ax.set_xlabel("residual index (0 = embedding)")
         ax.set_ylim(0, 1.02)
     axes[0][0].set_ylabel("held-out accuracy")
-    axes[0][-1].legend(fontsize=8)
+    labelled = [ax for ax in axes[0] if ax.get_legend_handles_labels()[0]]
+    if labelled:  # a model may have no readable lag at all (e.g. segments shorter than every k)
+        labelled[-1].legend(fontsize=8)
     fig.suptitle("token k positions back (cf. Hao et al. Fig. 3b)", fontsize=10)
     save(fig, "fig3b-token-probes.png")
 
