@@ -43,7 +43,7 @@ from hmm.errors import HmmtxError
 #: Default input-value grid always in the vocabulary (so ``inspect`` and short examples work).
 DEFAULT_VALUES = tuple(Fraction(k, 4) for k in range(-4, 5))
 #: Largest sequence length whose claimed bound is computed (finite-window kernels in mpmath, O(T^2 H)).
-MAX_BOUND_LENGTH = 512
+MAX_BOUND_LENGTH = 1024
 
 
 # ---------------------------------------------------------------------------------------------- inputs

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 #: Longest sequence swept (the claimed bound costs O(T^2 H) high-precision operations).
-MAX_LENGTH = 128
+MAX_LENGTH = 1024
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "W3": {"memories": "exp:0.35,power:2.25", "rpe": "auto", "heads": 8, "grid_beta": 0.1, "p0_lin": 0.1,
