@@ -60,8 +60,10 @@ def add_source_arguments(p: argparse.ArgumentParser, entry: Any) -> None:
         p.add_argument("--tasks", required=True, metavar="FILE", help="task-mixture JSON file")
 
 
-def resolve(args: argparse.Namespace) -> tuple[Any, list[str]] | None:
-    """The registry entry named by ``args.name`` and the remaining argv; prints the listing for help/no name."""
+def resolve(args: argparse.Namespace, add_common: Callable[[argparse.ArgumentParser, Any], None],
+            description: str) -> tuple[Any, argparse.Namespace] | None:
+    """The registry entry named by ``args.name`` and its parsed options; None when only help was printed (the
+    listing of constructions without a name, or one construction's options with ``--help``)."""
     from constructions import registry
 
     name = args.name
@@ -71,14 +73,13 @@ def resolve(args: argparse.Namespace) -> tuple[Any, list[str]] | None:
         if name is None:
             raise HmmtxError(f"{args._command}: give a construction NAME first")
         return None
-    return registry.get(name), list(args.rest or [])
-
-
-def parse_entry_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | None:
+    entry = registry.get(name)
+    argv = list(args.rest or [])
+    parser = entry_parser(args._command, entry, add_common, description)
     if any(a in ("-h", "--help") for a in argv):
         parser.print_help(sys.stdout)
         return None
-    return parser.parse_args(argv)
+    return entry, parser.parse_args(argv)
 
 
 def load_source(entry: Any, ns: argparse.Namespace) -> Any:
@@ -103,7 +104,6 @@ __all__ = [
     "register_generic",
     "resolve",
     "entry_parser",
-    "parse_entry_args",
     "load_source",
     "check_beta",
     "constructions_listing",

@@ -15,9 +15,7 @@ from typing import Any
 
 from verify.commands._construction_cli import (
     check_beta,
-    entry_parser,
     load_source,
-    parse_entry_args,
     register_generic,
     resolve,
 )
@@ -45,13 +43,10 @@ def _common(p: argparse.ArgumentParser, entry: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from hmm.errors import HmmtxError
 
-    got = resolve(args)
+    got = resolve(args, _common, DESCRIPTION)
     if got is None:
         return 0
-    entry, argv = got
-    ns = parse_entry_args(entry_parser("inspect", entry, _common, DESCRIPTION), argv)
-    if ns is None:
-        return 0
+    entry, ns = got
     if ns.max_rows < 1 or ns.max_cols < 1:
         raise HmmtxError(f"--max-rows and --max-cols must be positive, got {ns.max_rows} and {ns.max_cols}")
     if ns.plot is not None and not str(ns.plot).lower().endswith(".png"):

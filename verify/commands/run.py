@@ -16,9 +16,7 @@ from typing import Any
 
 from verify.commands._construction_cli import (
     check_beta,
-    entry_parser,
     load_source,
-    parse_entry_args,
     register_generic,
     resolve,
 )
@@ -50,13 +48,10 @@ def _common(p: argparse.ArgumentParser, entry: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from hmm.errors import HmmtxError
 
-    got = resolve(args)
+    got = resolve(args, _common, DESCRIPTION)
     if got is None:
         return 0
-    entry, argv = got
-    ns = parse_entry_args(entry_parser("run", entry, _common, DESCRIPTION), argv)
-    if ns is None:
-        return 0
+    entry, ns = got
     if ns.rows < 1:
         raise HmmtxError(f"--rows must be positive, got {ns.rows}")
     beta = check_beta(ns.attention, ns.beta)
