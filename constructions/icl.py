@@ -504,18 +504,29 @@ def roundoff_allowance(cfg: ICLConfig, masses: np.ndarray, counts: np.ndarray, e
     """Stated float allowance on ``max |next_token_probs - exact|`` (a-posteriori, from the run's own masses).
 
     Per position p with total mass ``s_p = sum z_p > 0``: ``ROUNDOFF_C * eps * (n_p + d_x + 4) * (K + 1) *
-    (1 + eta) * (1 + ||z_p||_1) / s_p``. Heuristic model: the mean over ``n_p`` training tokens carries a relative
-    error ``<= (n_p + 1) eps``; each GD step adds ``<= (d_x + 2) eps`` relative to ``(1 + eta) max(|W|, eta |B|)``
-    and does not amplify earlier errors when ``eta lam_max <= 2``; normalisation divides by ``s_p``. It is a
-    stated allowance, not a theorem; the tests check it on every case.
+    (1 + eta) * amp_p`` with ``amp_p = (1 + ||z_p||_1) / s_p``. Heuristic model: the mean over ``n_p`` training
+    tokens carries a relative error ``<= (n_p + 1) eps``; each GD step adds ``<= (d_x + 2) eps`` relative to
+    ``(1 + eta) max(|W|, eta |B|)`` and does not amplify earlier errors when ``eta lam_max <= 2``; normalisation
+    divides by ``s_p``.
+
+    Pattern features with ``eta <= 1/2`` and non-negative masses: ``A`` is diagonal with entries in ``[0, 1]``, so
+    every iterate ``W <- (I - eta A) W + eta B`` is a non-negative combination of non-negative numbers with
+    ``1 - eta A_ii >= 1/2``: the one subtraction (``W - eta A_ii W``) loses at most a factor 2, so rounding errors
+    stay *relative* to each mass, and normalising masses with relative errors ``<= delta`` moves each probability
+    by at most about ``2 delta``: ``amp_p = 2``, with no ``1 / s_p`` amplification (which made the allowance
+    vacuous for rare query windows in long contexts).
+
+    It is a stated allowance, not a theorem; the tests and ``hmmtx verify`` check it on every case.
     """
     z = np.asarray(masses, dtype=np.float64)
     s = z.sum(axis=-1)
     l1 = np.abs(z).sum(axis=-1)
     n = np.asarray(counts, dtype=np.float64)
     d = cfg.feats.dim
+    relative = cfg.features == "pattern" and cfg.eta <= Fraction(1, 2) and bool(np.all(z >= 0))
     with np.errstate(divide="ignore", invalid="ignore"):
-        per = ROUNDOFF_C * eps * (n + d + 4) * (int(cfg.K) + 1) * (1 + float(cfg.eta)) * (1 + l1) / np.abs(s)
+        amp = np.full(s.shape, 2.0) if relative else (1 + l1) / np.abs(s)
+        per = ROUNDOFF_C * eps * (n + d + 4) * (int(cfg.K) + 1) * (1 + float(cfg.eta)) * amp
     per = np.where(np.abs(s) > 0, per, 0.0)
     return float(per.max()) if per.size else 0.0
 
