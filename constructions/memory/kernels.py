@@ -558,23 +558,9 @@ def _w0_rho_fixed(rpe: str, p0: float, kind: str, param: float, S: int) -> tuple
     return np.array(W0, dtype=object), np.array(R0, dtype=object)
 
 
-def _horner_fixed(fit: KernelFit, S: int) -> tuple[np.ndarray, int, float]:
-    """``(acc, P, qerr)``: ``acc[s-1] ~ Q(u_s) 2^P`` by fixed-point Horner, ``|acc 2^-P - Q| <= qerr``."""
-    P = _fixed_point_bits(fit)
-    ufp, _ = _lag_tables(fit.grid.rpe, fit.grid.p0, fit.grid.beta, int(S), P)
-    shift = P - fit.mono_exp
-    B = [b << shift for b in fit.mono_int]
-    acc = np.full(len(ufp), B[-1], dtype=object)
-    for b in reversed(B[:-1]):
-        acc = ((acc * ufp) >> P) + b
-    with mpmath.workprec(64):
-        sum_b = mpmath.fsum(abs(mpmath.mpf(b)) for b in fit.mono_int) / mpmath.mpf(2) ** fit.mono_exp
-        qerr = float(fit.grid.H * (1 + sum_b) * mpmath.mpf(2) ** (-P))
-    return acc, P, qerr
-
-
-def kernel_values_exact(fit: KernelFit, S: int) -> tuple[list, float]:
-    """``K(1..S)`` as mpf (160-bit) plus the rigorous absolute rounding bound on each value's ``Q`` part.
+def _horner_fixed(fit: KernelFit, S: int) -> tuple[np.ndarray, int, float, list]:
+    """``(acc, P, qerr, w0)``: ``acc[s-1] ~ Q(u_s) 2^P`` by fixed-point Horner, ``|acc 2^-P - Q| <= qerr``, and
+    ``w0[s-1]`` the base head weight of lag ``s`` (mpf).
 
     Horner in fixed point: ``acc <- floor(acc * u / 2^P) + b``; each step errs by < ``(1 + |acc|) 2^{-P}``, so
     ``|Q_hat - Q| <= H (1 + sum|b|) 2^{-P}`` since ``|u| <= 1``.
@@ -589,6 +575,13 @@ def kernel_values_exact(fit: KernelFit, S: int) -> tuple[list, float]:
     with mpmath.workprec(64):
         sum_b = mpmath.fsum(abs(mpmath.mpf(b)) for b in fit.mono_int) / mpmath.mpf(2) ** fit.mono_exp
         qerr = float(fit.grid.H * (1 + sum_b) * mpmath.mpf(2) ** (-P))
+    return acc, P, qerr, w0
+
+
+def kernel_values_exact(fit: KernelFit, S: int) -> tuple[list, float]:
+    """``K(1..S)`` as mpf (160-bit) plus the rigorous absolute rounding bound on each value's ``Q`` part
+    (fixed-point Horner, :func:`_horner_fixed`)."""
+    acc, P, qerr, w0 = _horner_fixed(fit, S)
     with mpmath.workprec(160):
         scale = mpmath.mpf(2) ** (-P)
         K = [w0[i] * (mpmath.mpf(int(acc[i])) * scale) for i in range(len(w0))]
@@ -681,7 +674,7 @@ def l1_error(fit: KernelFit, S: int | None = None) -> L1Error:
     ``tail``).
     """
     S = default_lags(fit.grid, fit.target) if S is None else int(S)
-    acc, P, qerr = _horner_fixed(fit, S)
+    acc, P, qerr, _ = _horner_fixed(fit, S)
     W0, R0 = _w0_rho_fixed(fit.grid.rpe, fit.grid.p0, fit.target.kind, fit.target.param, S)
     # K(s) 2^F = floor(acc * W0 / 2^P): acc = Q 2^P (error qerr 2^P), W0 = w0 2^F (error 1), R0 = rho 2^F (error 1/2)
     Kf = (acc * W0) >> P
@@ -709,7 +702,7 @@ def l1_error_float(fit: KernelFit, S: int | None = None) -> float:
 
 def error_signs(fit: KernelFit, S: int) -> np.ndarray:
     """``sign(K(s) - rho(s))`` for ``s = 1..S`` (float64 array of -1/0/1) from the exact fixed-point values."""
-    acc, P, _ = _horner_fixed(fit, S)
+    acc, P, _, _ = _horner_fixed(fit, S)
     W0, R0 = _w0_rho_fixed(fit.grid.rpe, fit.grid.p0, fit.target.kind, fit.target.param, S)
     d = ((acc * W0) >> P) - R0
     return np.array([(v > 0) - (v < 0) for v in d], dtype=np.float64)
