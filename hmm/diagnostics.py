@@ -158,6 +158,14 @@ def birkhoff_contraction(A: Any) -> float:
     return 1.0 if math.isinf(d) else math.tanh(d / 4.0)
 
 
+def _exact_cross_ratio(A: Any) -> Any:
+    """``max_cross_ratio`` of ``A`` taken exactly (float entries converted with ``Fraction(float)``)."""
+    M = _as_matrix(A, "matrix")
+    if not _is_exact(M):
+        M = np.array([[Fraction(float(v)) for v in r] for r in M], dtype=object)
+    return max_cross_ratio(M)
+
+
 def projective_diameter_mp(A: Any, dps: int = 50) -> Any:
     """``Delta(A)`` as an :class:`mpmath.mpf` with ``dps`` decimal digits (``mpmath.inf`` when ``A`` has zeros).
 
@@ -166,10 +174,7 @@ def projective_diameter_mp(A: Any, dps: int = 50) -> Any:
     """
     import mpmath
 
-    M = _as_matrix(A, "matrix")
-    if not _is_exact(M):
-        M = np.array([[Fraction(float(v)) for v in r] for r in M], dtype=object)
-    r = max_cross_ratio(M)
+    r = _exact_cross_ratio(A)
     with mpmath.workdps(dps + 10):
         if r == math.inf:
             return mpmath.inf
@@ -182,10 +187,7 @@ def birkhoff_contraction_mp(A: Any, dps: int = 50) -> Any:
     """``tau(A) = (sqrt(r) - 1) / (sqrt(r) + 1)`` with ``r = exp(Delta)``, as an mpf with ``dps`` digits (1 if zeros)."""
     import mpmath
 
-    M = _as_matrix(A, "matrix")
-    if not _is_exact(M):
-        M = np.array([[Fraction(float(v)) for v in r] for r in M], dtype=object)
-    r = max_cross_ratio(M)
+    r = _exact_cross_ratio(A)
     with mpmath.workdps(dps + 10):
         if r == math.inf:
             return mpmath.mpf(1)
