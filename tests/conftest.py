@@ -1,6 +1,7 @@
 """Shared test configuration: hypothesis profiles.
 
-``ci`` (selected by HYPOTHESIS_PROFILE=ci, which .ci/run sets) and ``dev`` (default) both disable deadlines, since
+``ci`` (selected by HYPOTHESIS_PROFILE=ci, which .ci/run sets; 100 examples unless a test says otherwise) and
+``dev`` (default, 40) both disable deadlines, since
 shared 2-core machines make timing flaky; ``ci`` derandomises so a CI run is reproducible.
 """
 
@@ -11,7 +12,7 @@ from hypothesis import HealthCheck, settings
 settings.register_profile(
     "ci",
     deadline=None,
-    max_examples=60,
+    max_examples=100,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
