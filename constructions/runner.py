@@ -91,6 +91,9 @@ def run_construction(
         raise HmmtxError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     if mode not in entry.modes:
         raise HmmtxError(f"construction '{entry.name}' does not support mode {mode!r} (modes: {', '.join(entry.modes)})")
+    if mode == "exact" and reference == "float64":
+        raise HmmtxError("--reference float64 with --mode exact would compare exact outputs with rounded ones: "
+                         "exact mode is always checked against the exact reference")
     if mode == "exact" and attention != "hard":
         raise HmmtxError("exact mode runs hard attention only (softmax weights are not rational): use --attention hard")
     params = dict(params or {})

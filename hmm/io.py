@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from hmm.mixture import HMMMixture
 from hmm.model import HMM
 
 _HMM_KEYS = {"initial_probs", "transition_matrix", "emission_probs"}
+_INT_TOKEN = re.compile(r"-?[0-9]+")
 _HMM_OPTIONAL = {"name", "description"}
 
 
@@ -200,10 +202,13 @@ def parse_tokens(text: str, name: str = "--tokens") -> np.ndarray:
         raise HmmtxError(f"{name}: the sequence is empty (need at least one token)")
     out = []
     for i, p in enumerate(parts):
-        try:
-            out.append(int(p))
-        except ValueError:
-            raise HmmtxError(f"{name}: {p!r} at position {i} is not an integer token id") from None
+        # plain ASCII integers only (int() would also take "1_0", "+1" or non-ASCII digits)
+        if not _INT_TOKEN.fullmatch(p):
+            raise HmmtxError(f"{name}: {p!r} at position {i} is not an integer token id")
+        v = int(p)
+        if not -(2**63) <= v < 2**63:
+            raise HmmtxError(f"{name}: token {p} at position {i} is out of range (far beyond any vocabulary)")
+        out.append(v)
     return np.array(out, dtype=np.int64)
 
 
@@ -228,6 +233,8 @@ def parse_int_list(text: str, name: str, minimum: int | None = None, unique: boo
 
 def parse_context(text: str, name: str = "--tokens") -> list[np.ndarray]:
     """``"0 1 2 | 1 0 | 2"`` -> list of int64 segments (demonstrations then the test segment)."""
+    if not text.replace("|", " ").replace(",", " ").split():
+        raise HmmtxError(f"{name}: the sequence is empty (need at least one token)")
     segs = text.split("|")
     out = []
     for i, s in enumerate(segs):

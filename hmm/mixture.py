@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from hmm.errors import HmmtxError
-from hmm.model import HMM, check_stochastic, to_float_array, to_fraction_array, validate_tokens
+from hmm.model import HMM, _fix_rows, _is_exact_input, check_stochastic, to_float_array, to_fraction_array, validate_tokens
 from hmm.reference import _frac_log
 
 #: Marker for SEP in a flattened stream (constructions map it to their own vocabulary id).
@@ -60,9 +60,15 @@ class HMMMixture:
     @classmethod
     def from_arrays(cls, task_prior: Any, tasks: Sequence[HMM], *, exact: bool | None = None) -> "HMMMixture":
         tasks = tuple(tasks)
+        prior_exact = _is_exact_input(task_prior)
         if exact is None:
-            exact = any(h.exact for h in tasks)
-        rho = (to_fraction_array if exact else to_float_array)(task_prior, "task_prior", 1)
+            exact = prior_exact or any(isinstance(h, HMM) and h.exact for h in tasks)
+        if exact and not prior_exact:
+            # An all-number prior in an exact mixture is a float component, converted like a float task: its exact
+            # binary image with the round-off of its sum moved into the largest entry (HMM.as_exact).
+            rho = _fix_rows(to_fraction_array(to_float_array(task_prior, "task_prior", 1).tolist(), "task_prior", 1))
+        else:
+            rho = (to_fraction_array if exact else to_float_array)(task_prior, "task_prior", 1)
         tasks = tuple((h.as_exact() if exact else h.as_float()) if isinstance(h, HMM) else h for h in tasks)
         return cls(rho, tasks)
 

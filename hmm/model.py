@@ -66,13 +66,34 @@ def to_fraction_array(values: Any, name: str, ndim: int) -> np.ndarray:
     return out
 
 
+def _find_bool(values: Any, path: tuple = ()) -> list | None:
+    """Index path of the first boolean leaf in a nested list / array (JSON true/false), else None."""
+    if isinstance(values, (bool, np.bool_)):
+        return list(path)
+    if isinstance(values, np.ndarray):
+        if values.dtype == bool and values.size:
+            return [int(i) for i in np.argwhere(values)[0]] if values.any() else [0] * values.ndim
+        if values.dtype != object:
+            return None
+        values = values.tolist()
+    if isinstance(values, (list, tuple)):
+        for i, v in enumerate(values):
+            hit = _find_bool(v, path + (i,))
+            if hit is not None:
+                return hit
+    return None
+
+
 def to_float_array(values: Any, name: str, ndim: int) -> np.ndarray:
     """Convert to float64, checking dimensions and finiteness (NaN / inf are named, not propagated)."""
     if _is_exact_input(values):
         return to_fraction_array(values, name, ndim).astype(np.float64)
+    where = _find_bool(values)
+    if where is not None:
+        raise HmmtxError(f"{name}{where}: expected a number, got a boolean")
     try:
         arr = np.array(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise HmmtxError(f"{name}: cannot read as a numeric array ({exc})") from None
     if arr.ndim != ndim:
         raise HmmtxError(f"{name}: expected a {ndim}-D array, got shape {arr.shape}")

@@ -159,13 +159,19 @@ def forward_filter_exact(hmm: HMM, tokens: Any) -> FilterResult:
     """
     x = hmm.check_tokens(tokens)
     if x.ndim == 2:
-        parts = [forward_filter_exact(hmm, row) for row in x]
+        h = hmm.as_exact()  # convert a float HMM once for the whole batch
+        parts = [_forward_filter_exact_one(h, row, n) for n, row in enumerate(x)]
         return FilterResult(
             np.stack([r.filtered_probs for r in parts]),
             np.stack([r.predicted_probs for r in parts]),
             np.stack([r.next_token_probs for r in parts]),
             np.array([r.marginal_loglik for r in parts], dtype=np.float64),
         )
+    return _forward_filter_exact_one(hmm, x, None)
+
+
+def _forward_filter_exact_one(hmm: HMM, x: np.ndarray, seq: int | None) -> FilterResult:
+    """One sequence (T,) of validated tokens; ``seq`` (its index in a batch) only names it in errors."""
     h = hmm.as_exact()
     S, V = h.num_states, h.num_obs
     A = h.transition_matrix.tolist()
@@ -176,7 +182,7 @@ def forward_filter_exact(hmm: HMM, tokens: Any) -> FilterResult:
         pred.append(_normalise_exact(alpha))
         joint = [alpha[i] * B[i][o] for i in range(S)]
         if not any(joint):
-            raise _zero_prob_error(t, None, o)
+            raise _zero_prob_error(t, seq, o)
         filt.append(_normalise_exact(joint))
         alpha = [sum((joint[i] * A[i][j] for i in range(S)), Fraction(0)) for j in range(S)]
         mass = sum(alpha, Fraction(0))

@@ -114,7 +114,7 @@ def test_broken_construction_exits_1_names_it_and_its_reproducer(broken_exact_fi
     assert f"  replay: {s['replay_command']}\n" in out  # printed whole, on one line (copy-pasteable)
     argv = shlex.split(case["replay_command"])
     assert argv[:3] == ["hmmtx", "run", "exact-filter"]
-    assert main(argv[1:]) == 0
+    assert main(argv[1:]) == 1  # the replay reproduces the failure, and `run` says so in its exit status
     capsys.readouterr()
     replay = json.loads((repro / "exact-filter" / "replay.json").read_text())
     assert replay["bit_identical"] is False

@@ -6,7 +6,8 @@
 
 Prints a table (per position: token, model next-token probabilities, reference, max |error|) and the claimed
 bound; ``--json`` writes the machine-readable result (keys documented in :func:`result_json`). Construction-specific
-options come from the registry entry (``hmmtx run NAME --help``).
+options come from the registry entry (``hmmtx run NAME --help``). Exit status: 0 within the claimed bound (and
+bit-identical in exact mode), 1 otherwise, 2 for bad input.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         from hmm.io import atomic_write_json
 
         atomic_write_json(ns.json, data)
-    return 0
+    # like `hmmtx verify`: exit 1 when the run breaks its claimed bound or exact mode is not bit-identical
+    return 0 if data["within_bound"] and res.bit_identical is not False else 1
 
 
 def _extra_report(entry: Any, source: Any, tokens: Any, ns: argparse.Namespace) -> dict:
