@@ -32,6 +32,8 @@ stored as ``A_diag``) or ``"concat"`` (per-lag one-hots over V + 1 symbols, ``d_
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any, Sequence
@@ -539,11 +541,14 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
     from hmm.icl_reference import icl_reference
 
     cfg: ICLConfig = model.info["config"]
-    if model.attention == "softmax":
-        if cfg.features == "pattern":
-            return BoundReport(1.0, 1.0, 0.0, 1.0, "softmax attention: no leakage bound derived for icl (trivial bound 1)")
-        # concat outputs are signed vectors z / sum z, not distributions: the trivial bound is the a-posteriori
-        # max |p_softmax| + max |p_reference| (both computed here), at least 1
+    unsafe = mode != "exact" and not cfg.eta_safe
+    if model.attention == "softmax" or unsafe:
+        why = ("softmax attention: no leakage bound derived for icl" if model.attention == "softmax" else
+               f"eta = {cfg.eta} may exceed 2 / lam_max (GD can diverge; the round-off model assumes it does not)")
+        if cfg.features == "pattern" and not unsafe:
+            return BoundReport(1.0, 1.0, 0.0, 1.0, f"{why} (trivial bound 1)")
+        # signed (concat) or possibly divergent outputs z / sum z are not distributions: the trivial bound is the
+        # a-posteriori max |p_model| + max |p_reference| (both computed here), at least 1
         with torch.no_grad():
             got = model.run(tokens, mode if mode != "exact" else "float64", record="final").outputs["next_token_probs"]
         ctxs, _ = _as_contexts(tokens)
@@ -553,8 +558,10 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
             z = ref.masses[1:] + float(cfg.prior_mass) / int(cfg.vocab_size)
             ref_max = max(ref_max, float(np.abs(normalise_masses(z).probs).max()))
         triv = max(1.0, float(got.abs().max()) + ref_max)
-        return BoundReport(triv, triv, 0.0, triv, "softmax attention, concat features (signed outputs): no leakage "
-                           f"bound derived; trivial a-posteriori bound max|p_softmax| + max|p_ref| = {triv:.3g}")
+        if not math.isfinite(triv):
+            triv = math.inf
+        return BoundReport(triv, triv, 0.0, triv, f"{why}; {cfg.features} features: trivial a-posteriori bound "
+                           f"max|p_model| + max|p_ref| = {triv:.3g}")
     if mode == "exact":
         return BoundReport(0.0, 0.0, 0.0, 1.0, "hard attention, exact arithmetic: bit-exact equality with the closed form")
     eps = float(np.finfo(np.float32 if mode == "float32" else np.float64).eps)

@@ -148,9 +148,10 @@ def colsum_readout(layout: Layout, name: str, M: np.ndarray, labels: Sequence[st
 
 
 # ---------------------------------------------------------------------------------------------- bounds
-def roundoff_allowance(layers: int, n: int, positions: int, eps: float) -> float:
+def roundoff_allowance(layers: float, n: int, positions: int, eps: float) -> float:
     """Stated floating-point allowance for the max-abs output error of a prefix construction:
-    ``ROUNDOFF_C * (layers + 1) * (n + log2(positions) + 4) * eps``.
+    ``ROUNDOFF_C * (layers + 1) * (n + log2(positions) + 4) * eps``. ``layers`` may be an *effective* layer count
+    that weights each layer by its cancellation factor (see :func:`cancellation_layers`).
 
     Reasoning (a heuristic allowance, not a proof): each layer's product of two non-negative matrices has entrywise
     relative error <= ``n eps`` (dot products of n non-negative terms), the normalisation and the residual update
@@ -159,6 +160,26 @@ def roundoff_allowance(layers: int, n: int, positions: int, eps: float) -> float
     ROUNDOFF_C = 16 is a safety factor; the tests check measured <= allowance on mixing HMMs.
     """
     return float(ROUNDOFF_C * (layers + 1) * (n + math.log2(max(positions, 2)) + 4) * eps)
+
+
+def cancellation_layers(model: Any, hard_trace: Any, n: int) -> tuple[float, float]:
+    """``(effective layers, worst factor)`` for :func:`roundoff_allowance` from the hard float64 run.
+
+    The residual update ``Q + (F Q - Q)`` cancels: with ``Q`` and ``F`` normalised to entry sum 1, the product has
+    mass ``m* <= 1`` and the update's rounding error is ``~ eps (1 + m*)`` against a result of mass ``m*``, a
+    relative error amplified by ``(1 + 1/m*) / 2 >= 1``. Each prefix layer counts with its worst factor over
+    positions; the other layers count 1. Ill-conditioned HMMs (near-deterministic A and B read against their grain)
+    have ``m*`` as small as the smallest transition or emission probability, and the allowance grows accordingly.
+    """
+    prefix_layers = list(model.info["prefix_layers"])
+    ins = prefix_bound_inputs(model, hard_trace, prefix_layers, n)
+    factors = []
+    for d in ins:
+        m = np.asarray(d["m_star"], dtype=np.float64)
+        m = m[np.isfinite(m)]
+        factors.append(float(((1.0 + 1.0 / np.maximum(m, 1e-300)) / 2.0).max()) if m.size else 1.0)
+    eff = float(sum(factors)) + (len(model.layers) - len(prefix_layers))
+    return eff, max(factors, default=1.0)
 
 
 def target_and_weight(rel_bias: np.ndarray, u: int, beta: float | None) -> tuple[int, float]:
@@ -331,11 +352,13 @@ def prefix_claimed_bound(model: Any, tokens: Any, mode: str, *, first_output: in
             raise HmmtxError("exact mode runs hard attention only (softmax weights are not rational)")
         return BoundReport(0.0, 0.0, 0.0, 1.0, "exact rational arithmetic, hard attention: bit-identical")
     eps = float(torch.finfo(torch.float64 if mode == "float64" else torch.float32).eps)
-    rnd = roundoff_allowance(L, n, P, eps)
+    tr = hard_trace_for_bound(model, ids)
+    L_eff, worst = cancellation_layers(model, tr, n)
+    rnd = roundoff_allowance(L_eff, n, P, eps)
     leak = 0.0
-    note = f"round-off allowance {rnd:.3g} (L={L}, n={n}, P={P}, eps={eps:.3g})"
+    note = (f"round-off allowance {rnd:.3g} (L={L}, cancellation-weighted {L_eff:.3g}, worst factor {worst:.3g}, "
+            f"n={n}, P={P}, eps={eps:.3g})")
     if model.attention == "softmax":
-        tr = hard_trace_for_bound(model, ids)
         lam = prefix_lambda(model, tr, model.beta, model.info["prefix_layers"], n)
         leak = float((1.0 - lam[:, first_output:]).max())
         note += f"; certified softmax leakage {leak:.3g} at beta={model.beta:g} (from the hard run)"
@@ -356,6 +379,7 @@ __all__ = [
     "product_ffn",
     "colsum_readout",
     "roundoff_allowance",
+    "cancellation_layers",
     "target_and_weight",
     "prefix_lambda",
     "prefix_bound_inputs",

@@ -30,6 +30,9 @@ from typing import Any, Callable, Literal
 
 from hmm.errors import HmmtxError
 
+#: Output-name endings of probability outputs (covered by a construction's probability bound).
+PROBABILITY_SUFFIXES = ("_probs", "_posterior", "_predicted")
+
 #: Framework modules of the package (imported by construction modules anyway; never register anything).
 FRAMEWORK_MODULES = frozenset({"layout", "blocks", "transformer", "exact", "registry", "prefix", "runner"})
 
@@ -101,6 +104,17 @@ class ConstructionEntry:
     def param_values(self, namespace: Any) -> dict:
         """The construction's parameters read from a parsed namespace (defaults when absent)."""
         return {p.name: getattr(namespace, p.name, p.default) for p in self.params}
+
+    def bounded_outputs(self) -> tuple[str, ...]:
+        """The outputs the claimed bound covers (what ``hmmtx run`` and ``hmmtx verify`` hold to it):
+        ``extra["verify_outputs"]`` when given, else the probability outputs (names ending in ``_probs``,
+        ``_posterior``, ``_predicted``; a ``bayes_`` prefix marks a statistical comparison and is left out).
+        Un-normalised masses, statuses and counts are reported but not covered by a probability bound."""
+        extra = self.extra if isinstance(self.extra, dict) else {}
+        if "verify_outputs" in extra:
+            return tuple(extra["verify_outputs"])
+        names = [n for n in self.outputs if n.endswith(PROBABILITY_SUFFIXES) and not n.startswith("bayes_")]
+        return tuple(names or ["next_token_probs"])
 
 
 _REGISTRY: dict[str, ConstructionEntry] = {}

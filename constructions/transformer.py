@@ -508,7 +508,7 @@ class ConstructedTransformer(torch.nn.Module):
                     bad = ~(den != 0) | ~torch.isfinite(den)
                     if bool(bad.any()):
                         n, u, _ = (int(i) for i in torch.nonzero(bad)[0])
-                        raise _norm_error(nrm, layer.name, n, u, N, float(den[n, u, 0]))
+                        raise _norm_error(nrm, layer.name, n, u, N, float(den[n, u, 0]), str(x.dtype).replace("torch.", ""))
                     x[..., blk] = x[..., blk] / den
             if record != "final" or li == L - 1:
                 residuals[li + 1] = x
@@ -603,11 +603,16 @@ class ConstructedTransformer(torch.nn.Module):
         return f"name={s.name!r}, layers={s.layers}, heads={s.heads}, width={s.width}, ffn_width={s.ffn_width}, attention={self.attention}"
 
 
-def _norm_error(nrm: Any, layer: str, n: int, u: int, N: int, den: float) -> HmmtxError:
+def _norm_error(nrm: Any, layer: str, n: int, u: int, N: int, den: float, dtype: str | None = None) -> HmmtxError:
     seq = f" of sequence {n}" if N > 1 else ""
+    if dtype is None:  # exact arithmetic: a zero sum is a true zero
+        why = "so the input has probability zero under the model"
+    else:  # floats: a zero (or non-finite) sum may be underflow or cancellation, not a true zero
+        why = (f"so in {dtype} the input has probability zero under the model, or the sum underflowed or cancelled "
+               f"(try --mode exact, or float64)")
     return HmmtxError(
         f"projective normalisation of block '{nrm.block}' in {layer} at position {u}{seq}: the sum of "
-        f"'{nrm.denominator}' is {den!r}, so the input has probability zero under the model"
+        f"'{nrm.denominator}' is {den!r}, {why}"
     )
 
 

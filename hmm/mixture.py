@@ -100,7 +100,9 @@ class HMMMixture:
     def as_exact(self) -> "HMMMixture":
         if self.exact:
             return self
-        return HMMMixture(to_fraction_array(self.task_prior.tolist(), "task_prior", 1), tuple(h.as_exact() for h in self.tasks))
+        # like HMM.as_exact: the exact binary image, the round-off of the prior's sum moved into its largest entry
+        rho = _fix_rows(to_fraction_array(self.task_prior.tolist(), "task_prior", 1))
+        return HMMMixture(rho, tuple(h.as_exact() for h in self.tasks))
 
     def as_float(self) -> "HMMMixture":
         if not self.exact:

@@ -596,20 +596,10 @@ class RegistryAdapter:
 
 _CACHE_SIZE = 4
 
-#: Output-name endings of the probability outputs that claimed bounds cover (see :func:`compared_outputs`).
-PROBABILITY_SUFFIXES = ("_probs", "_posterior", "_predicted")
-
 
 def compared_outputs(entry: Any) -> tuple[str, ...]:
-    """The outputs verify compares with the reference: ``entry.extra["verify_outputs"]`` when given, else the
-    entry's probability outputs (names ending in ``_probs``, ``_posterior``, ``_predicted``; a ``bayes_`` prefix
-    marks a statistical comparison, not a claimed one, and is left out). Un-normalised masses, statuses and counts
-    are not covered by a probability bound and are not compared."""
-    extra = entry.extra if isinstance(entry.extra, dict) else {}
-    if "verify_outputs" in extra:
-        return tuple(extra["verify_outputs"])
-    names = [n for n in entry.outputs if n.endswith(PROBABILITY_SUFFIXES) and not n.startswith("bayes_")]
-    return tuple(names or ["next_token_probs"])
+    """The outputs verify compares with the reference: the entry's :meth:`bounded_outputs`."""
+    return entry.bounded_outputs()
 
 
 def _remember(cache: dict, key: Any, value: Any) -> None:

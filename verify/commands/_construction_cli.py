@@ -25,6 +25,8 @@ class _EntryParser(argparse.ArgumentParser):
 def register_generic(subparsers: Any, command: str, help_text: str, description: str, func: Callable) -> None:
     p = subparsers.add_parser(command, help=help_text, description=description, add_help=False)
     p.add_argument("name", nargs="?", metavar="NAME", help="construction name (see `hmmtx %s --help`)" % command)
+    # help before NAME prints the listing (resolve() handles it); after NAME it belongs to the construction's parser
+    p.add_argument("-h", "--help", dest="_help", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(func=func, _command=command, _description=description)
 
@@ -66,7 +68,7 @@ def resolve(args: argparse.Namespace, add_common: Callable[[argparse.ArgumentPar
     listing of constructions without a name, or one construction's options with ``--help``)."""
     from constructions import registry
 
-    name = args.name
+    name = "--help" if getattr(args, "_help", False) and args.name is None else args.name
     if name in (None, "-h", "--help"):
         print(f"usage: hmmtx {args._command} NAME [options]\n\n{args._description}\n\n{constructions_listing()}\n\n"
               f"Run `hmmtx {args._command} NAME --help` for the options of one construction.")

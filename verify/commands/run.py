@@ -13,6 +13,7 @@ bit-identical in exact mode), 1 otherwise, 2 for bad input.
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from verify.commands._construction_cli import (
@@ -63,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
     res = run_construction(entry, source, tokens, mode=ns.mode, attention=ns.attention, beta=beta,
                            params=entry.param_values(ns), reference=ns.reference)
+    if not math.isfinite(res.max_abs_error):
+        raise HmmtxError(f"{entry.name}: the {ns.mode} run produced non-finite outputs (overflow or 0/0 in {ns.mode}), "
+                         f"so its error cannot be measured; try --mode float64 (or a smaller model)")
     data = result_json(res, ns.tokens)
     extra = _extra_report(entry, source, tokens, ns)
     data.update(extra)
