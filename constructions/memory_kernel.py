@@ -367,7 +367,9 @@ def _register() -> ConstructionEntry:
         default_tokens="0.5 -1 0.25 0 1 -0.5 0.75",
         modes=("float64", "float32"),
         extra={"bound": "exact finite-window l1 kernel error x readout Lipschitz + FFN error + round-off allowance",
-               "verify_adapter": MemoryAdapter, "verify_outputs": ("y", "memory")},
+               "verify_adapter": MemoryAdapter, "verify_outputs": ("y", "memory"),
+               # DP-free heads are softmax heads; their biases are divided by beta, so beta changes nothing
+               "default_attention": "softmax", "default_beta": 1.0},
     ))
 
 

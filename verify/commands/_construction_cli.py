@@ -94,6 +94,17 @@ def load_source(entry: Any, ns: argparse.Namespace) -> Any:
     return None
 
 
+def add_attention_arguments(p: argparse.ArgumentParser, entry: Any) -> None:
+    """``--attention`` / ``--beta`` with the construction's defaults (``extra["default_attention"]`` /
+    ``extra["default_beta"]``; hard attention otherwise)."""
+    extra = entry.extra if isinstance(entry.extra, dict) else {}
+    att = extra.get("default_attention", "hard")
+    beta = extra.get("default_beta")
+    p.add_argument("--attention", default=att, choices=["hard", "softmax"], help=f"attention kind (default {att})")
+    p.add_argument("--beta", type=float, default=beta,
+                   help="inverse temperature for --attention softmax" + (f" (default {beta:g})" if beta is not None else ""))
+
+
 def check_beta(attention: str, beta: Any) -> float | None:
     from constructions.transformer import check_attention
 
@@ -108,5 +119,6 @@ __all__ = [
     "entry_parser",
     "load_source",
     "check_beta",
+    "add_attention_arguments",
     "constructions_listing",
 ]

@@ -14,6 +14,7 @@ import argparse
 from typing import Any
 
 from verify.commands._construction_cli import (
+    add_attention_arguments,
     check_beta,
     load_source,
     register_generic,
@@ -33,8 +34,7 @@ def register(subparsers: Any) -> None:
 def _common(p: argparse.ArgumentParser, entry: Any) -> None:
     p.add_argument("--tokens", default=None, help=f"tokens that size the model (default {entry.default_tokens!r})")
     p.add_argument("--layer", default=None, help="only this layer (index 0.., or 'embed' / 'readout')")
-    p.add_argument("--attention", default="hard", choices=["hard", "softmax"], help="attention kind (default hard)")
-    p.add_argument("--beta", type=float, default=None, help="inverse temperature for --attention softmax")
+    add_attention_arguments(p, entry)
     p.add_argument("--max-rows", type=int, default=24, help="rows shown per matrix (default 24)")
     p.add_argument("--max-cols", type=int, default=12, help="columns shown per matrix (default 12)")
     p.add_argument("--plot", default=None, metavar="PNG", help="write heatmaps of the shown matrices to PNG")

@@ -17,6 +17,7 @@ import math
 from typing import Any
 
 from verify.commands._construction_cli import (
+    add_attention_arguments,
     check_beta,
     load_source,
     register_generic,
@@ -39,8 +40,7 @@ def register(subparsers: Any) -> None:
 def _common(p: argparse.ArgumentParser, entry: Any) -> None:
     p.add_argument("--tokens", required=True, help='tokens, e.g. "0 1 2" (multi-task: "0 1 2 | 1 0 | 2", | = SEP)')
     p.add_argument("--mode", default="float64", choices=list(entry.modes), help="number mode (default float64)")
-    p.add_argument("--attention", default="hard", choices=["hard", "softmax"], help="attention kind (default hard)")
-    p.add_argument("--beta", type=float, default=None, help="inverse temperature for --attention softmax")
+    add_attention_arguments(p, entry)
     p.add_argument("--reference", default="auto", choices=["auto", "exact", "float64"],
                    help="reference arithmetic for float modes (auto: exact for small inputs)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the result as JSON (atomically)")
