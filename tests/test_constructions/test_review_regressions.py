@@ -72,3 +72,9 @@ def test_non_finite_outputs_are_one_error_line(capsys):
 def test_help_before_the_name_lists_constructions(command, capsys):
     assert main([command, "-h"]) == 0
     assert "exact-filter" in capsys.readouterr().out
+
+
+def test_memory_kernel_runs_with_its_registry_attention_defaults(tmp_path, capsys):
+    rc, rep = _run_json(["run", "memory-kernel", "--tokens", "1/2 -1 1/4 0 1"], tmp_path, capsys)
+    assert rc == 0 and rep["within_bound"]
+    assert main(["inspect", "memory-kernel"]) == 0
