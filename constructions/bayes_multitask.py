@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from constructions.blocks import frac_zeros
+from constructions.blocks import as_frac_array, frac_zeros
 from constructions.prefix import (
+    exact_hmm_arrays,
     colsum_readout,
     doubling_layer,
     embed_operators,
@@ -45,10 +46,6 @@ PROVENANCE = (
     "parallel-prefix operator products (our reconstruction of Hu, Liu & Jin 2024 / Liu et al. 2023)"
 )
 FAMILIES = ("dirichlet", "sticky", "cyclic", "low_rank", "observable")
-
-
-def _exact(a: np.ndarray) -> np.ndarray:
-    return a if a.dtype == object else np.vectorize(Fraction, otypes=[object])(a)
 
 
 def as_contexts(tokens: Any, V: int, max_len: int | None = None) -> list[list[np.ndarray]]:
@@ -122,8 +119,9 @@ def build(
     if not isinstance(max_len, (int, np.integer)) or max_len < 1:
         raise HmmtxError(f"bayes-multitask: max_len must be a positive integer, got {max_len!r}")
     beta = check_attention(attention, beta)
-    rho = _exact(mixture.task_prior)
-    tasks = [(_exact(h.initial_probs), _exact(h.transition_matrix), _exact(h.emission_probs)) for h in mixture.tasks]
+    # entry by entry, no row fix-up: the construction computes exactly what a float mixture specifies (as H1)
+    rho = mixture.task_prior if mixture.exact else as_frac_array(mixture.task_prior, "task_prior")
+    tasks = [exact_hmm_arrays(h) for h in mixture.tasks]
     slices = mixture.block_slices
     n, V, K = sum(mixture.state_sizes), mixture.num_obs, mixture.num_tasks
     P = int(max_len) + 2

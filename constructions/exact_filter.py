@@ -25,6 +25,7 @@ import numpy as np
 
 from constructions.blocks import BilinearBuilder, Layer, copy_head, frac_zeros, lag_bias, readout
 from constructions.prefix import (
+    exact_hmm_arrays,
     colsum_readout,
     doubling_layer,
     embed_operators,
@@ -45,15 +46,6 @@ PROVENANCE = (
     "log-depth operator products with hard relative-position attention, bilinear FFN and projective normalisation"
 )
 FAMILIES = ("dirichlet", "sticky", "cyclic", "low_rank", "observable", "mess3", "rrxor", "even", "golden_mean")
-
-
-def exact_hmm_arrays(hmm: HMM) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(pi, A, B) as exact Fractions: exact HMMs as they are, float HMMs converted entry by entry (no row fix-up,
-    so the construction computes exactly what the float HMM specifies)."""
-    if hmm.exact:
-        return hmm.initial_probs, hmm.transition_matrix, hmm.emission_probs
-    f = np.vectorize(Fraction, otypes=[object])
-    return f(hmm.initial_probs), f(hmm.transition_matrix), f(hmm.emission_probs)
 
 
 class FilterCodec:

@@ -31,6 +31,7 @@ from constructions.blocks import (
     Layer,
     ProjectiveNorm,
     Readout,
+    as_frac_array,
     copy_head,
     frac_zeros,
     lag_bias,
@@ -38,6 +39,7 @@ from constructions.blocks import (
 )
 from constructions.layout import Layout
 from hmm.errors import HmmtxError
+from hmm.model import HMM
 
 #: Multiplier of the stated round-off allowance (see :func:`roundoff_allowance`).
 ROUNDOFF_C = 16
@@ -148,6 +150,15 @@ def colsum_readout(layout: Layout, name: str, M: np.ndarray, labels: Sequence[st
 
 
 # ---------------------------------------------------------------------------------------------- bounds
+def exact_hmm_arrays(hmm: HMM) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pi, A, B) as exact Fractions: exact HMMs as they are, float HMMs converted entry by entry (no row fix-up,
+    so the construction computes exactly what the float HMM specifies)."""
+    if hmm.exact:
+        return hmm.initial_probs, hmm.transition_matrix, hmm.emission_probs
+    return (as_frac_array(hmm.initial_probs, "initial_probs"), as_frac_array(hmm.transition_matrix, "transition_matrix"),
+            as_frac_array(hmm.emission_probs, "emission_probs"))
+
+
 def roundoff_allowance(layers: float, n: int, positions: int, eps: float) -> float:
     """Stated floating-point allowance for the max-abs output error of a prefix construction:
     ``ROUNDOFF_C * (layers + 1) * (n + log2(positions) + 4) * eps``. ``layers`` may be an *effective* layer count
@@ -380,6 +391,7 @@ __all__ = [
     "colsum_readout",
     "roundoff_allowance",
     "cancellation_layers",
+    "exact_hmm_arrays",
     "target_and_weight",
     "prefix_lambda",
     "prefix_bound_inputs",
