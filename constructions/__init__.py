@@ -16,14 +16,17 @@ API overview (import from the submodules; this package imports nothing heavy its
     (tent bias ``-|lag - target|``: hard attention hits the target lag or falls back to position 0),
     ``BilinearBuilder(layout).unit(a, b, writes)`` then ``.build()``, ``readout(layout, name, terms, shape)``,
     ``frac_zeros``, ``as_frac_array``.
+``constructions.types`` (no torch; shared by the executors, the runner and ``verify``)
+    ``Trace`` (residuals, after_attn, after_ffn, attn_scores, attn_weights, readouts), ``RunResult``,
+    ``BoundReport(value, leakage, roundoff, trivial, notes)`` and ``check_bound``, ``ConstructionSpec`` (layers,
+    heads, width, ffn_width, max_positions, attention, beta, provenance, parameters), ``Codec`` protocol,
+    ``ModelInfo`` (base of each construction's typed model metadata), ``MODES``, ``check_attention``.
 ``constructions.transformer``
     ``ConstructedTransformer(layout, embedding, layers, readouts, spec, codec, bound_fn=, attention=, beta=,
-    dtype=, device=)`` — torch module, batched; ``forward(ids, attention=, beta=, record=) -> Trace``;
+    dtype=, device=, info=)`` — torch module, batched; ``forward(ids, attention=, beta=, record=) -> Trace``;
     ``run(tokens, mode) -> RunResult`` (mode "exact" | "float64" | "float32"); ``read(trace, readout, positions)``;
-    ``claimed_bound(tokens, mode) -> BoundReport``; ``materialise(dtype, device)``; ``weight_tables()``.
-    ``Trace`` (residuals, after_attn, after_ffn, attn_scores, attn_weights, readouts), ``RunResult``,
-    ``BoundReport(value, leakage, roundoff, trivial, notes)``, ``ConstructionSpec`` (layers, heads, width,
-    ffn_width, max_positions, attention, beta, provenance, parameters), ``spec_for(...)``, ``Codec`` protocol.
+    ``claimed_bound(tokens, mode) -> BoundReport``; ``materialise(dtype, device)``; ``weight_tables()``;
+    ``spec_for(...)``. Re-exports the types above.
 ``constructions.exact``
     ``run_exact(model, ids) -> Trace`` — the same weights over Fractions (hard attention), bit-exact.
 ``constructions.prefix``
@@ -31,12 +34,14 @@ API overview (import from the submodules; this package imports nothing heavy its
     ``doubling_layer``, ``colsum_readout``, ``num_doubling_layers``, ``prefix_lambda`` / ``prefix_claimed_bound``
     (certified softmax leakage), ``required_beta`` (smallest beta for a target leakage), ``roundoff_allowance``.
 ``constructions.registry``
-    ``ConstructionEntry``, ``Param``, ``register(entry)``, ``entries()``, ``get(name)``: every construction
-    module registers itself; the CLI (``hmmtx run/inspect``) and the verification suite discover them.
+    The typed construction contract: ``ConstructionEntry`` (build, reference, parse_tokens, params, outputs,
+    bound_covers, bound, exact_reference, attention defaults, report, ``VerifySweep``, ``ProbeHooks``), ``Param``,
+    ``register(entry)``, ``entries()``, ``get(name)``, ``load_plugin(path)``, entry-point group
+    ``hmmtx.constructions``, and THE exact-reference rule ``use_exact_reference``. ``docs/extending.md``.
 ``constructions.runner``
-    ``run_construction(entry, source, tokens, mode=, attention=, beta=, params=) -> ConstructionRun``: build,
-    execute, compare with the reference, claimed bound (what ``hmmtx run`` prints).
+    ``run_construction(entry, source, tokens, mode=, attention=, beta=, params=, reference=) -> ConstructionRun``:
+    the one run-and-compare path (``hmmtx run``, ``verify``, benchmarks, tests).
 
-Constructions: ``exact_filter`` (H1, ``exact-filter``), ``bayes_multitask`` (H3, ``bayes-multitask``); H2 window,
-H4 in-context learner and W1/W3 memory kernels plug into the same registry.
+Constructions: ``exact_filter`` (H1, ``exact-filter``), ``bayes_multitask`` (H3, ``bayes-multitask``),
+``window_filter`` (H2, ``window``), ``icl`` (H4, ``icl``), ``memory_kernel`` (W1/W3, ``memory-kernel``).
 """

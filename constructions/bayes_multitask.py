@@ -21,12 +21,14 @@ Task identity is readable only once the position's window ``(u - 2^L, u]`` cover
 from __future__ import annotations
 
 from fractions import Fraction
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from constructions.blocks import as_frac_array, frac_zeros
 from constructions.prefix import (
+    PrefixInfo,
     exact_hmm_arrays,
     colsum_readout,
     doubling_layer,
@@ -35,7 +37,7 @@ from constructions.prefix import (
     prefix_claimed_bound,
     prefix_layout,
 )
-from constructions.registry import ConstructionEntry, register
+from constructions.registry import ConstructionEntry, ProbeHooks, register
 from constructions.transformer import BoundReport, ConstructedTransformer, check_attention, spec_for
 from hmm.errors import HmmtxError
 from hmm.mixture import SEP, HMMMixture, flatten_context, validate_context
@@ -96,6 +98,14 @@ class MultitaskCodec:
         out = {"next_token_probs": out["next_token"], "task_posterior": out["task_posterior"],
                "state_predicted": out["state_predicted"]}
         return {k: v[0] for k, v in out.items()} if single else out
+
+
+
+@dataclass(frozen=True)
+class MultitaskInfo(PrefixInfo):
+    """Model metadata (``model.info``): :class:`~constructions.prefix.PrefixInfo` plus ``mixture`` (the task mixture the weights were built from)."""
+
+    mixture: Any = None
 
 
 def build(
@@ -171,7 +181,7 @@ def build(
         lay, emb, layers, readouts, spec, MultitaskCodec(V, int(max_len)),
         bound_fn=claimed_bound, attention=attention, beta=beta,
         dtype=torch.float64 if dtype is None else dtype, device=device,
-        info={"prefix_layers": list(range(L)), "n": n, "mixture": mixture},
+        info=MultitaskInfo(tuple(range(L)), n, mixture),
     )
 
 
@@ -228,6 +238,17 @@ def _parse_tokens(text: str) -> list[np.ndarray]:
     return parse_context(text)
 
 
+def _probe_build(mixture: HMMMixture, length: int, r: int | None = None) -> ConstructedTransformer:
+    """``hmmtx probe`` subject: sized for in-context streams of ``length`` items (BOS included)."""
+    return build(mixture, length - 1)
+
+
+def _probe_tokens(contexts: list) -> Any:
+    from constructions.icl import ICLContexts
+
+    return ICLContexts(contexts)
+
+
 ENTRY = register(
     ConstructionEntry(
         name=NAME,
@@ -240,7 +261,8 @@ ENTRY = register(
         families=FAMILIES,
         outputs=("next_token_probs", "task_posterior", "state_predicted"),
         default_tokens="0 1 | 1 0 | 0",
-        extra={"bound": "certified softmax leakage (a posteriori from the hard run) + stated round-off allowance"},
+        bound="certified softmax leakage (a posteriori from the hard run) + stated round-off allowance",
+        probe=ProbeHooks("contexts", _probe_build, _probe_tokens),
     )
 )
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from constructions.blocks import BilinearFFN, ReLUFFN, nonzeros, to_dense
-from constructions.transformer import RECORD_LEVELS, ConstructedTransformer, Trace
+from constructions.types import RECORD_LEVELS, Trace, norm_error
 from hmm.errors import HmmtxError
 
 ZERO = Fraction(0)
@@ -50,7 +50,7 @@ def _obj(rows: Any) -> np.ndarray:
     return arr
 
 
-def run_exact(model: ConstructedTransformer, input_ids: Any, *, record: str = "all") -> Trace:
+def run_exact(model: Any, input_ids: Any, *, record: str = "all") -> Trace:
     """Execute ``model``'s exact weights on input ids (N, P) with hard attention. Returns a Trace of Fractions.
 
     Shapes as in :class:`~constructions.transformer.Trace`; masked attention scores hold None (weights 0).
@@ -80,7 +80,7 @@ def run_exact(model: ConstructedTransformer, input_ids: Any, *, record: str = "a
     return Trace(residuals, after_attn, after_ffn, scores, weights, readouts)
 
 
-def _compile(model: ConstructedTransformer) -> dict:
+def _compile(model: Any) -> dict:
     layers = []
     for layer in model.layers:
         heads = [
@@ -103,9 +103,7 @@ def _compile(model: ConstructedTransformer) -> dict:
     }
 
 
-def _run_one(model: ConstructedTransformer, cache: dict, ids: list, record: str) -> dict:
-    from constructions.transformer import _norm_error
-
+def _run_one(model: Any, cache: dict, ids: list, record: str) -> dict:
     P = len(ids)
     L = len(cache["layers"])
     xs = [list(cache["W_E"][i]) for i in ids]  # P residual vectors (lists of Fractions)
@@ -169,7 +167,7 @@ def _run_one(model: ConstructedTransformer, cache: dict, ids: list, record: str)
                 for blk, by, nrm in norms:
                     den = sum(x[by], ZERO)
                     if den == 0:
-                        raise _norm_error(nrm, layer.name, 0, u, 1, 0.0)
+                        raise norm_error(nrm, layer.name, 0, u, 1, 0.0)
                     x[blk] = [v / den for v in x[blk]]
                 new.append(x)
             xs = new

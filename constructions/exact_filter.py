@@ -19,12 +19,14 @@ Readouts (``1^T Q M`` normalised): ``next_token`` (M = B) at positions ``2..`` -
 from __future__ import annotations
 
 from fractions import Fraction
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from constructions.blocks import BilinearBuilder, Layer, copy_head, frac_zeros, lag_bias, readout
 from constructions.prefix import (
+    PrefixInfo,
     exact_hmm_arrays,
     colsum_readout,
     doubling_layer,
@@ -35,7 +37,7 @@ from constructions.prefix import (
     prefix_layout,
     target_weights,
 )
-from constructions.registry import ConstructionEntry, Param, register
+from constructions.registry import ConstructionEntry, Param, ProbeHooks, register
 from constructions.transformer import BoundReport, ConstructedTransformer, check_attention, spec_for
 from hmm.errors import HmmtxError
 from hmm.model import HMM
@@ -72,6 +74,14 @@ class FilterCodec:
         if "filtered" in trace.readouts:
             out["filtered_probs"] = model.read(trace, "filtered", slice(2, None))
         return {k: v[0] for k, v in out.items()} if single else out
+
+
+
+@dataclass(frozen=True)
+class ExactFilterInfo(PrefixInfo):
+    """Model metadata (``model.info``): :class:`~constructions.prefix.PrefixInfo` plus ``hmm`` (the HMM the weights were built from)."""
+
+    hmm: Any = None
 
 
 def build(
@@ -148,7 +158,7 @@ def build(
         lay, emb, layers, readouts, spec, FilterCodec(hmm, int(max_len)),
         bound_fn=claimed_bound, attention=attention, beta=beta,
         dtype=torch.float64 if dtype is None else dtype, device=device,
-        info={"prefix_layers": list(range(L)), "n": S, "hmm": hmm},
+        info=ExactFilterInfo(tuple(range(L)), S, hmm),
     )
 
 
@@ -230,6 +240,11 @@ def _bool(text: str) -> bool:
     raise HmmtxError(f"expected a boolean (true/false), got {text!r}")
 
 
+def _probe_build(hmm: HMM, length: int, r: int | None = None) -> ConstructedTransformer:
+    """``hmmtx probe`` subject: sized for streams of ``length`` items (BOS + ``length - 1`` observations)."""
+    return build(hmm, length - 1)
+
+
 ENTRY = register(
     ConstructionEntry(
         name=NAME,
@@ -243,7 +258,8 @@ ENTRY = register(
         families=FAMILIES,
         outputs=("next_token_probs", "predicted_probs", "filtered_probs"),
         default_tokens="0 1 0 1",
-        extra={"bound": "certified softmax leakage (a posteriori from the hard run) + stated round-off allowance"},
+        bound="certified softmax leakage (a posteriori from the hard run) + stated round-off allowance",
+        probe=ProbeHooks("sequence", _probe_build),
     )
 )
 

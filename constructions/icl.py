@@ -53,8 +53,9 @@ from constructions.blocks import (
 )
 from constructions.gather import Gather
 from constructions.layout import Layout
-from constructions.registry import ConstructionEntry, Param, register
+from constructions.registry import ConstructionEntry, Param, ProbeHooks, VerifySweep, register
 from constructions.transformer import BoundReport, ConstructedTransformer, check_attention, spec_for
+from constructions.types import ModelInfo
 from hmm.errors import HmmtxError
 from hmm.icl_reference import (
     FEATURE_KINDS,
@@ -441,6 +442,23 @@ def readout_ffn(cfg: ICLConfig, lay: Layout) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- build
+@dataclass(frozen=True)
+class ICLInfo(ModelInfo):
+    """Model metadata of the in-context learner (``model.info``; read by its bound, probes and tests).
+
+    Fields:
+        config:          the :class:`ICLConfig`
+        gather:          the :class:`~constructions.gather.Gather` plan of the gather layers
+        layer_roles:     one role per layer (``gather``, ``moments``, ``aggregate``, ``gd``, ``readout``)
+        aggregate_layer: index of the aggregation layer
+    """
+
+    config: ICLConfig
+    gather: Gather
+    layer_roles: tuple[str, ...]
+    aggregate_layer: int
+
+
 def build(
     vocab_size: int,
     r: int = 2,
@@ -496,7 +514,7 @@ def build(
         parameters={"V": V, "r": int(cfg.r), "K": int(cfg.K), "eta": str(cfg.eta), "features": cfg.features,
                     "d_x": cfg.feats.dim, "max_len": n_lags, "eta_safe": cfg.eta_safe, "prior_mass": str(cfg.prior_mass)},
     )
-    info = {"config": cfg, "gather": plan, "layer_roles": roles, "aggregate_layer": plan.depth + 1}
+    info = ICLInfo(config=cfg, gather=plan, layer_roles=tuple(roles), aggregate_layer=plan.depth + 1)
     return ConstructedTransformer(lay, emb, layers, [ro], spec, ICLCodec(V, n_lags), bound_fn=claimed_bound,
                                   attention=attention, beta=beta, dtype=dtype, device=device, info=info)
 
@@ -540,7 +558,7 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
     bound 1. The statistical error against the Bayes predictive is measured (``hmmtx icl-table``), not claimed."""
     from hmm.icl_reference import icl_reference
 
-    cfg: ICLConfig = model.info["config"]
+    cfg: ICLConfig = model.info.config
     unsafe = mode != "exact" and not cfg.eta_safe
     if model.attention == "softmax" or unsafe:
         why = ("softmax attention: no leakage bound derived for icl" if model.attention == "softmax" else
@@ -633,6 +651,12 @@ def _parse_tokens(text: str) -> list:
     return parse_context(text)
 
 
+def _probe_build(source: Any, length: int, r: int | None = None) -> ConstructedTransformer:
+    """``hmmtx probe`` subject: the learner for the mixture's vocabulary, window ``r`` (default 2), sized for
+    streams of ``length`` items."""
+    return build(_vocab(source), r=2 if r is None else r, max_len=max(length, 2))
+
+
 ENTRY = register(
     ConstructionEntry(
         name=NAME,
@@ -654,10 +678,11 @@ ENTRY = register(
         families=("dirichlet", "sticky", "low_rank", "observable", "mess3"),
         outputs=("next_token_probs", "masses", "status", "negative_mass"),
         default_tokens="0 1 0 | 1 1 | 0",
-        extra={"bound": "exact: bit-exact with the closed form; float: stated round-off allowance; statistical error measured, not claimed",
-               # No leakage bound is derived for softmax attention (its claimed bound is the trivial 1), so the
-               # verification suite sweeps hard attention only; softmax runs stay available through `hmmtx run`.
-               "verify_betas": ()},
+        bound="exact: bit-exact with the closed form; float: stated round-off allowance; statistical error measured, not claimed",
+        # No leakage bound is derived for softmax attention (its claimed bound is the trivial 1), so the
+        # verification suite sweeps hard attention only; softmax runs stay available through `hmmtx run`.
+        verify=VerifySweep(betas=()),
+        probe=ProbeHooks("contexts", _probe_build, ICLContexts),
     )
 )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import mpmath
@@ -36,8 +37,9 @@ from constructions.memory.model import (
     parse_memories,
     readout_net,
 )
-from constructions.registry import ConstructionEntry, Param, register
+from constructions.registry import AttentionDefaults, ConstructionEntry, Param, VerifySweep, register
 from constructions.transformer import BoundReport, ConstructedTransformer, check_attention, spec_for
+from constructions.types import ModelInfo
 from hmm.errors import HmmtxError
 
 #: Default input-value grid always in the vocabulary (so ``inspect`` and short examples work).
@@ -137,6 +139,25 @@ def _lag_bias(fit_rpe: str, p: float, n_lags: int, beta: float) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class MemoryInfo(ModelInfo):
+    """Model metadata of the memory-kernel construction (``model.info``; read by its bound and tests).
+
+    Fields:
+        spec:   the :class:`~constructions.memory.model.MemorySpec`
+        fits:   one :class:`~constructions.memory.kernels.KernelFit` per memory
+        net:    the :class:`~constructions.memory.model.ReadoutNet`
+        radius: radius of the FFN inputs
+        prefix: zero-valued burn-in positions before the data
+    """
+
+    spec: MemorySpec
+    fits: tuple
+    net: ReadoutNet
+    radius: float
+    prefix: int
+
+
 def build(spec: MemorySpec, *, max_len: int = 64, values: Any = (), beta: float = 1.0, prefix: int = 256,
           dtype: Any = None) -> ConstructedTransformer:
     """The single-layer DP-free construction for ``spec`` on sequences of length <= ``max_len``.
@@ -208,10 +229,7 @@ def build(spec: MemorySpec, *, max_len: int = 64, values: Any = (), beta: float 
                               "log10_max_weight": max(f.log10_max_weight for f in fits)})
     model = ConstructedTransformer(lay, emb, [layer], [], sp, MemoryCodec(tuple(vals), lay, prefix), bound_fn=claimed_bound,
                                    attention="softmax", beta=beta, dtype=dtype or torch.float64,
-                                   info={"spec": spec, "fits": fits, "net": net, "radius": radius, "prefix": prefix,
-                                         # no exact (rational) reference exists: a large n makes the generic runner
-                                         # label the reference float64
-                                         "n": 10**6})
+                                   info=MemoryInfo(spec=spec, fits=tuple(fits), net=net, radius=radius, prefix=prefix))
     return model
 
 
@@ -279,8 +297,8 @@ def roundoff_allowance(model: ConstructedTransformer, T: int, mode: str, xmax: f
     inputs, ``D`` = width). The factor 4 covers second-order terms. Worst-case (not statistical) bounds.
     """
     u = 2.0**-53 if mode == "float64" else 2.0**-24
-    fits, net, R = model.info["fits"], model.info["net"], model.info["radius"]
-    P = T + 1 + model.info["prefix"]
+    fits, net, R = model.info.fits, model.info.net, model.info.radius
+    P = T + 1 + model.info.prefix
     lags = np.arange(1, P, dtype=np.float64)
     heads = 0.0
     for fit in fits:
@@ -301,14 +319,14 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
     x = check_inputs(tokens)
     xmax = float(np.max(np.abs(x))) if x.size else 0.0
     T = x.shape[1]
-    pb = position_bounds(model.info["fits"], model.info["net"], T, xmax, model.info["prefix"])
+    pb = position_bounds(model.info.fits, model.info.net, T, xmax, model.info.prefix)
     leak = float(max(pb.memory.max(), pb.y.max()))
     allow = roundoff_allowance(model, T, mode, max(xmax, 1e-300))
-    csum = sum(float(np.sum(np.abs(f.weights))) for f in model.info["fits"])
-    trivial = float(np.max(model.info["net"].lipschitz)) * (1 + csum) * 2 + model.info["net"].ffn_error + 2
+    csum = sum(float(np.sum(np.abs(f.weights))) for f in model.info.fits)
+    trivial = float(np.max(model.info.net.lipschitz)) * (1 + csum) * 2 + model.info.net.ffn_error + 2
     return BoundReport(leak + allow, leak, allow, max(trivial, leak + allow),
                        f"exact finite-window l1 kernel errors (max_t E_k(t) = {pb.kernel.max():.3e}) x Lipschitz + FFN "
-                       f"error {model.info['net'].ffn_error:.2e}; round-off allowance {allow:.2e} ({mode})")
+                       f"error {model.info.net.ffn_error:.2e}; round-off allowance {allow:.2e} ({mode})")
 
 
 # ---------------------------------------------------------------------------------------------- registry hooks
@@ -352,7 +370,7 @@ def _reference_entry(source: Any, tokens: Any, *, exact: bool = False, **params:
 
 
 def _register() -> ConstructionEntry:
-    from constructions.memory.verify_adapter import MemoryAdapter
+    from constructions.memory.sweep import SWEEP
 
     return register(ConstructionEntry(
         name=NAME,
@@ -366,10 +384,12 @@ def _register() -> ConstructionEntry:
         outputs=("y", "memory"),
         default_tokens="0.5 -1 0.25 0 1 -0.5 0.75",
         modes=("float64", "float32"),
-        extra={"bound": "exact finite-window l1 kernel error x readout Lipschitz + FFN error + round-off allowance",
-               "verify_adapter": MemoryAdapter, "verify_outputs": ("y", "memory"),
-               # DP-free heads are softmax heads; their biases are divided by beta, so beta changes nothing
-               "default_attention": "softmax", "default_beta": 1.0},
+        bound="exact finite-window l1 kernel error x readout Lipschitz + FFN error + round-off allowance",
+        bound_covers=("y", "memory"),
+        exact_reference=False,  # the target functional is evaluated in float64 (no rational reference)
+        # DP-free heads are softmax heads; their biases are divided by beta, so beta changes nothing
+        attention=AttentionDefaults("softmax", 1.0),
+        verify=VerifySweep(betas=(), custom=SWEEP),
     ))
 
 

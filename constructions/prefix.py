@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -38,8 +39,23 @@ from constructions.blocks import (
     readout,
 )
 from constructions.layout import Layout
+from constructions.types import ModelInfo
 from hmm.errors import HmmtxError
 from hmm.model import HMM
+
+
+
+@dataclass(frozen=True)
+class PrefixInfo(ModelInfo):
+    """Model metadata of a parallel-prefix construction (what :func:`prefix_claimed_bound` reads back).
+
+    Fields:
+        prefix_layers: indices of the doubling layers, in order
+        n:             operator size (S for one HMM, the total number of (task, state) pairs for a mixture)
+    """
+
+    prefix_layers: tuple[int, ...]
+    n: int
 
 #: Multiplier of the stated round-off allowance (see :func:`roundoff_allowance`).
 ROUNDOFF_C = 16
@@ -182,7 +198,7 @@ def cancellation_layers(model: Any, hard_trace: Any, n: int) -> tuple[float, flo
     positions; the other layers count 1. Ill-conditioned HMMs (near-deterministic A and B read against their grain)
     have ``m*`` as small as the smallest transition or emission probability, and the allowance grows accordingly.
     """
-    prefix_layers = list(model.info["prefix_layers"])
+    prefix_layers = list(model.info.prefix_layers)
     ins = prefix_bound_inputs(model, hard_trace, prefix_layers, n)
     factors = []
     for d in ins:
@@ -297,7 +313,7 @@ def required_beta(model: Any, tokens: Any, target: float, *, first_output: int =
         raise HmmtxError(f"target error must lie in (0, 1), got {target!r}")
     ids = model.check_input_ids(model.codec.encode(tokens))
     tr = hard_trace_for_bound(model, ids)
-    inputs = prefix_bound_inputs(model, tr, model.info["prefix_layers"], model.info["n"])
+    inputs = prefix_bound_inputs(model, tr, model.info.prefix_layers, model.info.n)
 
     def leak(b: float) -> float:
         lam = lambda_from_inputs(inputs, b)
@@ -339,7 +355,7 @@ def hard_trace_for_bound(model: Any, ids: np.ndarray) -> Any:
 
 def prefix_claimed_bound(model: Any, tokens: Any, mode: str, *, first_output: int = 2, extra: Any = None) -> Any:
     """Generic claimed bound of a prefix construction whose outputs are ``1^T Q M``-type readouts of ``op`` at
-    positions ``first_output..`` after the layers in ``model.info["prefix_layers"]``:
+    positions ``first_output..`` after the layers in ``model.info.prefix_layers``:
 
     * exact mode (hard attention): 0;
     * float modes: :func:`roundoff_allowance` (+ leakage for softmax: ``max_u 1 - lambda_u`` of
@@ -356,7 +372,7 @@ def prefix_claimed_bound(model: Any, tokens: Any, mode: str, *, first_output: in
         raise HmmtxError(f"mode must be one of {MODES}, got {mode!r}")
     ids = model.check_input_ids(model.codec.encode(tokens))
     P = ids.shape[1]
-    n = model.info["n"]
+    n = model.info.n
     L = len(model.layers)
     if mode == "exact":
         if model.attention != "hard":
@@ -370,7 +386,7 @@ def prefix_claimed_bound(model: Any, tokens: Any, mode: str, *, first_output: in
     note = (f"round-off allowance {rnd:.3g} (L={L}, cancellation-weighted {L_eff:.3g}, worst factor {worst:.3g}, "
             f"n={n}, P={P}, eps={eps:.3g})")
     if model.attention == "softmax":
-        lam = prefix_lambda(model, tr, model.beta, model.info["prefix_layers"], n)
+        lam = prefix_lambda(model, tr, model.beta, model.info.prefix_layers, n)
         leak = float((1.0 - lam[:, first_output:]).max())
         note += f"; certified softmax leakage {leak:.3g} at beta={model.beta:g} (from the hard run)"
         if extra is not None:

@@ -16,9 +16,8 @@ trace into named outputs such as ``next_token_probs``) and a bound function (``c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Callable, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import warnings
 
@@ -26,129 +25,23 @@ import numpy as np
 import torch
 
 from constructions.blocks import AttentionHead, BilinearFFN, Embedding, Layer, ReLUFFN, Readout, nonzeros
+from constructions.exact import run_exact
 from constructions.layout import Layout
+from constructions.types import (  # noqa: F401 - re-exported: the shared types live in constructions.types
+    ATTENTION_MODES,
+    MODES,
+    RECORD_LEVELS,
+    BoundReport,
+    Codec,
+    ConstructionSpec,
+    ModelInfo,
+    RunResult,
+    Trace,
+    as_model_info,
+    check_attention,
+    norm_error,
+)
 from hmm.errors import HmmtxError
-
-ATTENTION_MODES = ("hard", "softmax")
-MODES = ("exact", "float64", "float32")
-RECORD_LEVELS = ("all", "residuals", "final")
-
-
-# ---------------------------------------------------------------------------------------------- result types
-class Trace(NamedTuple):
-    """Everything a forward pass computed (torch tensors, or object arrays of Fractions from the exact executor).
-
-    Fields (N sequences, P positions, D residual width, H heads of that layer, L layers):
-        residuals:    L+1 entries (N, P, D): ``[0]`` = embedding, ``[l+1]`` = after layer l (after its norms);
-                      with ``record="final"`` only ``[L]`` is kept (the others are None)
-        after_attn:   L entries (N, P, D): residual after layer l's attention (None unless ``record="all"``)
-        after_ffn:    L entries (N, P, D): after the FFN, before the projective norms (None unless ``"all"``)
-        attn_scores:  L entries (N, H, P, P): the bracket ``q.k + b(u-v)`` (before beta); masked (v > u) entries
-                      are -inf (torch) / None (exact); None for layers without heads or when not recorded
-        attn_weights: L entries (N, H, P, P): the attention weights actually used
-        readouts:     name -> (N, P, *shape) unnormalised masses ``z = W_U h`` at every position
-    """
-
-    residuals: list
-    after_attn: list
-    after_ffn: list
-    attn_scores: list
-    attn_weights: list
-    readouts: dict
-
-
-class RunResult(NamedTuple):
-    """``model.run`` output: named outputs (from the codec), the trace, the input ids (N, P) and the mode."""
-
-    outputs: dict
-    trace: Trace
-    input_ids: np.ndarray
-    mode: str
-
-
-class BoundReport(NamedTuple):
-    """A claimed bound on the max-abs error of ``next_token_probs`` (and of every output the construction names).
-
-    Fields:
-        value:    the bound (= leakage + roundoff, capped at ``trivial``)
-        leakage:  the part due to softmax attention (0 in hard mode)
-        roundoff: the stated floating-point allowance (0 in exact mode)
-        trivial:  the trivial bound (1 for a max-abs difference of probability vectors)
-        notes:    how it was computed (one line)
-    """
-
-    value: float
-    leakage: float
-    roundoff: float
-    trivial: float
-    notes: str
-
-
-class Codec(Protocol):
-    """Construction-specific input/output mapping."""
-
-    def encode(self, tokens: Any) -> np.ndarray:
-        """Tokens (construction's own format) -> input ids (N, P) int64 for the embedding."""
-
-    def decode(self, model: "ConstructedTransformer", trace: Trace, tokens: Any) -> dict:
-        """Trace -> named outputs, e.g. ``{"next_token_probs": (N, T, V), ...}`` (same type as the trace)."""
-
-
-@dataclass(frozen=True)
-class ConstructionSpec:
-    """Size and provenance report of a built construction.
-
-    Fields: ``name`` (CLI name), ``layers``, ``heads`` (largest number of heads in a layer), ``width`` (residual
-    D), ``ffn_width`` (largest FFN hidden width), ``max_positions`` (longest input-id sequence the bias tables
-    cover), ``attention`` ("hard"/"softmax"), ``beta`` (None in hard mode), ``provenance`` (honest source line),
-    ``parameters`` (construction-specific, e.g. ``{"S": 4, "V": 3, "max_len": 64}``).
-    """
-
-    name: str
-    layers: int
-    heads: int
-    width: int
-    ffn_width: int
-    max_positions: int
-    attention: str
-    beta: float | None
-    provenance: str
-    parameters: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.attention not in ATTENTION_MODES:
-            raise HmmtxError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
-        if self.attention == "softmax" and (self.beta is None or not self.beta > 0):
-            raise HmmtxError(f"softmax attention needs an inverse temperature beta > 0, got {self.beta!r}")
-
-    def as_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "layers": self.layers,
-            "heads": self.heads,
-            "width": self.width,
-            "ffn_width": self.ffn_width,
-            "max_positions": self.max_positions,
-            "attention": self.attention,
-            "beta": self.beta,
-            "provenance": self.provenance,
-            "parameters": dict(self.parameters),
-        }
-
-
-def check_attention(attention: str, beta: Any) -> float | None:
-    """Validate ``attention``/``beta`` (beta is required and > 0 for softmax, ignored for hard)."""
-    if attention not in ATTENTION_MODES:
-        raise HmmtxError(f"--attention must be one of {', '.join(ATTENTION_MODES)}, got {attention!r}")
-    if attention == "hard":
-        return None
-    try:
-        b = float(beta)
-    except (TypeError, ValueError):
-        raise HmmtxError(f"--beta: softmax attention needs a number beta > 0, got {beta!r}") from None
-    if not (b > 0 and np.isfinite(b)):
-        raise HmmtxError(f"--beta: softmax attention needs a finite beta > 0, got {beta!r}")
-    return b
 
 
 def torch_dtype(mode: str) -> torch.dtype:
@@ -345,7 +238,7 @@ class ConstructedTransformer(torch.nn.Module):
         beta: float | None = None,
         dtype: torch.dtype = torch.float64,
         device: Any = None,
-        info: dict | None = None,
+        info: ModelInfo | None = None,
     ) -> None:
         super().__init__()
         if not layout.frozen:
@@ -378,7 +271,7 @@ class ConstructedTransformer(torch.nn.Module):
         self.bound_fn = bound_fn
         self.attention = attention
         self.beta = check_attention(attention, beta)
-        self.info = dict(info or {})
+        self.info = as_model_info(info)
         self.dtype = dtype
         self.register_buffer("W_E", _dense_float(embedding.W_E, dtype, device))
         self.t_layers = torch.nn.ModuleList([_TorchLayer(l, layout, dtype, device) for l in self.layers])
@@ -508,7 +401,7 @@ class ConstructedTransformer(torch.nn.Module):
                     bad = ~(den != 0) | ~torch.isfinite(den)
                     if bool(bad.any()):
                         n, u, _ = (int(i) for i in torch.nonzero(bad)[0])
-                        raise _norm_error(nrm, layer.name, n, u, N, float(den[n, u, 0]), str(x.dtype).replace("torch.", ""))
+                        raise norm_error(nrm, layer.name, n, u, N, float(den[n, u, 0]), str(x.dtype).replace("torch.", ""))
                     x[..., blk] = x[..., blk] / den
             if record != "final" or li == L - 1:
                 residuals[li + 1] = x
@@ -526,8 +419,6 @@ class ConstructedTransformer(torch.nn.Module):
             raise HmmtxError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
         ids = self.check_input_ids(self.codec.encode(tokens))
         if mode == "exact":
-            from constructions.exact import run_exact
-
             if self.attention != "hard":
                 raise HmmtxError("exact mode runs hard attention only (softmax weights are not rational): use --attention hard")
             trace = run_exact(self, ids, record=record)
@@ -603,17 +494,8 @@ class ConstructedTransformer(torch.nn.Module):
         return f"name={s.name!r}, layers={s.layers}, heads={s.heads}, width={s.width}, ffn_width={s.ffn_width}, attention={self.attention}"
 
 
-def _norm_error(nrm: Any, layer: str, n: int, u: int, N: int, den: float, dtype: str | None = None) -> HmmtxError:
-    seq = f" of sequence {n}" if N > 1 else ""
-    if dtype is None:  # exact arithmetic: a zero sum is a true zero
-        why = "so the input has probability zero under the model"
-    else:  # floats: a zero (or non-finite) sum may be underflow or cancellation, not a true zero
-        why = (f"so in {dtype} the input has probability zero under the model, or the sum underflowed or cancelled "
-               f"(try --mode exact, or float64)")
-    return HmmtxError(
-        f"projective normalisation of block '{nrm.block}' in {layer} at position {u}{seq}: the sum of "
-        f"'{nrm.denominator}' is {den!r}, {why}"
-    )
+#: Former private name, kept for code written against it.
+_norm_error = norm_error
 
 
 def spec_for(

@@ -52,6 +52,7 @@ from constructions.blocks import readout as make_readout
 from constructions.gather import Gather, leakage_per_head
 from constructions.layout import Layout
 from constructions.transformer import BoundReport, ConstructedTransformer, spec_for
+from constructions.types import ModelInfo
 from hmm.errors import HmmtxError
 from hmm.model import HMM, validate_tokens
 from hmm.window import check_window_length, resolve_prior
@@ -168,6 +169,31 @@ def _plan_tree(r: int) -> list[list[tuple[str, str, str, str]]]:
 
 
 # ---------------------------------------------------------------------------------------------- build
+@dataclass(frozen=True)
+class WindowInfo(ModelInfo):
+    """Model metadata of the window construction (``model.info``; read by its bound and tests).
+
+    Fields:
+        hmm:            the HMM the weights were built from
+        n:              S, hidden states
+        r:              window length
+        prior:          the prior argument as given (``"stationary"``, ``"uniform"`` or probabilities)
+        readout:        ``"lookup"`` or ``"product"``
+        gather:         the :class:`~constructions.gather.Gather` plan of the gather layers
+        mu:             (S,) exact prior of the window's first state
+        operator_ratio: ``(K, K_prior)`` of :func:`operator_ratio` (product readout), else None
+    """
+
+    hmm: Any
+    n: int
+    r: int
+    prior: Any
+    readout: str
+    gather: Gather
+    mu: tuple
+    operator_ratio: tuple[float, float] | None
+
+
 def build(
     hmm: HMM,
     r: int,
@@ -256,8 +282,8 @@ def build(
                     "prior": prior if isinstance(prior, str) else [str(v) for v in mu],
                     "max_len": max_len, "gather_layers": plan.depth},
     )
-    info = {"hmm": hmm, "n": S, "r": r, "prior": prior, "readout": readout, "gather": plan, "mu": mu,
-            "operator_ratio": operator_ratio(hmm, prior) if readout == "product" else None}
+    info = WindowInfo(hmm=hmm, n=S, r=r, prior=prior, readout=readout, gather=plan, mu=tuple(mu),
+                      operator_ratio=operator_ratio(hmm, prior) if readout == "product" else None)
     return ConstructedTransformer(lay, emb, layers, outs, spec, WindowCodec(V, max_len), bound_fn=claimed_bound,
                                   attention=attention, beta=beta, dtype=dtype, device=device, info=info)
 
@@ -363,7 +389,7 @@ def softmax_lookup_leakage(model: ConstructedTransformer, beta: float) -> float:
     max-abs error is at most that (``W`` = FFN width). Capped at 1.
     """
     lam = leakage_per_head(beta)
-    plan = model.info["gather"]
+    plan = model.info.gather
     E = sum(bin(j).count("1") for j in range(plan.num_slots)) * lam
     if E >= 1:
         return 1.0
@@ -397,11 +423,11 @@ def softmax_product_leakage(model: ConstructedTransformer, beta: float) -> float
     slot ``r``); hence ``d_H(P~, P) <= log(C / c)`` and the max-abs error of a normalised output is at most
     ``tanh(log(C/c) / 4)`` (L1 / 2; ``A B`` is an L1 contraction). Infinite ``K`` (zeros): returns 1.
     """
-    K, Kp = model.info["operator_ratio"]
+    K, Kp = model.info.operator_ratio
     if not (math.isfinite(K) and math.isfinite(Kp)):
         return 1.0
     lam = leakage_per_head(beta)
-    r = model.info["r"]
+    r = model.info.r
     d = 0.0
     for l in range(1, r + 1):
         e = bin(l).count("1") * lam
@@ -430,7 +456,7 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
 
     if mode not in MODES:
         raise HmmtxError(f"mode must be one of {MODES}, got {mode!r}")
-    hmm, r = model.info["hmm"], model.info["r"]
+    hmm, r = model.info.hmm, model.info.r
     validate_tokens(tokens, hmm.num_obs)
     S = hmm.num_states
     if mode == "exact":
@@ -443,12 +469,12 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
     note = f"round-off allowance {rnd:.3g} (S={S}, r={r}, {mode})"
     leak = 0.0
     if model.attention == "softmax":
-        if model.info["readout"] == "lookup":
+        if model.info.readout == "lookup":
             leak = softmax_lookup_leakage(model, model.beta)
             note += f"; softmax leakage (certified, lookup readout) {leak:.3g} at beta={model.beta:g}"
         else:
             leak = softmax_product_leakage(model, model.beta)
-            K, Kp = model.info["operator_ratio"]
+            K, Kp = model.info.operator_ratio
             if math.isfinite(K) and math.isfinite(Kp):
                 note += (f"; softmax leakage (certified, product readout, operator ratio K={K:.3g}) {leak:.3g} at "
                          f"beta={model.beta:g}")
@@ -542,8 +568,13 @@ def _parse_tokens(text: str) -> np.ndarray:
     return parse_tokens(text)
 
 
+def _probe_build(hmm: HMM, length: int, r: int | None = None) -> ConstructedTransformer:
+    """``hmmtx probe`` subject: window ``r`` (default 4), sized for BOS + ``length - 1`` observations."""
+    return build(hmm, 4 if r is None else r, max_len=length - 1)
+
+
 def _register() -> Any:
-    from constructions.registry import ConstructionEntry, Param, register
+    from constructions.registry import ConstructionEntry, Param, ProbeHooks, register
 
     return register(ConstructionEntry(
         name="window",
@@ -563,12 +594,11 @@ def _register() -> Any:
         families=("dirichlet", "low_rank", "observable", "sticky", "cyclic", "mess3", "even", "golden_mean"),
         outputs=("next_token_probs", "filtered_probs"),
         default_tokens="0 1 0 1 1 0",
-        extra={
-            "bound": "vs the window filter: round-off allowance (+ certified softmax leakage: lookup readout always, "
-                     "product readout for strictly positive HMMs); memory error vs the true filter reported separately "
-                     "with a-priori and a-posteriori bounds",
-            "report": _report_entry,
-        },
+        bound="vs the window filter: round-off allowance (+ certified softmax leakage: lookup readout always, "
+              "product readout for strictly positive HMMs); memory error vs the true filter reported separately "
+              "with a-priori and a-posteriori bounds",
+        report=_report_entry,
+        probe=ProbeHooks("sequence", _probe_build),
     ))
 
 

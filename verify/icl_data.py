@@ -22,7 +22,7 @@ from hmm.mixture import HMMMixture
 
 
 @dataclass(frozen=True)
-class Layout:
+class ContextLayout:
     """Fixed in-context layout: ``n_demos`` demonstrations of ``demo_len`` tokens, then ``test_len`` test tokens."""
 
     n_demos: int
@@ -66,7 +66,7 @@ class Layout:
 
 
 class StreamIndex(NamedTuple):
-    """Bookkeeping of a :class:`Layout`'s stream, arrays of shape (T,).
+    """Bookkeeping of a :class:`ContextLayout`'s stream, arrays of shape (T,).
 
     Fields:
         segment: segment id (0..n_demos-1 demos, n_demos = test) of observations and of the SEP closing a demo;
@@ -91,14 +91,14 @@ class ContextBatch(NamedTuple):
         tokens: (N, T) int64 stream ids (observations 0..V-1, SEP = V, BOS = V + 1)
         states: (N, T) int64 hidden state that emitted each observation; -1 at BOS / SEP
         task:   (N,)   int64 task id of each context
-        layout: the :class:`Layout`
+        layout: the :class:`ContextLayout`
         vocab_size: V (observation alphabet size)
     """
 
     tokens: np.ndarray
     states: np.ndarray
     task: np.ndarray
-    layout: Layout
+    layout: ContextLayout
     vocab_size: int
 
     @property
@@ -132,7 +132,7 @@ def _padded_tasks(mixture: HMMMixture) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return pi, A, B
 
 
-def sample_context_batch(mixture: HMMMixture, layout: Layout, n: int, rng: np.random.Generator) -> ContextBatch:
+def sample_context_batch(mixture: HMMMixture, layout: ContextLayout, n: int, rng: np.random.Generator) -> ContextBatch:
     """Sample ``n`` contexts with :func:`hmm.sampling.sample_contexts` (task ``k ~ task_prior`` per context, the
     hidden state reset at every segment) and lay them out as token streams. Deterministic given ``rng``'s state."""
     from hmm.sampling import sample_contexts
@@ -227,7 +227,11 @@ def target_mask(batch: ContextBatch) -> np.ndarray:
     return nxt
 
 
+#: Former name (it collided with :class:`constructions.layout.Layout`, the residual layout).
+Layout = ContextLayout
+
 __all__ = [
+    "ContextLayout",
     "Layout",
     "StreamIndex",
     "ContextBatch",

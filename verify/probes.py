@@ -2,8 +2,8 @@
 attention position-independence score per layer, on any model that exposes its residual streams and attention
 logits (hand-built constructions and trained Transformers alike).
 
-Protocol. A *subject* has a ``name``, ``layer_names`` (L entries) and ``trace(batch) -> Trace`` for a
-:class:`verify.icl_data.ContextBatch`; the :class:`Trace` is in *stream coordinates* (position 0 = BOS, then
+Protocol. A *subject* has a ``name``, ``layer_names`` (L entries) and ``trace(batch) -> ProbeTrace`` for a
+:class:`verify.icl_data.ContextBatch`; the :class:`ProbeTrace` is in *stream coordinates* (position 0 = BOS, then
 ``demo SEP demo ... SEP test``), so construction-specific prefixes (a NULL sink) are stripped by the adapter:
 
 * ``residuals``   (L+1, N, T, D): ``[0]`` the embeddings, ``[l]`` the residual stream after layer ``l``;
@@ -29,17 +29,18 @@ mean and standard deviation (constant features dropped), an intercept is added, 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
 from hmm.errors import HmmtxError
 from hmm.mixture import HMMMixture
-from verify.icl_data import ContextBatch, Layout, MixtureReferences, mixture_references, sample_context_batch
+from verify.icl_data import ContextBatch, ContextLayout, MixtureReferences, mixture_references, sample_context_batch
 
 
-class Trace(NamedTuple):
-    """Per-layer internals in stream coordinates (see the module docstring).
+class ProbeTrace(NamedTuple):
+    """Per-layer internals in stream coordinates (see the module docstring). Not the framework's
+    :class:`constructions.types.Trace` (model coordinates, every intermediate): this one is what probes read.
 
     Fields:
         residuals:        (L+1, N, T, D) residual streams (embeddings first)
@@ -58,7 +59,7 @@ class Subject(Protocol):
     name: str
     layer_names: tuple
 
-    def trace(self, batch: ContextBatch) -> Trace: ...
+    def trace(self, batch: ContextBatch) -> ProbeTrace: ...
 
 
 # ---------------------------------------------------------------------------------------------- subjects
@@ -70,7 +71,7 @@ class TrainedSubject:
         self.name = name
         self.layer_names = tuple(f"block{i}" for i in range(model.num_layers))
 
-    def trace(self, batch: ContextBatch) -> Trace:
+    def trace(self, batch: ContextBatch) -> ProbeTrace:
         if batch.tokens.shape[1] > self.model.max_len:
             raise HmmtxError(f"{self.name}: contexts of length {batch.tokens.shape[1]} exceed the model's {self.model.max_len}")
         if batch.vocab_size != self.model.config.vocab_size:
@@ -81,29 +82,37 @@ class TrainedSubject:
 class ConstructedSubject:
     """A :class:`constructions.transformer.ConstructedTransformer` as a probe subject.
 
-    ``input_kind`` is the registry's (``"hmm"``: the batch must have no demonstrations and the construction reads the
-    observations; ``"mixture"``: it reads the list of contexts). Input ids come from the construction's own codec;
-    extra leading positions (a NULL sink) are dropped so the trace is in stream coordinates.
+    ``input_kind``: ``"hmm"`` (the batch must have no demonstrations; the construction reads the observations) or
+    ``"mixture"`` (it reads the list of contexts). ``tokens``: for ``"mixture"``, turns a list of contexts (each a
+    list of 1-D int segments) into the construction's token format; default: the registry entry's
+    ``probe.tokens`` hook (looked up by ``model.spec.name``), else the list itself. Input ids come from the
+    construction's own codec; extra leading positions (a NULL sink) are dropped so the trace is in stream
+    coordinates.
     """
 
-    def __init__(self, model: Any, name: str | None = None, input_kind: str = "mixture"):
+    def __init__(self, model: Any, name: str | None = None, input_kind: str = "mixture",
+                 tokens: Callable[[list], Any] | None = None):
         if input_kind not in ("hmm", "mixture"):
             raise HmmtxError(f"probe: construction input kind must be 'hmm' or 'mixture', got {input_kind!r}")
         self.model = model
         self.name = name or f"constructed:{model.spec.name}"
         self.input_kind = input_kind
         self.layer_names = tuple(layer.name for layer in model.layers)
+        if tokens is None and input_kind == "mixture":
+            tokens = _registry_context_tokens(model.spec.name)
+        self._tokens = tokens
 
     def tokens_for(self, batch: ContextBatch) -> Any:
+        """The batch in the construction's token format: (N, T-1) observations, or the list of contexts."""
         if self.input_kind == "hmm":
             if batch.layout.n_demos:
                 raise HmmtxError(f"{self.name} reads one HMM sequence: use contexts without demonstrations (n_demos = 0)")
             return batch.tokens[:, 1:]
-        from constructions.icl import ICLContexts
+        contexts = [batch.segments(i) for i in range(batch.tokens.shape[0])]
+        return contexts if self._tokens is None else self._tokens(contexts)
 
-        return ICLContexts(batch.segments(i) for i in range(batch.tokens.shape[0]))
-
-    def trace(self, batch: ContextBatch) -> Trace:
+    def trace(self, batch: ContextBatch) -> ProbeTrace:
+        """The model's trace on ``batch``, in stream coordinates (float64 numpy arrays)."""
         import torch
 
         ids = self.model.check_input_ids(self.model.codec.encode(self.tokens_for(batch)))
@@ -116,7 +125,15 @@ class ConstructedSubject:
         res = np.stack([r[:, shift:].detach().cpu().to(torch.float64).numpy() for r in tr.residuals])
         scores = [None if s is None else s[:, :, shift:, shift:].detach().cpu().to(torch.float64).numpy() for s in tr.attn_scores]
         weights = [None if w is None else w[:, :, shift:, shift:].detach().cpu().to(torch.float64).numpy() for w in tr.attn_weights]
-        return Trace(res, scores, weights, None)
+        return ProbeTrace(res, scores, weights, None)
+
+
+def _registry_context_tokens(name: str) -> Callable[[list], Any] | None:
+    """The ``probe.tokens`` hook of the registry entry ``name`` (None when it has none or is not registered)."""
+    from constructions import registry
+
+    entry = registry.entries().get(name)
+    return None if entry is None or entry.probe is None else entry.probe.tokens
 
 
 def reorder_layers(model: Any, order: Sequence[int]) -> Any:
@@ -144,7 +161,7 @@ class ProbeData(NamedTuple):
     n_train: int
 
 
-def make_probe_data(mixture: HMMMixture, layout: Layout, n_contexts: int, seed: int, train_fraction: float = 0.7) -> ProbeData:
+def make_probe_data(mixture: HMMMixture, layout: ContextLayout, n_contexts: int, seed: int, train_fraction: float = 0.7) -> ProbeData:
     """Sample ``n_contexts`` contexts from ``numpy.random.default_rng(seed)`` and compute the Bayes references."""
     if not 0 < train_fraction < 1:
         raise HmmtxError(f"train_fraction must lie in (0, 1), got {train_fraction}")
@@ -273,7 +290,7 @@ def _rows(n: int, cap: int | None) -> np.ndarray:
 
 
 def run_probes(subject: Subject, data: ProbeData, lags: Sequence[int] = (1, 2, 3, 4), ridge: float = 1e-3,
-               trace: Trace | None = None, max_rows: int | None = 6000) -> ProbeReport:
+               trace: ProbeTrace | None = None, max_rows: int | None = 6000) -> ProbeReport:
     """Fit and score every probe of the module docstring on ``subject``'s residual streams.
 
     Position sets (each fitted with one ridge solve per layer for all its targets):
@@ -376,7 +393,7 @@ class IndependenceResult(NamedTuple):
     n_perms: int
 
 
-def _key_positions(layout: Layout, slot_of_demo: np.ndarray) -> np.ndarray:
+def _key_positions(layout: ContextLayout, slot_of_demo: np.ndarray) -> np.ndarray:
     """Stream positions (N, n_keys) of the key identities (BOS, then for each demo i its tokens and closing SEP)
     when demo i sits in slot ``slot_of_demo[n, i]``."""
     N = slot_of_demo.shape[0]
@@ -431,7 +448,7 @@ def independence_score(s0: np.ndarray, s1: np.ndarray, eps_per_pair: float = 1e-
 
 
 def position_independence(subject: Subject, batch: ContextBatch, n_perms: int = 8, seed: int = 0,
-                          base_trace: Trace | None = None) -> IndependenceResult:
+                          base_trace: ProbeTrace | None = None) -> IndependenceResult:
     """Per-layer attention position-independence under ``n_perms`` random permutations of the demonstrations.
 
     Queries: the test-segment positions (their positions do not move). Keys: BOS, every demonstration token and
@@ -516,7 +533,11 @@ def independence_violations(result: IndependenceResult, positional: Sequence[int
     return out
 
 
+#: Former name (it collided with :class:`constructions.types.Trace`).
+Trace = ProbeTrace
+
 __all__ = [
+    "ProbeTrace",
     "Trace",
     "Subject",
     "TrainedSubject",

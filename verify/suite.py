@@ -339,13 +339,15 @@ class Adapter(Protocol):
 
 
 def adapters() -> list[Adapter]:
-    """One adapter per construction in the registry, in registry order; a construction module that failed to
-    import gets an adapter whose one case crashes with the import error (so verify fails and names it)."""
+    """One adapter per construction in the registry, in registry order; a construction module (or entry point,
+    or plugin) that failed to load gets an adapter whose one case crashes with the error (so verify fails and
+    names it)."""
     from constructions import registry
 
     out = [adapter_for(entry) for entry in registry.entries().values()]
-    for module, message in registry.import_errors().items():
-        out.append(_Unavailable(f"constructions.{module}", f"the module failed to import: {message}"))
+    for where, message in registry.import_errors().items():
+        name = where if " " in where else f"constructions.{where}"
+        out.append(_Unavailable(name, f"failed to load: {message}"))
     return out
 
 
@@ -368,11 +370,8 @@ class _Unavailable:
 
 
 def adapter_for(entry: Any) -> Adapter:
-    """The verify adapter of a registry entry: the entry's own ``extra["verify_adapter"]`` (a callable taking the
-    entry) when it has one, else :class:`RegistryAdapter`."""
-    custom = entry.extra.get("verify_adapter") if isinstance(entry.extra, dict) else None
-    if custom is not None:
-        return custom(entry)
+    """The verify adapter of a registry entry (:class:`RegistryAdapter`: every entry is swept through its typed
+    contract; ``entry.verify.custom`` supplies the inputs of constructions that do not read zoo HMMs)."""
     return RegistryAdapter(entry)
 
 
@@ -394,26 +393,27 @@ class _Inputs(NamedTuple):
 
 
 class RegistryAdapter:
-    """Sweeps one registry entry with the generic case generator.
+    """Sweeps one registry entry (the generic case generator; no construction is named here).
 
-    Cases: for every (S, T) of the plan one of the entry's random zoo families (rotating diagonally, so each family
-    meets several S and T), plus each classic zoo process (fixed size) whose S is within the plan's largest S, at
-    :meth:`Plan.classic_lengths`. Each point runs in every supported mode (``exact`` only where
-    :meth:`Plan.exact_allowed`), with hard attention; float64 also with softmax attention at each beta of ``entry.extra["verify_betas"]`` (default :data:`DEFAULT_BETAS`; ``()``
-    turns it off). HMMs are drawn with small rational entries (zoo ``rational=True``, so Fractions stay small) and
-    the same HMM, tokens and built model serve every mode of a point.
+    Zoo inputs (``entry.input_kind`` ``hmm`` / ``mixture``): for every (S, T) of the plan one of the entry's random
+    zoo families (rotating diagonally, so each family meets several S and T), plus each classic zoo process (fixed
+    size) whose S is within the plan's largest S, at :meth:`Plan.classic_lengths`. Each point runs in every
+    supported mode (``exact`` only where :meth:`Plan.exact_allowed`), with hard attention; float64 also with
+    softmax attention at each beta of ``entry.verify.betas`` (``()`` turns it off). HMMs are drawn with small
+    rational entries (zoo ``rational=True``, so Fractions stay small) and the same HMM, tokens and built model serve
+    every mode of a point.
 
-    Inputs by ``entry.input_kind``:
-        ``hmm``: the zoo HMM (V = ``extra["verify_vocab"]``, default 3; at least S for ``observable``) and T tokens
-        sampled from it;
-        ``mixture``: ``extra["verify_tasks"]`` (default 2) tasks of the family and one context of total stream
-        length about T (3 demonstrations when T >= 8, else 1; the test segment a quarter of it);
-        ``none``: not sweepable generically; the entry must provide ``extra["verify_adapter"]``.
+        ``hmm``: the zoo HMM (V = ``entry.verify.vocab``; at least S for ``observable``) and T tokens sampled from it;
+        ``mixture``: ``entry.verify.tasks`` tasks of the family and one context of total stream length about T (3
+        demonstrations when T >= 8, else 1; the test segment a quarter of it).
 
-    Run: ``model = entry.build(source, tokens, attention, beta, **params)``; ``model.run(tokens, mode)``;
-    ``entry.reference(source, tokens, exact=...)`` (exact Fractions in exact mode and, for float modes, where
-    S <= 4 and T <= 64; float64 beyond); error = max |output - reference| over :func:`compared_outputs`; bound and
-    allowance from ``model.claimed_bound(tokens, mode)`` (``allowance = roundoff``, ``bound = value - allowance``).
+    Custom inputs (``entry.verify.custom``, required for ``input_kind="none"``): the construction's
+    :class:`~constructions.registry.SweepPoint` s for the plan's lengths, each in the plan's modes it lists; the
+    case's family column is the point's label and its params ``(("config", label),)``.
+
+    Run: :func:`constructions.runner.run_construction` (the one run-and-compare path, with its one exact-reference
+    rule); error = max |output - reference| over the bound-covered outputs; bound and allowance from the claimed
+    bound (``allowance = min(roundoff, value)``, ``bound = value - allowance``).
     """
 
     def __init__(self, entry: Any) -> None:
@@ -422,19 +422,17 @@ class RegistryAdapter:
         self.summary = entry.summary
         self.provenance = entry.provenance
         self.dtypes = tuple(d for d in DTYPES if d in entry.modes)
-        extra = entry.extra if isinstance(entry.extra, dict) else {}
-        self.betas = tuple(float(b) for b in extra.get("verify_betas", DEFAULT_BETAS))
-        self.vocab = int(extra.get("verify_vocab", 3))
-        self.num_tasks = int(extra.get("verify_tasks", 2))
-        #: float modes are compared with the Fraction reference up to these sizes, with the float64 one beyond
-        self.exact_reference_states = 4
-        self.exact_reference_length = 64
+        self.betas = tuple(float(b) for b in entry.verify.betas)
+        self.vocab = int(entry.verify.vocab)
+        self.num_tasks = int(entry.verify.tasks)
+        self.custom = entry.verify.custom
         self.compared_outputs = compared_outputs(entry)
         # Cases of one (family, S, T, seed) point come one after another: a few cached inputs, models and
         # references let the float64, float32 and exact cases share one build.
         self._input_cache: dict = {}
         self._model_cache: dict = {}
         self._ref_cache: dict = {}
+        self._points: dict[str, Any] = {}
 
     # -------------------------------------------------------------- cases
     def _families(self) -> tuple[list[str], list[tuple[str, int]]]:
@@ -458,10 +456,12 @@ class RegistryAdapter:
         return out
 
     def cases(self, plan: Plan) -> list[Case]:
+        if self.custom is not None:
+            return self._custom_cases(plan)
         if self.entry.input_kind not in ("hmm", "mixture"):
             raise HmmtxError(
                 f"construction '{self.name}' has input kind {self.entry.input_kind!r}: verify needs "
-                "extra['verify_adapter'] in its registry entry to sweep it"
+                "verify=VerifySweep(custom=CustomSweep(...)) in its registry entry to sweep it"
             )
         random_f, classic = self._families()
         points: list[tuple[str, int, int]] = []
@@ -483,6 +483,32 @@ class RegistryAdapter:
                         out.append(Case(self.name, fam, S, T, d, seed, tuple(v.items())))
         return out
 
+    def _custom_cases(self, plan: Plan) -> list[Case]:
+        points = list(self.custom.points(tuple(int(T) for T in plan.lengths)))
+        out = []
+        by_label: dict[str, list] = {}
+        for pt in points:
+            by_label.setdefault(pt.label, []).append(pt)
+        for label, pts in by_label.items():
+            for pt in sorted(pts, key=lambda q: q.length):
+                self._points[(label, pt.length)] = pt
+                for k in range(plan.seeds_per_point):
+                    seed = derived_seed(plan.seed, self.name, label, pt.length, k)
+                    for d in plan.dtypes:
+                        if d in self.dtypes and d in pt.modes and (d != "exact" or plan.exact_allowed(None, pt.length)):
+                            out.append(Case(self.name, label, None, pt.length, d, seed, (("config", label),)))
+        return out
+
+    def _point(self, case: Case) -> Any:
+        pt = self._points.get((case.family, case.length))
+        if pt is None:  # a fresh adapter (worker process): regenerate the points of this length
+            for q in self.custom.points((case.length,)):
+                self._points[(q.label, q.length)] = q
+            pt = self._points.get((case.family, case.length))
+        if pt is None:
+            raise HmmtxError(f"{self.name}: no sweep point {case.family!r} at T={case.length}")
+        return pt
+
     # -------------------------------------------------------------- inputs
     def _vocab_for(self, family: str, S: int) -> int:
         from hmm.zoo import FAMILIES
@@ -493,33 +519,45 @@ class RegistryAdapter:
         return max(self.vocab, S) if family == "observable" else self.vocab
 
     def inputs(self, case: Case) -> _Inputs:
-        """The HMM (or mixture) and tokens of a case, rebuilt deterministically from its coordinates."""
-        from hmm import zoo
-        from hmm.sampling import sample, sample_contexts
-
+        """The HMM (or mixture, or custom input) and tokens of a case, rebuilt deterministically from its
+        coordinates."""
         key = (case.family, case.states, case.length, case.seed)
         hit = self._input_cache.get(key)
         if hit is not None:
             return hit
-        rational = True
+        if self.custom is not None:
+            got = self.custom.inputs(self._point(case), case.seed)
+            out = _Inputs(got.source, got.tokens_text, got.tokens, got.vocab)
+        else:
+            out = self._zoo_inputs(case)
+        _remember(self._input_cache, key, out)
+        return out
+
+    def _zoo_inputs(self, case: Case) -> _Inputs:
+        from hmm import zoo
+        from hmm.sampling import sample, sample_contexts
+
         fam = zoo.FAMILIES[case.family]
         S = None if fam.fixed_size is not None else case.states
         V = self._vocab_for(case.family, case.states or 1)
         Vn = None if fam.fixed_size is not None else V
         if self.entry.input_kind == "hmm":
-            source = zoo.make(case.family, S, Vn, seed=case.seed, rational=rational)
+            source = zoo.make(case.family, S, Vn, seed=case.seed, rational=True)
             toks = sample(source, 1, case.length, seed=case.seed + 1).tokens[0]
             text = " ".join(str(int(x)) for x in toks)
         else:
-            source = zoo.make_mixture(case.family, self.num_tasks, S, Vn, seed=case.seed, rational=rational)
+            source = zoo.make_mixture(case.family, self.num_tasks, S, Vn, seed=case.seed, rational=True)
             n_demos, demo_len, test_len = context_shape(case.length)
             ctx = sample_contexts(source, 1, n_demos, demo_len, test_len, seed=case.seed + 1)
             text = " | ".join(" ".join(str(int(x)) for x in seg) for seg in ctx.segments(0))
-        out = _Inputs(source, text, self.entry.parse_tokens(text), V)
-        _remember(self._input_cache, key, out)
-        return out
+        return _Inputs(source, text, self.entry.parse_tokens(text), V)
 
     def _params(self, case: Case) -> tuple[str, float | None, dict[str, Any]]:
+        if self.custom is not None:
+            pt = self._point(case)
+            values = {q.name: q.default for q in self.entry.params}
+            values.update(dict(pt.params))
+            return pt.attention, pt.beta, values
         p = case.param_dict
         attention = p.pop("attention", "hard")
         beta = p.pop("beta", None)
@@ -530,63 +568,45 @@ class RegistryAdapter:
         inp = self.inputs(case)
         return self._replay(case, inp)
 
-    def _exact_truth(self, case: Case) -> bool:
-        """Float modes are compared with the Fraction reference where it is cheap, with float64 elsewhere (its
-        own round-off, about T eps, is far inside every float allowance)."""
-        return case.dtype == "exact" or (
-            (case.states or 1) <= self.exact_reference_states and case.length <= self.exact_reference_length
-        )
-
     def _replay(self, case: Case, inp: _Inputs) -> Replay:
+        """``hmmtx run`` arguments replaying the case; ``--reference auto`` (the default) picks the same reference
+        as verify did, since both use :func:`constructions.registry.use_exact_reference`."""
         attention, beta, values = self._params(case)
         args = ["--mode", case.dtype, "--attention", attention]
         if beta is not None:
             args += ["--beta", repr(float(beta))]
-        args += ["--reference", "exact" if self._exact_truth(case) else "float64"]
         for name, val in values.items():
             if val is not None:
                 args += ["--" + name.replace("_", "-"), str(val)]
-        kind = {"hmm": "hmm", "mixture": "tasks"}[self.entry.input_kind]
-        return Replay(kind, inp.source.to_dict(), inp.tokens_text, tuple(args))
+        kind = {"hmm": "hmm", "mixture": "tasks"}.get(self.entry.input_kind)
+        model = inp.source.to_dict() if kind is not None and inp.source is not None else None
+        return Replay(kind if model is not None else None, model, inp.tokens_text, tuple(args))
 
     # -------------------------------------------------------------- run
     def run(self, case: Case) -> Outcome:
+        from constructions.runner import run_construction
+
         inp = self.inputs(case)
         attention, beta, values = self._params(case)
         point = (case.family, case.states, case.length, case.seed)
         mkey = point + (attention, beta, tuple(sorted(values.items(), key=lambda kv: kv[0])))
-        model = self._model_cache.get(mkey)
-        if model is None:
-            model = self.entry.build(inp.source, inp.tokens, attention=attention, beta=beta, **values)
-            _remember(self._model_cache, mkey, model)
-        res = model.run(inp.tokens, mode=case.dtype, record="final")
-        exact_ref = case.dtype == "exact"
-        exact_truth = self._exact_truth(case)
-        rkey = mkey[:4] + (exact_truth, mkey[-1])
-        ref = self._ref_cache.get(rkey)
-        if ref is None:
-            ref = self.entry.reference(inp.source, inp.tokens, exact=exact_truth, **values)
-            _remember(self._ref_cache, rkey, ref)
-        names = [n for n in self.compared_outputs if n in res.outputs and n in ref]
-        if not names:
-            raise HmmtxError(
-                f"{self.name}: the model's outputs {sorted(res.outputs)} and the reference's {sorted(ref)} share no name"
-            )
-        err, same = 0.0, True
-        for n in names:
-            e, ok = compare(res.outputs[n], ref[n], exact=exact_ref, what=f"{self.name} output '{n}'")
-            err, same = max(err, e), same and ok
-        br = model.claimed_bound(inp.tokens, mode=case.dtype)
+        refs = self._ref_cache.get(mkey[:4] + (mkey[-1],))
+        if refs is None:
+            refs = {}
+            _remember(self._ref_cache, mkey[:4] + (mkey[-1],), refs)
+        res = run_construction(self.entry, inp.source, inp.tokens, mode=case.dtype, attention=attention, beta=beta,
+                               params=values, model=self._model_cache.get(mkey), reference_cache=refs)
+        _remember(self._model_cache, mkey, res.model)
+        br = res.bound
         allowance = min(float(br.roundoff), float(br.value))
-        bound = float(br.value) - allowance
-        spec = model.spec
+        spec = res.model.spec
         size = {"layers": spec.layers, "heads": spec.heads, "width": spec.width, "ffn_width": spec.ffn_width}
         return Outcome(
-            error=err,
-            bound=bound,
+            error=res.max_abs_error,
+            bound=float(br.value) - allowance,
             allowance=allowance,
-            exact_ok=same if exact_ref else None,
-            quantity=",".join(names),
+            exact_ok=res.bit_identical,
+            quantity=",".join(res.compared),
             replay=self._replay(case, inp),
             vocab=inp.vocab,
             size=size,
@@ -619,39 +639,11 @@ def context_shape(length: int) -> tuple[int, int, int]:
     return n, demo, test
 
 
-def _as_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
 def compare(got: Any, ref: Any, *, exact: bool, what: str = "output") -> tuple[float, bool]:
-    """(max |got - ref| as a float, exact equality). Shapes must agree up to a leading batch axis of size 1.
+    """(max |got - ref| as a float, exact equality): :func:`constructions.runner.compare` (the one comparison)."""
+    from constructions.runner import compare as _compare
 
-    exact: both are object arrays of Fractions and the difference is taken exactly before converting to float.
-    """
-    g, r = _as_numpy(got), _as_numpy(ref)
-    if g.shape != r.shape:
-        if g.ndim == r.ndim + 1 and g.shape[0] == 1 and g.shape[1:] == r.shape:
-            g = g[0]
-        elif r.ndim == g.ndim + 1 and r.shape[0] == 1 and r.shape[1:] == g.shape:
-            r = r[0]
-        else:
-            raise HmmtxError(f"{what}: shape {g.shape} differs from the reference's {r.shape}")
-    if g.size == 0:
-        return 0.0, True
-    if exact:
-        if np.issubdtype(g.dtype, np.floating) or np.issubdtype(r.dtype, np.floating):
-            raise HmmtxError(f"{what}: exact mode needs exact numbers on both sides, got {g.dtype} and {r.dtype}")
-        diffs = [abs(Fraction(a) - Fraction(b)) for a, b in zip(g.ravel(), r.ravel())]
-        m = max(diffs)
-        return float(m), m == 0
-    gf = g.astype(np.float64) if g.dtype != object else np.array(g.tolist(), dtype=np.float64)
-    rf = r.astype(np.float64) if r.dtype != object else np.array(r.tolist(), dtype=np.float64)
-    d = np.abs(gf - rf)
-    if np.isnan(d).any():
-        return math.nan, False
-    return float(d.max()), bool((d == 0).all())
+    return _compare(got, ref, exact=exact, what=what)
 
 
 def run_case(adapter: Adapter, case: Case) -> CaseResult:
@@ -715,8 +707,10 @@ def run_suite(
         order = sorted(groups.values(), key=lambda ix: -_cost(todo[ix[0]][1]))
         import multiprocessing
 
+        from constructions.registry import plugin_paths
+
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(min(jobs, len(order)), initializer=_worker_init) as pool:
+        with ctx.Pool(min(jobs, len(order)), initializer=_worker_init, initargs=(plugin_paths(),)) as pool:
             remote_set = set(remote)
             local = [i for i in range(len(todo)) if i not in remote_set]
             for i in local:
@@ -739,10 +733,14 @@ def _cost(case: Case) -> float:
 _WORKER_ADAPTERS: dict[str, Adapter] = {}
 
 
-def _worker_init() -> None:  # pragma: no cover - runs in worker processes
+def _worker_init(plugins: tuple[str, ...] = ()) -> None:  # pragma: no cover - runs in worker processes
     import torch
 
+    from constructions.registry import load_plugin
+
     torch.set_num_threads(1)
+    for path in plugins:  # the parent's --plugin files (a fresh process has only the installed constructions)
+        load_plugin(path)
 
 
 def _worker_run(payload: tuple[list[int], list[Case]]) -> tuple[list[int], list[CaseResult]]:  # pragma: no cover

@@ -7,7 +7,7 @@ MLP, final LayerNorm and unembedding ``W_U`` onto the V observation symbols. It 
 cross-entropy on the positions whose next stream item is an observation (SEPs are deterministic in the fixed
 layout and the Bayes predictive is a law over observations only).
 
-:meth:`TinyGPT.trace` returns a :class:`verify.probes.Trace`: every layer's residual stream (embeddings first) and
+:meth:`TinyGPT.trace` returns a :class:`verify.probes.ProbeTrace`: every layer's residual stream (embeddings first) and
 every layer's pre-softmax attention logits, the same protocol the constructions expose, so the probes run on
 both.
 
@@ -33,7 +33,7 @@ from hmm.errors import HmmtxError
 from hmm.mixture import HMMMixture
 from verify.icl_data import (
     ContextBatch,
-    Layout,
+    ContextLayout,
     mixture_references,
     sample_context_batch,
     target_mask,
@@ -117,8 +117,8 @@ class TrainConfig:
                 raise HmmtxError(f"train config: {name} must be an integer >= 0, got {v!r}")
 
     @property
-    def layout(self) -> Layout:
-        return Layout(self.n_demos, self.demo_len, self.test_len)
+    def layout(self) -> ContextLayout:
+        return ContextLayout(self.n_demos, self.demo_len, self.test_len)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -263,12 +263,12 @@ def _build_model_class():
             return self._run(tokens, keep=False)[0]
 
         def trace(self, tokens: Any):
-            """Forward pass keeping every residual stream and attention logit (see :class:`verify.probes.Trace`)."""
-            from verify.probes import Trace
+            """Forward pass keeping every residual stream and attention logit (see :class:`verify.probes.ProbeTrace`)."""
+            from verify.probes import ProbeTrace
 
             with torch.no_grad():
                 logits, res, scores, weights = self._run(torch.as_tensor(tokens), keep=True)
-            return Trace(
+            return ProbeTrace(
                 residuals=torch.stack(res).numpy(),
                 attn_scores=[s.numpy() for s in scores],
                 attn_weights=[w.numpy() for w in weights],
@@ -407,7 +407,7 @@ def evaluate_segments(model: Any, mixture: HMMMixture, batch: ContextBatch) -> S
         pos = np.flatnonzero(idx.is_obs & (idx.segment == s))
         alone = ContextBatch(np.concatenate([batch.tokens[:, :1], batch.tokens[:, pos]], axis=1),
                              np.concatenate([batch.states[:, :1], batch.states[:, pos]], axis=1), batch.task,
-                             Layout(0, 1, len(pos)), batch.vocab_size)
+                             ContextLayout(0, 1, len(pos)), batch.vocab_size)
         p_alone = mixture_references(mixture, alone).next_token_probs[:, : len(pos)]
         tv_s = 0.5 * np.abs(p_alone - ref.next_token_probs[:, pos - 1]).sum(-1)
         out["tv_s"].append(tv_s.mean())

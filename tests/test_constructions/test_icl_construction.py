@@ -194,7 +194,7 @@ def test_aggregation_head_has_no_positional_term_and_gather_heads_no_content_ter
     assert all(b == 0 for b in agg.rel_bias) and agg.d_qk == 1
     for layer in m.layers[: m.info["gather"].depth]:
         assert all(h.positional and h.d_qk == 0 for h in layer.heads)
-    assert m.info["layer_roles"] == ["gather", "gather", "moments", "aggregate", "gd", "readout"]
+    assert m.info.layer_roles == ("gather", "gather", "moments", "aggregate", "gd", "readout")
 
 
 # ------------------------------------------------------------------------------------------ registry, inputs

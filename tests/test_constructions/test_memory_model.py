@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from constructions import registry
 from constructions.memory.kernels import TargetKernel, head_weight
 from constructions.memory.model import MemorySpec
-from constructions.memory.verify_adapter import CONFIGS
+from constructions.memory.sweep import CONFIGS
 from constructions.memory_kernel import build, claimed_bound, parse_inputs, position_bounds, reference, roundoff_allowance
 from constructions.runner import run_construction
 from hmm.errors import HmmtxError

@@ -146,7 +146,7 @@ def test_registry_entry_and_report():
     ref = e.reference(hmm, x, exact=False, r=3, readout="product", prior="1/2,1/4,1/4")
     out = model.run(x).outputs
     np.testing.assert_allclose(_np(out["next_token_probs"]), ref["next_token_probs"], rtol=0, atol=1e-12)
-    rep = e.extra["report"](hmm, x, exact=False, r=3, prior="stationary")
+    rep = e.report(hmm, x, exact=False, r=3, prior="stationary")
     assert rep["r"] == 3 and rep["bound_holds"]
     assert rep["memory_error"]["filtered"] <= rep["a_posteriori_bound"]["filtered"] + rep["roundoff_allowance"]
     assert rep["a_posteriori_bound"]["filtered"] <= rep["a_priori_bound"]["filtered"] + rep["roundoff_allowance"]

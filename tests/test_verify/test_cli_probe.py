@@ -78,7 +78,7 @@ def test_probe_with_a_task_file(tmp_path, capsys):
     "argv, message",
     [
         (["probe", "--model", "icl"], "expected constructed:NAME or checkpoint:PATH"),
-        (["probe", "--model", "constructed:memory-kernel"], "no probe adapter"),
+        (["probe", "--model", "constructed:memory-kernel"], "has no probe hooks"),
         (["probe", "--model", "checkpoint:/nonexistent/m.pt"], "checkpoint not found"),
         (["probe", "--model", "constructed:icl", "--lags", "0,1"], "--lags"),
         (["probe", "--model", "constructed:icl", "--lags", "a"], "is not an integer"),

@@ -91,12 +91,26 @@ def test_compare_exact_float_and_shapes():
 def test_compared_outputs_are_the_probability_outputs():
     for name, entry in registry.entries().items():
         outs = suite.compared_outputs(entry)
-        assert outs and "next_token_probs" in outs or "verify_outputs" in entry.extra, name
+        assert outs and "next_token_probs" in outs or entry.bound_covers == outs, name
         assert not any(o.startswith("bayes_") or o in ("masses", "status", "negative_mass") for o in outs), name
 
 
 def _registry_adapters():
-    return [a for a in suite.adapters() if isinstance(a, suite.RegistryAdapter)]
+    """Adapters sweeping zoo inputs (constructions with a custom sweep are checked separately)."""
+    return [a for a in suite.adapters() if isinstance(a, suite.RegistryAdapter) and a.custom is None]
+
+
+def test_custom_sweep_cases_follow_the_construction_points():
+    custom = [a for a in suite.adapters() if isinstance(a, suite.RegistryAdapter) and a.custom is not None]
+    assert [a.name for a in custom] == ["memory-kernel"]
+    a = custom[0]
+    cases = a.cases(QUICK)
+    # W3 in float64 and float32, W1 in float64 only, at both quick lengths
+    assert sorted((c.family, c.length, c.dtype) for c in cases) == sorted(
+        [("W3", T, d) for T in QUICK.lengths for d in ("float64", "float32")] + [("W1", T, "float64") for T in QUICK.lengths])
+    assert all(c.params == (("config", c.family),) and c.states is None for c in cases)
+    rp = a.replay_for(cases[0])
+    assert rp.model_kind is None and len(rp.tokens.split()) == cases[0].length and "softmax" in rp.run_args
 
 
 @pytest.mark.parametrize("plan", [QUICK, FULL], ids=["quick", "full"])

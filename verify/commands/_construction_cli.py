@@ -95,11 +95,10 @@ def load_source(entry: Any, ns: argparse.Namespace) -> Any:
 
 
 def add_attention_arguments(p: argparse.ArgumentParser, entry: Any) -> None:
-    """``--attention`` / ``--beta`` with the construction's defaults (``extra["default_attention"]`` /
-    ``extra["default_beta"]``; hard attention otherwise)."""
-    extra = entry.extra if isinstance(entry.extra, dict) else {}
-    att = extra.get("default_attention", "hard")
-    beta = extra.get("default_beta")
+    """``--attention`` / ``--beta`` with the construction's defaults (``entry.attention``, an
+    :class:`~constructions.registry.AttentionDefaults`)."""
+    att = entry.attention.attention
+    beta = entry.attention.beta
     p.add_argument("--attention", default=att, choices=["hard", "softmax"], help=f"attention kind (default {att})")
     p.add_argument("--beta", type=float, default=beta,
                    help="inverse temperature for --attention softmax" + (f" (default {beta:g})" if beta is not None else ""))

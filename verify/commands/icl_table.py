@@ -85,7 +85,7 @@ def icl_table(
     from hmm.reference import forward_filter
     from hmm.sampling import sample_contexts
     from verify.icl_data import ContextBatch, mixture_references
-    from verify.icl_data import Layout as StreamLayout
+    from verify.icl_data import ContextLayout
 
     if not isinstance(mixture, HMMMixture):
         raise HmmtxError(f"icl-table: expected a task mixture, got {type(mixture).__name__}")
@@ -119,7 +119,7 @@ def icl_table(
             p_icl = res["next_token_probs"][:, -1].numpy()
             status = res["status"][:, -1].numpy()
             ids = model.codec.encode(ICLContexts(ctxs))
-            batch = ContextBatch(ids, np.full(ids.shape, -1), cs.tasks, StreamLayout(n, demo_len, t), V)
+            batch = ContextBatch(ids, np.full(ids.shape, -1), cs.tasks, ContextLayout(n, demo_len, t), V)
             p_bayes = mixture_references(mixture, batch).next_token_probs[:, -1]  # batched Bayes filter
             # spot check of the batched filter against hmm.mixture.bayes_predictive on the first context
             if np.abs(p_bayes[0] - bayes_predictive(mixture, ctxs[0]).next_token_probs[-1]).max() > 1e-12:

@@ -53,8 +53,10 @@ def run(args: argparse.Namespace) -> int:
         raise HmmtxError(f"--plot: expected a .png path, got {ns.plot!r}")
     beta = check_beta(ns.attention, ns.beta)
     source = load_source(entry, ns)
-    tokens = entry.parse_tokens(ns.tokens if ns.tokens is not None else entry.default_tokens)
-    model = entry.build(source, tokens, attention=ns.attention, beta=beta, **entry.param_values(ns))
+    from constructions.runner import build_model, parse_tokens
+
+    tokens = parse_tokens(entry, ns.tokens if ns.tokens is not None else entry.default_tokens)
+    model = build_model(entry, source, tokens, attention=ns.attention, beta=beta, params=entry.param_values(ns))
     tables = select_tables(model, ns.layer)
     show(model, tables, ns.max_rows, ns.max_cols)
     if ns.plot:

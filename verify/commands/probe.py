@@ -11,14 +11,12 @@ Per-layer linear probes (held-out accuracy) for the token k positions back, the 
 (R^2) and the task identity, and the per-layer attention position-independence score under random permutations
 of the demonstrations (mean +- std over permutations). Definitions: docs/diagnostics.md.
 
---model may be given several times: constructed:NAME (bayes-multitask, icl, window, exact-filter) or
-checkpoint:PATH (from `hmmtx train`). All subjects are probed on the same contexts: the checkpoint's own task
-mixture and context layout when a checkpoint is given, else --tasks FILE or a zoo mixture (--zoo-mixture).
-Single-HMM constructions (window, exact-filter) read one sequence: they are probed on sequences of the mixture's
-first task with no demonstrations (no task probe, no position-independence score)."""
+--model may be given several times: constructed:NAME (any registered construction with probe hooks, e.g.
+bayes-multitask, icl, window, exact-filter) or checkpoint:PATH (from `hmmtx train`). All subjects are probed on
+the same contexts: the checkpoint's own task mixture and context layout when a checkpoint is given, else --tasks
+FILE or a zoo mixture (--zoo-mixture). Constructions that read one sequence (window, exact-filter) are probed on
+sequences of the mixture's first task with no demonstrations (no task probe, no position-independence score)."""
 
-MIXTURE_CONSTRUCTIONS = ("bayes-multitask", "icl")
-HMM_CONSTRUCTIONS = ("window", "exact-filter")
 
 
 def register(subparsers: Any) -> None:
@@ -43,59 +41,75 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the probe contexts and of the permutations")
     p.add_argument("--lags", default="1,2,3,4", help="token distances k for the previous-token probes")
     p.add_argument("--perms", type=int, default=8, help="random permutations of the demonstrations")
-    p.add_argument("--r", type=int, default=None, help="window length r of the icl (default 2) / window (default 4) constructions")
+    p.add_argument("--r", type=int, default=None,
+                   help="window length r passed to the constructions' probe builders (icl default 2, window default 4)")
     p.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots (fig2/fig3 analogues) into DIR")
     p.add_argument("--json", default=None, metavar="OUT", help="write all numbers as JSON")
     p.set_defaults(func=run)
 
 
 # ---------------------------------------------------------------------------------------------- subjects
+def _probe_entries() -> dict:
+    """Registered constructions that are probe subjects (their entry has ``probe`` hooks), by name."""
+    from constructions import registry
+
+    return {n: e for n, e in registry.entries().items() if e.probe is not None}
+
+
 def _parse_specs(specs: list[str]) -> list[tuple[str, str]]:
     from hmm.errors import HmmtxError
 
     out = []
+    probe_able = None
     for s in specs:
         kind, sep, val = s.partition(":")
         if not sep or not val or kind not in ("constructed", "checkpoint"):
             raise HmmtxError(f"--model {s!r}: expected constructed:NAME or checkpoint:PATH")
-        if kind == "constructed" and val not in MIXTURE_CONSTRUCTIONS + HMM_CONSTRUCTIONS:
-            raise HmmtxError(f"--model {s!r}: no probe adapter for construction '{val}' "
-                             f"(choose from {', '.join(MIXTURE_CONSTRUCTIONS + HMM_CONSTRUCTIONS)})")
+        if kind == "constructed":
+            probe_able = _probe_entries() if probe_able is None else probe_able
+            if val not in probe_able:
+                raise HmmtxError(f"--model {s!r}: construction '{val}' has no probe hooks "
+                                 f"(choose from {', '.join(probe_able) or 'none'})")
         out.append((kind, val))
     return out
 
 
 def build_construction(name: str, source: Any, layout: Any, r: int | None) -> Any:
-    """Build construction ``name`` sized for ``layout``'s streams (source: mixture, or one HMM)."""
-    if name == "bayes-multitask":
-        from constructions.bayes_multitask import build
-
-        return build(source, layout.length - 1)
-    if name == "icl":
-        from constructions.icl import build
-
-        return build(source.num_obs, r=2 if r is None else r, max_len=max(layout.length, 2))
-    if name == "window":
-        from constructions.window_filter import build
-
-        return build(source, 4 if r is None else r, max_len=layout.length - 1)
-    if name == "exact-filter":
-        from constructions.exact_filter import build
-
-        return build(source, layout.length - 1)
+    """Build construction ``name`` sized for ``layout``'s streams with its registry entry's ``probe.build`` hook
+    (source: the mixture, or one HMM for constructions that read one sequence)."""
+    from constructions.runner import ConstructionError
     from hmm.errors import HmmtxError
 
-    raise HmmtxError(f"no probe adapter for construction '{name}'")
+    entry = _probe_entries().get(name)
+    if entry is None:
+        raise HmmtxError(f"no probe hooks for construction '{name}'")
+    try:
+        model = entry.probe.build(source, layout.length, r)
+    except HmmtxError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+        raise ConstructionError(f"construction '{name}': probe build raised {type(exc).__name__}: {exc}") from exc
+    if not hasattr(model, "forward") or not hasattr(model, "layers"):
+        raise ConstructionError(f"construction '{name}': probe build returned {type(model).__name__}, not a model")
+    return model
 
 
-def gather_readable(model: Any) -> dict[int, int]:
-    """Lag -> residual index from which the construction's gather slots hold it (empty without gather layers)."""
-    plan = model.info.get("gather") if hasattr(model, "info") else None
-    if plan is None:
-        return {}
-    from constructions.gather import readable_layer
+def _subject(name: str, mixture: Any, data: Any, single: list, args: argparse.Namespace) -> tuple[Any, Any]:
+    """(probe subject, its probe data) for construction ``name``; ``single`` caches the one-sequence data."""
+    from hmm.mixture import HMMMixture
+    from verify.icl_data import ContextLayout
+    from verify.probes import ConstructedSubject, make_probe_data
 
-    return {k: readable_layer(k) for k in range(1, plan.num_slots)}
+    entry = _probe_entries()[name]
+    if entry.probe.reads == "contexts":
+        model = build_construction(name, mixture, data.batch.layout, args.r)
+        return ConstructedSubject(model, name=f"constructed:{name}", tokens=entry.probe.tokens), data
+    if not single:
+        task0 = HMMMixture.from_arrays([1.0], [mixture.tasks[0]])
+        length = data.batch.layout.length
+        single += [task0, make_probe_data(task0, ContextLayout(0, 1, length - 1), args.contexts, args.seed)]
+    model = build_construction(name, single[0].tasks[0], single[1].batch.layout, args.r)
+    return ConstructedSubject(model, name=f"constructed:{name}", input_kind="hmm"), single[1]
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -284,25 +298,13 @@ def write_plots(results: list[dict], lags: list[int], folder: Any) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- main
-def run(args: argparse.Namespace) -> int:
+def _check_args(args: argparse.Namespace) -> list[int]:
+    """Validate the numeric options and output places; returns the lags."""
     from pathlib import Path
-
-    from rich.console import Console
 
     from hmm.errors import HmmtxError
     from hmm.io import parse_int_list
-    from hmm.io import atomic_write_json, load_mixture
-    from hmm.mixture import HMMMixture
-    from verify.icl_data import Layout
-    from verify.probes import (
-        ConstructedSubject,
-        TrainedSubject,
-        make_probe_data,
-        position_independence,
-        run_probes,
-    )
 
-    specs = _parse_specs(args.model)
     lags = parse_int_list(args.lags, "--lags")
     if any(k < 1 for k in lags):
         raise HmmtxError(f"--lags: distances must be >= 1, got {lags}")
@@ -320,15 +322,15 @@ def run(args: argparse.Namespace) -> int:
             folder.mkdir(parents=True, exist_ok=True) if folder.parent.is_dir() else None
         if not folder.is_dir():
             raise HmmtxError(f"{flag} {path}: folder {folder} does not exist")
+    return lags
 
-    # ---- subjects and the shared data source
-    checkpoints = {}
-    for kind, val in specs:
-        if kind == "checkpoint" and val not in checkpoints:
-            from verify.training import load_checkpoint
 
-            checkpoints[val] = load_checkpoint(val)
-    mixture: HMMMixture
+def _mixture_and_layout(args: argparse.Namespace, checkpoints: dict) -> tuple[Any, Any]:
+    """The task mixture and context layout every subject is probed on (the checkpoint's when one is given)."""
+    from hmm.errors import HmmtxError
+    from hmm.io import load_mixture
+    from verify.icl_data import ContextLayout
+
     layout_default = (4, 8, 8)
     if checkpoints:
         first = next(iter(checkpoints.values()))
@@ -344,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
         mixture = make_mixture(args.zoo_mixture, args.num_tasks, args.states, args.vocab, seed=args.mixture_seed)
     if mixture.exact:
         mixture = mixture.as_float()
-    layout = Layout(
+    layout = ContextLayout(
         layout_default[0] if args.demos is None else args.demos,
         layout_default[1] if args.demo_len is None else args.demo_len,
         layout_default[2] if args.test_len is None else args.test_len,
@@ -355,49 +357,37 @@ def run(args: argparse.Namespace) -> int:
             raise HmmtxError(f"checkpoint {path}: V = {ck.mixture.num_obs} differs from the probe data's V = {mixture.num_obs}")
         if layout.length > c.layout.length:
             raise HmmtxError(f"checkpoint {path}: contexts of length {layout.length} exceed the trained length {c.layout.length}")
+    return mixture, layout
 
-    import sys
 
-    console = Console() if sys.stdout.isatty() else Console(width=130)
-    data = make_probe_data(mixture, layout, args.contexts, args.seed)
-    single = None  # probe data for single-HMM constructions
-    results = []
-    for kind, val in specs:
-        if kind == "checkpoint":
-            subj = TrainedSubject(checkpoints[val].model, name=f"trained:{Path(val).name}")
-            d = data
-        elif val in MIXTURE_CONSTRUCTIONS:
-            subj = ConstructedSubject(build_construction(val, mixture, layout, args.r), name=f"constructed:{val}")
-            d = data
-        else:
-            if single is None:
-                task0 = HMMMixture.from_arrays([1.0], [mixture.tasks[0]])
-                single = (task0, make_probe_data(task0, Layout(0, 1, layout.length - 1), args.contexts, args.seed))
-            subj = ConstructedSubject(build_construction(val, single[0].tasks[0], single[1].batch.layout, args.r),
-                                      name=f"constructed:{val}", input_kind="hmm")
-            d = single[1]
-        console.print(f"probing {subj.name} ({len(subj.layer_names)} layers) ...", style="dim")
-        tr = subj.trace(d.batch)
-        report = run_probes(subj, d, lags=lags, trace=tr)
-        pi = None
-        if d.batch.layout.n_demos >= 2:
-            pi = position_independence(subj, d.batch, n_perms=args.perms, seed=args.seed, base_trace=tr)
-        lay = d.batch.layout
-        results.append({
-            "label": subj.name, "kind": kind, "report": report, "independence": pi,
-            "data": {"n_contexts": int(d.batch.tokens.shape[0]), "n_train_contexts": int(d.n_train),
-                     "n_demos": lay.n_demos, "demo_len": lay.demo_len, "test_len": lay.test_len,
-                     "num_tasks": int(d.refs.task_posterior.shape[-1]), "seed": args.seed},
-            "layers": list(subj.layer_names),
-        })
+def _probe_one(subj: Any, d: Any, kind: str, lags: list[int], args: argparse.Namespace) -> dict:
+    """Probes and (with at least two demonstrations) position independence of one subject."""
+    from verify.probes import position_independence, run_probes
 
-    for t in _tables(results, lags):
-        console.print(t)
+    tr = subj.trace(d.batch)
+    report = run_probes(subj, d, lags=lags, trace=tr)
+    pi = None
+    if d.batch.layout.n_demos >= 2:
+        pi = position_independence(subj, d.batch, n_perms=args.perms, seed=args.seed, base_trace=tr)
+    lay = d.batch.layout
+    return {
+        "label": subj.name, "kind": kind, "report": report, "independence": pi,
+        "data": {"n_contexts": int(d.batch.tokens.shape[0]), "n_train_contexts": int(d.n_train),
+                 "n_demos": lay.n_demos, "demo_len": lay.demo_len, "test_len": lay.test_len,
+                 "num_tasks": int(d.refs.task_posterior.shape[-1]), "seed": args.seed},
+        "layers": list(subj.layer_names),
+    }
+
+
+def _segment_tables(checkpoints: dict, mixture: Any, data: Any, layout: Any, results: list[dict], console: Any) -> None:
+    """Next-token quality by segment of each checkpoint (printed, and stored in its result)."""
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from verify.training import evaluate_segments
+
     for path, ck in checkpoints.items():
-        from rich.table import Table
-
-        from verify.training import evaluate_segments
-
         seg = evaluate_segments(ck.model, mixture, data.batch)
         t = Table(title=f"trained:{Path(path).name}: next-token quality by segment of the predicted token "
                         f"({data.batch.tokens.shape[0]} probe contexts)")
@@ -412,6 +402,41 @@ def run(args: argparse.Namespace) -> int:
         for r in results:
             if r["label"] == f"trained:{Path(path).name}":
                 r["segments"] = {k: v for k, v in seg._asdict().items()}
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from hmm.io import atomic_write_json
+    from verify.probes import TrainedSubject, make_probe_data
+
+    specs = _parse_specs(args.model)
+    lags = _check_args(args)
+    checkpoints = {}
+    for kind, val in specs:
+        if kind == "checkpoint" and val not in checkpoints:
+            from verify.training import load_checkpoint
+
+            checkpoints[val] = load_checkpoint(val)
+    mixture, layout = _mixture_and_layout(args, checkpoints)
+    console = Console() if sys.stdout.isatty() else Console(width=130)
+    data = make_probe_data(mixture, layout, args.contexts, args.seed)
+    single: list = []  # [task-0 mixture, its probe data] for constructions that read one sequence
+    results = []
+    for kind, val in specs:
+        if kind == "checkpoint":
+            subj, d = TrainedSubject(checkpoints[val].model, name=f"trained:{Path(val).name}"), data
+        else:
+            subj, d = _subject(val, mixture, data, single, args)
+        console.print(f"probing {subj.name} ({len(subj.layer_names)} layers) ...", style="dim")
+        results.append(_probe_one(subj, d, kind, lags, args))
+
+    for t in _tables(results, lags):
+        console.print(t)
+    _segment_tables(checkpoints, mixture, data, layout, results, console)
     if args.plot:
         for f in write_plots(results, lags, args.plot):
             console.print(f"wrote {f}")

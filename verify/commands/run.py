@@ -42,7 +42,7 @@ def _common(p: argparse.ArgumentParser, entry: Any) -> None:
     p.add_argument("--mode", default="float64", choices=list(entry.modes), help="number mode (default float64)")
     add_attention_arguments(p, entry)
     p.add_argument("--reference", default="auto", choices=["auto", "exact", "float64"],
-                   help="reference arithmetic for float modes (auto: exact for small inputs)")
+                   help="reference arithmetic for float modes (auto: exact where S <= 4 and T <= 64, the rule verify uses)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the result as JSON (atomically)")
     p.add_argument("--rows", type=int, default=12, help="positions shown in the table (first and last; default 12)")
 
@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
         raise HmmtxError(f"--rows must be positive, got {ns.rows}")
     beta = check_beta(ns.attention, ns.beta)
     source = load_source(entry, ns)
-    tokens = entry.parse_tokens(ns.tokens)
+    from constructions.runner import parse_tokens, run_construction
 
-    from constructions.runner import run_construction
+    tokens = parse_tokens(entry, ns.tokens)
 
     res = run_construction(entry, source, tokens, mode=ns.mode, attention=ns.attention, beta=beta,
                            params=entry.param_values(ns), reference=ns.reference)
@@ -81,15 +81,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _extra_report(entry: Any, source: Any, tokens: Any, ns: argparse.Namespace) -> dict:
-    """Construction-specific extra JSON keys: ``entry.extra["report"](source, tokens, exact=..., **params)``
-    (e.g. the window construction's ``r``, ``a_priori_bound``, ``a_posteriori_bound``); {} when absent."""
-    hook = entry.extra.get("report") if isinstance(entry.extra, dict) else None
-    if hook is None:
+    from hmm.errors import HmmtxError
+
+    """Construction-specific extra JSON keys: ``entry.report(source, tokens, exact=..., **params)`` (e.g. the
+    window construction's ``r``, ``a_priori_bound``, ``a_posteriori_bound``); {} when absent."""
+    if entry.report is None:
         return {}
+    from constructions.runner import ConstructionError
+
     exact = ns.mode == "exact"
     if exact and source is not None and hasattr(source, "as_exact"):
         source = source.as_exact()
-    return dict(hook(source, tokens, exact=exact, **entry.param_values(ns)))
+    try:
+        got = entry.report(source, tokens, exact=exact, **entry.param_values(ns))
+    except HmmtxError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+        raise ConstructionError(f"construction '{entry.name}': report raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(got, dict):
+        raise ConstructionError(f"construction '{entry.name}': report returned {type(got).__name__}, not a dict")
+    return dict(got)
 
 
 def _print_extra(extra: dict) -> None:
