@@ -159,15 +159,25 @@ def coord(layout: Layout, c: Coord | str | int) -> int:
 # ---------------------------------------------------------------------------------------------- containers
 @dataclass(frozen=True, eq=False)
 class Embedding:
-    """Token lookup ``W_E`` (n_in, D); ``vocab[i]`` names input id ``i`` (e.g. ``"x=0"``, ``"NULL"``, ``"BOS"``)."""
+    """Token lookup ``W_E`` (n_in, D); ``vocab[i]`` names input id ``i`` (e.g. ``"x=0"``, ``"NULL"``, ``"BOS"``).
+
+    ``W_pos`` (optional, (P_max, D)): an absolute positional embedding (GPT-2 style), row ``p`` added at position
+    ``p``: the residual at position ``p`` starts as ``W_E[id_p] + W_pos[p]``. None (the default) = no positional
+    embedding (every construction but ``adaptive-memory`` reads positions through relative biases only).
+    """
 
     W_E: np.ndarray
     vocab: tuple[str, ...]
+    W_pos: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.vocab) != self.W_E.shape[0]:
             raise HmmtxError(f"embedding: {len(self.vocab)} vocabulary names for {self.W_E.shape[0]} rows of W_E")
         _check_exact(self.W_E, "W_E", self.W_E.shape)
+        if self.W_pos is not None:
+            if self.W_pos.ndim != 2 or self.W_pos.shape[1] != self.W_E.shape[1] or self.W_pos.shape[0] == 0:
+                raise HmmtxError(f"embedding: W_pos must have shape (P_max, {self.W_E.shape[1]}), got {self.W_pos.shape}")
+            _check_exact(self.W_pos, "W_pos", self.W_pos.shape)
 
 
 @dataclass(frozen=True, eq=False)

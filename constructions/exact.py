@@ -99,6 +99,7 @@ def _compile(model: Any) -> dict:
     return {
         "layers": layers,
         "W_E": [list(r) for r in to_dense(model.embedding.W_E)],
+        "W_pos": None if model.embedding.W_pos is None else [list(r) for r in to_dense(model.embedding.W_pos)],
         "readouts": {n: (_Sparse(r.W_U), r.shape) for n, r in model.readouts.items()},
     }
 
@@ -107,6 +108,8 @@ def _run_one(model: Any, cache: dict, ids: list, record: str) -> dict:
     P = len(ids)
     L = len(cache["layers"])
     xs = [list(cache["W_E"][i]) for i in ids]  # P residual vectors (lists of Fractions)
+    if cache["W_pos"] is not None:  # absolute positional embedding
+        xs = [[a + b for a, b in zip(x, cache["W_pos"][p])] for p, x in enumerate(xs)]
     out = {"res": [None] * (L + 1), "attn": [None] * L, "ffn": [None] * L, "scores": [None] * L, "weights": [None] * L}
     out["res"][0] = _obj(xs) if record != "final" else None
     for li, (layer, heads, ffn, norms) in enumerate(cache["layers"]):

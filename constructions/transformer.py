@@ -274,6 +274,7 @@ class ConstructedTransformer(torch.nn.Module):
         self.info = as_model_info(info)
         self.dtype = dtype
         self.register_buffer("W_E", _dense_float(embedding.W_E, dtype, device))
+        self.register_buffer("W_pos", None if embedding.W_pos is None else _dense_float(embedding.W_pos, dtype, device))
         self.t_layers = torch.nn.ModuleList([_TorchLayer(l, layout, dtype, device) for l in self.layers])
         self.t_readouts = torch.nn.ModuleDict({n: _Lin(r.W_U, dtype, device) for n, r in self.readouts.items()})
 
@@ -293,6 +294,8 @@ class ConstructedTransformer(torch.nn.Module):
     @property
     def max_positions(self) -> int:
         lags = [h.n_lags for l in self.layers for h in l.heads]
+        if self.embedding.W_pos is not None:
+            lags.append(int(self.embedding.W_pos.shape[0]))
         return min(lags) if lags else 1 << 62
 
     # -------------------------------------------------------------- forward
@@ -333,6 +336,8 @@ class ConstructedTransformer(torch.nn.Module):
         ids = torch.as_tensor(self.check_input_ids(input_ids), device=self.device)
         N, P = ids.shape
         x = self.W_E[ids]  # (N, P, D)
+        if self.W_pos is not None:
+            x = x + self.W_pos[:P]  # absolute positional embedding (only constructions that declare one)
         L = len(self.layers)
         residuals: list = [x if record != "final" or L == 0 else None] + [None] * L
         after_attn: list = [None] * L
@@ -461,6 +466,9 @@ class ConstructedTransformer(torch.nn.Module):
         """
         res = self.layout.labels()
         out = [{"layer": "embed", "name": "W_E", "matrix": self.embedding.W_E, "rows": list(self.embedding.vocab), "cols": res}]
+        if self.embedding.W_pos is not None:
+            out.append({"layer": "embed", "name": "W_pos", "matrix": self.embedding.W_pos,
+                        "rows": [f"pos {p}" for p in range(self.embedding.W_pos.shape[0])], "cols": res})
         for layer in self.layers:
             for hi, h in enumerate(layer.heads):
                 hn = h.name or f"head{hi}"
