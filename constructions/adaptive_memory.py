@@ -24,7 +24,7 @@ import numpy as np
 from constructions.adaptive.bound import claimed_bound
 from constructions.adaptive.model import NAME, PROVENANCE, build
 from constructions.adaptive.spec import AdaptiveSpec, make_spec, make_tokens, parse_tokens, reference
-from constructions.registry import ConstructionEntry, Param, register
+from constructions.registry import ConstructionEntry, Param, ProblemSize, VerifySweep, register
 from hmm.errors import HmmtxError
 
 
@@ -77,8 +77,7 @@ def _build_entry(source: Any, tokens: Any, *, attention: str = "hard", beta: flo
 
 def _reference_entry(source: Any, tokens: Any, *, exact: bool = False, **params: Any) -> dict:
     spec, _ = spec_from_params(params)
-    exact = exact and spec.readout != "tanh"  # tanh has no rational reference: float64
-    ref = reference(spec, tokens, exact=exact)
+    ref = reference(spec, tokens, exact=exact)  # tanh: y in float64 (not rational), memory and lag exact
     if exact:
         lag = np.vectorize(lambda v: Fraction(int(v)), otypes=[object])(ref.lag)
     else:
@@ -86,8 +85,13 @@ def _reference_entry(source: Any, tokens: Any, *, exact: bool = False, **params:
     return {"y": ref.y, "memory": ref.memory, "lag": lag}
 
 
+def _size(source: Any, tokens: Any) -> ProblemSize:
+    """No hidden states; the length is the sequence's (the exact-reference rule of the registry)."""
+    return ProblemSize(None, int(np.asarray(tokens.symbols).shape[-1]))
+
+
 def _register() -> ConstructionEntry:
-    from constructions.adaptive.verify_adapter import AdaptiveAdapter
+    from constructions.adaptive.sweep import SWEEP
 
     return register(ConstructionEntry(
         name=NAME,
@@ -101,9 +105,11 @@ def _register() -> ConstructionEntry:
         outputs=("y", "memory", "lag"),
         default_tokens="0:1/2 0:-1 0:1/4 0:0 0:1 0:-1/2 0:3/4 0:-1/4",
         modes=("exact", "float64", "float32"),
-        extra={"bound": "hard: exact; softmax: leakage E/(1+E) <= u e^(-beta gap) x 2 xmax x readout Lipschitz + FFN "
-                        "error + round-off allowance",
-               "verify_adapter": AdaptiveAdapter, "verify_outputs": ("y", "memory", "lag")},
+        bound="hard: 0 (bit-exact); softmax: leakage E/(1+E) <= u e^(-beta gap), x 2 xmax x readout Lipschitz, + FFN "
+              "error + round-off allowance",
+        bound_covers=("y", "memory", "lag"),
+        size=_size,
+        verify=VerifySweep(betas=(), custom=SWEEP),
     ))
 
 

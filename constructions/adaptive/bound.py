@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from constructions.adaptive.model import AdaptiveModelInfo, info_of
+from constructions.adaptive.info import AdaptiveModelInfo, info_of
 from constructions.adaptive.spec import AdaptiveSpec, check_tokens, reference
 from constructions.transformer import BoundReport, ConstructedTransformer
 from hmm.errors import HmmtxError

@@ -40,6 +40,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from constructions.adaptive.bound import claimed_bound
+from constructions.adaptive.info import GUESS_SYMBOL, AdaptiveModelInfo, Schedule, info_of, schedule
 from constructions.adaptive.readout import AdaptiveReadout, readout_for
 from constructions.adaptive.spec import AdaptiveSpec, AdaptiveTokens, check_tokens
 from constructions.blocks import AttentionHead, Embedding, Layer, ReLUFFN, SparseFrac, frac_zeros
@@ -56,60 +58,6 @@ PROVENANCE = (
 DEFAULT_VALUES = tuple(Fraction(k, 4) for k in range(-4, 5))
 #: Longest padded sequence a model may be built for (bias tables, positional embedding).
 MAX_POSITIONS = 8192
-#: Guessed symbol for a fetched symbol a truncated (too shallow) model has not fetched yet.
-GUESS_SYMBOL = 0
-
-
-# ---------------------------------------------------------------------------------------------- schedule
-class Schedule(NamedTuple):
-    """Which layer does what. ``fetch[k]``: layer whose attention fetches memory k; ``known[k]``: the memories whose
-    fetched symbols the lag of memory k reads (others are guessed as :data:`GUESS_SYMBOL`); ``layers``: L."""
-
-    fetch: tuple[int, ...]
-    known: tuple[tuple[int, ...], ...]
-    layers: int
-
-
-def schedule(spec: AdaptiveSpec, layers: int | None = None) -> Schedule:
-    """Type I: 2 layers (lags in layer 0's FFN, every memory fetched in layer 1). Type II: ``M + 1`` layers, memory
-    k fetched in layer k+1, its lag computed in layer k's FFN. ``layers < M + 1`` (Type II only) gives the greedy
-    shallow model of the depth experiment: memories ``>= layers - 2`` are all fetched in the last layer and their
-    lags use guessed symbols for memories not fetched yet."""
-    M = spec.M
-    full = 2 if spec.kind == "type1" else M + 1
-    L = full if layers is None else int(layers)
-    if spec.kind == "type1" and L != 2:
-        raise HmmtxError(f"a Type I construction has 2 layers, got layers={layers}")
-    if not 2 <= L <= full:
-        raise HmmtxError(f"layers={layers}: a Type II construction with M={M} has 2..{full} layers")
-    if spec.kind == "type1":
-        return Schedule(tuple([1] * M), tuple(() for _ in range(M)), 2)
-    fetch = tuple(min(k + 1, L - 1) for k in range(M))
-    known = tuple(tuple(j for j in range(k) if fetch[j] <= fetch[k] - 1) for k in range(M))
-    return Schedule(fetch, known, L)
-
-
-# ---------------------------------------------------------------------------------------------- info
-@dataclass(frozen=True)
-class AdaptiveModelInfo:
-    """What the bound and the codec need about a built model (stored as ``model.info["adaptive"]``).
-
-    ``values``: the embedded value vocabulary; ``n_positions``: padded positions covered; ``readout``: the readout;
-    ``schedule``: :class:`Schedule`; ``mask``: the log variant's lag-0 bias (None for lin)."""
-
-    spec: AdaptiveSpec
-    values: tuple[Fraction, ...]
-    n_positions: int
-    readout: AdaptiveReadout
-    schedule: Schedule
-    mask: Fraction | None
-
-
-def info_of(model: ConstructedTransformer) -> AdaptiveModelInfo:
-    info = model.info.get("adaptive") if isinstance(model.info, dict) else None
-    if not isinstance(info, AdaptiveModelInfo):
-        raise HmmtxError(f"model '{model.spec.name}' is not an adaptive-memory construction")
-    return info
 
 
 # ---------------------------------------------------------------------------------------------- codec
@@ -349,11 +297,9 @@ def build(spec: AdaptiveSpec, *, max_len: int = 64, tokens: Any = None, values: 
                       "sharpness": str(spec.sharpness), "pad": spec.padding, "readout": spec.readout,
                       "max_len": int(max(max_len, T)), "layers_full": (2 if spec.kind == "type1" else spec.M + 1)})
     info = AdaptiveModelInfo(spec, vals, n_positions, readout_for(spec), sched, mask)
-    from constructions.adaptive.bound import claimed_bound
-
     return ConstructedTransformer(lay, emb, layer_list, [], sp, AdaptiveCodec(spec, vals, lay), bound_fn=claimed_bound,
                                   attention=attention, beta=beta, dtype=dtype or torch.float64,
-                                  info={"adaptive": info, "n": 1})
+                                  info=info)
 
 
 __all__ = ["NAME", "PROVENANCE", "DEFAULT_VALUES", "Schedule", "schedule", "AdaptiveModelInfo", "info_of",

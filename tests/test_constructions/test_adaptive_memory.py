@@ -221,3 +221,18 @@ def test_positional_embedding_shape_is_validated_and_runs_in_both_executors() ->
     assert np.array_equal(_np(fl.residuals[0][0, :, pos]), np.arange(spec.padding + 5, dtype=float))
     with pytest.raises(HmmtxError, match="positions"):  # longer than the positional embedding covers
         m.run(make_tokens(np.zeros(200, dtype=int), [Fraction(0)] * 200), mode="float64")
+
+
+def test_verify_sweep_covers_both_types_both_rpes_every_mode_and_softmax() -> None:
+    from verify import suite
+
+    (a,) = [x for x in suite.adapters() if x.name == "adaptive-memory"]
+    cases = a.cases(suite.QUICK)
+    labels = {c.family for c in cases}
+    assert {l.split("/")[0] for l in labels} == {"I-log", "I-lin", "II-log", "II-lin"}
+    assert {c.dtype for c in cases} == {"exact", "float64", "float32"}
+    assert any(l.endswith("beta=2") for l in labels) and all(c.dtype != "exact" for c in cases if "beta" in c.family)
+    res = suite.run_case(a, next(c for c in cases if c.family == "II-log/hard" and c.dtype == "exact"))
+    assert res.status == "pass" and res.exact_ok is True
+    res = suite.run_case(a, next(c for c in cases if c.family == "II-lin/beta=2"))
+    assert res.status == "pass" and 0 < res.error <= res.bound + res.allowance
