@@ -350,7 +350,7 @@ SPECS: dict[int, TableSpec] = {
         "the same number of parameters.",
         _lm_task, _t2_cells,
         {"quick": Size((0, 1), _run(30, 1e-2, 16, 64, 256), {"seq_len": 16}, {"LH": ((1, 2), (2, 1)), "m_total": 16}, **_Q),
-         "small": Size((0, 1, 2), _run(400, 3e-3, 32, 256, 2000), {"seq_len": 32},
+         "small": Size((0, 1, 2), _run(300, 3e-3, 32, 256, 2000), {"seq_len": 32},
                        {"LH": ((1, 8), (2, 4), (4, 2)), "m_total": 64}, d_model=16, d_head=4),
          "full": Size((0, 1, 2), _run(2000, 3e-3, 32, 1024, 20000), {"seq_len": 64},
                       {"LH": ((1, 8), (2, 4), (4, 2), (8, 1)), "m_total": 256})},
@@ -360,7 +360,7 @@ SPECS: dict[int, TableSpec] = {
                  "width m: with enough H and m the loss is low; no extra layers are needed.",
         _BOOL_DESIGN + " DP attention.", _bool_task, _hm_cells("dp"),
         {"quick": Size((0, 1), _run(40, 1e-2, 16, 64), {"lags": (1, 2), "seq_len": 8}, {"H": (1, 2), "m": (8,)}, **_Q),
-         "small": Size((0, 1, 2), _run(400, 1e-2), {}, {"H": (1, 8), "m": (4, 64)}),
+         "small": Size((0, 1, 2), _run(300, 1e-2), {}, {"H": (1, 8), "m": (4, 64)}),
          "full": Size((0, 1, 2), _run(2000, 1e-2), {}, {"H": (1, 2, 4, 8), "m": (4, 16, 64)})},
         _grid_low_loss, _spike_construction, ("H", "m")),
     4: TableSpec(
@@ -370,7 +370,7 @@ SPECS: dict[int, TableSpec] = {
         "scale 4, standardised (loss 1 = best constant); single layer, DP, lin-type RPE, lag 0 masked.",
         _readout_task, _hm_cells("dp"),
         {"quick": Size((0, 1), _run(40, 1e-2, 16, 64), {"seq_len": 8}, {"H": (1, 2), "m": (4, 32)}, **_Q),
-         "small": Size((0, 1, 2), _run(400, 1e-2), {}, {"H": (1, 8), "m": (4, 256)}),
+         "small": Size((0, 1, 2), _run(300, 1e-2), {}, {"H": (1, 8), "m": (4, 256)}),
          "full": Size((0, 1, 2), _run(2000, 1e-2), {}, {"H": (1, 2, 4, 8), "m": (4, 16, 64, 256)})},
         _checks_t4, _no_construction, ("m", "H")),
     5: TableSpec(
@@ -379,7 +379,7 @@ SPECS: dict[int, TableSpec] = {
         _BOOL_DESIGN + " DP-free attention (the paper's caption for Table 5 duplicates Table 3's; we read it as the "
                        "DP-free counterpart, the class of the Task I theorem).", _bool_task, _hm_cells("dpf"),
         {"quick": Size((0, 1), _run(40, 1e-2, 16, 64), {"lags": (1, 2), "seq_len": 8}, {"H": (1, 2), "m": (8,)}, **_Q),
-         "small": Size((0, 1, 2), _run(400, 1e-2), {}, {"H": (1, 8), "m": (4, 64)}),
+         "small": Size((0, 1, 2), _run(300, 1e-2), {}, {"H": (1, 8), "m": (4, 64)}),
          "full": Size((0, 1, 2, 3, 4), _run(2000, 1e-2), {}, {"H": (1, 2, 4, 8, 16), "m": (4, 16, 64)})},
         _grid_low_loss, _spike_construction, ("H", "m")),
     6: TableSpec(
@@ -387,7 +387,7 @@ SPECS: dict[int, TableSpec] = {
                  "without dot-product attention: DP-free works well, DP gives a minor improvement.",
         _BOOL_DESIGN + " DP and DP-free side by side.", _bool_task, _t6_cells,
         {"quick": Size((0, 1), _run(40, 1e-2, 16, 64), {"lags": (1, 2), "seq_len": 8}, {"Hm": ((2, 8),)}, **_Q),
-         "small": Size((0, 1, 2), _run(400, 1e-2), {}, {"Hm": ((8, 64),)}),
+         "small": Size((0, 1, 2), _run(300, 1e-2), {}, {"Hm": ((8, 64),)}),
          "full": Size((0, 1, 2, 3, 4), _run(2000, 1e-2), {}, {"Hm": ((2, 16), (4, 32), (8, 64))})},
         _checks_t6, _spike_construction, ("attention", "H")),
     7: TableSpec(
@@ -408,7 +408,7 @@ SPECS: dict[int, TableSpec] = {
         "0); the same targets as `hmmtx memory-table`. Single layer, FFN-free, DP-free, learnable slopes, lag 0 "
         "masked; loss on the second half of each sequence.", _t8_tasks, _t8_cells,
         {"quick": Size((0, 1), _run(40, 3e-2, 16, 64), {"seq_len": 16}, {"H": (1, 2)}, d_model=4, d_head=2),
-         "small": Size((0, 1, 2), _run(400, 3e-2, 32, 256), {"seq_len": 64}, {"H": (1, 2, 4, 8)}, d_model=8, d_head=4),
+         "small": Size((0, 1, 2), _run(400, 3e-2, 32, 256), {"seq_len": 64}, {"H": (1, 2, 8)}, d_model=8, d_head=4),
          "full": Size((0, 1, 2, 3, 4), _run(3000, 3e-2, 32, 512), {"seq_len": 128}, {"H": (1, 2, 4, 8, 16)},
                       d_model=8, d_head=4)},
         _checks_t8, _kernel_construction, ("H", "kernel", "rpe")),
@@ -535,6 +535,34 @@ def to_json(tr: TableResult) -> dict:
     }
 
 
+def to_markdown(data: dict) -> str:
+    """The docs' rendering of a table's JSON (:func:`to_json`): cells with mean +- std, the construction column,
+    the verdicts. Generated, not transcribed, so the docs' numbers and verdicts are the run's."""
+    coords = list(data["cells"][0]["coords"])
+    con = data.get("construction") or {}
+    head = coords + ["params", "loss before (mean)", "final loss (mean +- std)"]
+    extra = "construction l1 / rel. MSE" if "by_cell" in con else ("construction attention l1" if "by_H" in con else None)
+    lines = ["| " + " | ".join(head + ([extra] if extra else [])) + " |", "|" + "---|" * (len(head) + bool(extra))]
+    for c in data["cells"]:
+        std = "" if c["std"] is None else f" +- {c['std']:.4f}"
+        row = [str(c["coords"][k]) for k in coords] + [str(c["n_params"]), f"{np.mean(c['initial_val']):.4f}",
+                                                        f"{c['mean']:.4f}{std}"]
+        if extra == "construction attention l1":
+            v = con["by_H"].get(str(c["coords"]["H"]))
+            row.append("-" if v is None else f"{v:.2e}")
+        elif extra:
+            d = c["coords"]
+            v = con["by_cell"].get(f"{d['kernel']} {d['rpe']} H={d['H']}")
+            row.append("-" if v is None else f"{v['l1_error']:.2e} / {v['relative_mse']:.2e}")
+        lines.append("| " + " | ".join(row) + " |")
+    if data.get("bayes_floor") is not None:
+        lines.append(f"\nBayes floor (exact) on the same validation texts: {data['bayes_floor']:.4f} nats.")
+    lines.append("")
+    for v in data["verdicts"]:
+        lines.append(f"* Insight {v['insight']}: {v['claim']}: **{v['verdict']}** ({v['reason']}).")
+    return "\n".join(lines)
+
+
 def plot(tr: TableResult, path: str | Path) -> Path:
     """Final validation loss (mean, error bars = std over seeds) against the table's first axis, one line per
     combination of the other axes; the memory-kernel construction's relative MSE dashed where it exists."""
@@ -586,5 +614,5 @@ def plot(tr: TableResult, path: str | Path) -> Path:
 
 
 __all__ = ["SPECS", "SIZES", "TABLES", "TableSpec", "Size", "Cell", "CellResult", "Verdict", "TableResult",
-           "table_spec", "resolve_size", "run_table", "separated", "to_json", "plot", "bayes_floor",
+           "table_spec", "resolve_size", "run_table", "separated", "to_json", "to_markdown", "plot", "bayes_floor",
            "spike_attention_error", "kernel_construction"]
