@@ -83,11 +83,14 @@ def leak_curve(spec: AdaptiveSpec, g: int, n: int, beta: float, mask: Fraction |
     """``leak[u]`` (``u = 0..n-1``): upper bound of the softmax weight off lag ``g`` when the keys are lags ``0..u``
     (``u >= g``), with every gap reduced by ``shrink`` (the float score allowance). ``E / (1 + E)`` rounded up."""
     d = gaps(spec, g, n, mask) - shrink
-    terms = np.exp(-beta * d)
+    with np.errstate(over="ignore"):
+        terms = np.exp(-beta * d)  # a negative (shrunk) gap may overflow to inf: leakage 1 there
     if g < n:
         terms[g] = 0.0
     E = np.cumsum(terms) * (1 + (n + 16) * 2.0**-52)
-    return np.minimum(E / (1 + E) * (1 + 1e-12), 1.0)
+    with np.errstate(invalid="ignore"):
+        leak = np.where(np.isfinite(E), E / (1 + E) * (1 + 1e-12), 1.0)
+    return np.minimum(leak, 1.0)
 
 
 class PositionBounds(NamedTuple):
@@ -109,23 +112,28 @@ class Roundoff(NamedTuple):
     ffn: float
 
 
-def logit_magnitude(spec: AdaptiveSpec, u: np.ndarray) -> np.ndarray:
-    """``Lambda(u)``: a bound on ``|q.k| + |b|`` over the keys of a query at padded position ``u``."""
+def logit_magnitude(spec: AdaptiveSpec, u: np.ndarray, g: int = 1) -> np.ndarray:
+    """``Lambda_g(u)``: a bound on ``|q.k| + |b|`` over the keys of a query at padded position ``u`` whose lag is
+    ``g`` (log: ``(P/g) u + P log u + P + 64``; lin: ``3 kappa u^2 + 2 |p| u + 1``, the same for every g)."""
     P = float(spec.sharpness)
     if spec.rpe == "log":
-        return P * u + P * np.log(np.maximum(u, 1)) + P + 64
+        return P / g * u + P * np.log(np.maximum(u, 1)) + P + 64
     p = abs(float(spec.lin_slope))
     return 3 * P * u * u + 2 * p * u + 1
 
 
 def roundoff_terms(info: AdaptiveModelInfo, mode: str, width: int) -> Roundoff:
-    """``u`` = unit round-off; score allowance ``32 (a_max + 2) u Lambda(u)`` (inputs of q and k rounded, the dot
-    product, the bias, the max subtraction); readout FFN ``4 u sum_j |a_j| (|W_j|_1 + |b_j|) (D + 8)``."""
+    """``u`` = unit round-off; per-logit score allowance ``(16 + 8a^2) u Lambda_g(u)``, ``a`` the largest lag arity:
+    q and k entries are sums of at most 3 exact products (``gamma_3`` each), the dot product of at most 2 terms plus
+    the bias (``gamma_3``), beta scaling and the max subtraction (``2u``): ``9u`` to first order, plus a relative
+    ``~ (6a^2 + 6a + 2) u`` on the query from the snap units (the sum S of ``a`` rounded one-hot coordinates, then
+    ``(3S - 3a + 2) - (3S - 3a + 1)``); stated with slack, not certified.
+    Readout FFN ``4 u sum_j |a_j| (|W_j|_1 + |b_j|) (D + 8)``."""
     u = _U[mode]
-    a_max = max(g.arity for g in info.spec.lags) + 1
+    a_max = max(g.arity for g in info.spec.lags)
     net = info.readout.net
     ffn = 4 * u * float(np.sum(np.abs(net.a) * (np.abs(net.W).sum(axis=1) + np.abs(net.b)))) * (width + 8)
-    return Roundoff(u, 32 * (a_max + 2) * u, ffn)
+    return Roundoff(u, (16 + 8 * a_max * a_max) * u, ffn)
 
 
 def position_bounds(model: ConstructedTransformer, tokens: Any, mode: str) -> PositionBounds:
@@ -140,11 +148,11 @@ def position_bounds(model: ConstructedTransformer, tokens: Any, mode: str) -> Po
     n = pad + T
     xmax = float(max(abs(v) for v in tok.values.ravel())) if tok.values.size else 0.0
     ro = roundoff_terms(info, mode, model.layout.width)
-    # every query of these sequences sits at u <= n - 1 and Lambda grows with u: one (conservative) allowance
-    shrink = float(2 * ro.score_factor * logit_magnitude(spec, np.array([n - 1.0]))[0])
     curves: dict[int, np.ndarray] = {}
     for g in np.unique(lags):
         g = int(g)
+        # every query of these sequences sits at u <= n - 1 and Lambda grows with u: one (conservative) allowance
+        shrink = float(2 * ro.score_factor * logit_magnitude(spec, np.array([n - 1.0]), g)[0])
         if attention == "hard":
             d = gaps(spec, g, n, info.mask) - shrink
             d[g] = np.inf
@@ -170,7 +178,9 @@ def position_bounds(model: ConstructedTransformer, tokens: Any, mode: str) -> Po
             tot = leak[..., list(known)].sum(axis=-1) + len(known) * (mix + 8 * ro.u)
             if np.any(tot > SNAP_TOLERANCE):
                 snap_ok = False
-    lag_allow = 16 * ro.u * (max(g.arity for g in spec.lags) + 2) * spec.lag_range if attention != "hard" else 0.0
+    a = max(g.arity for g in spec.lags)
+    # lags in softmax mode: g (u1 - u2) with |(u1 - u2) - 1| <= (6a^2 + 6a + 2) u (see roundoff_terms); stated x 4/3
+    lag_allow = (8 * a * a + 8 * a + 8) * ro.u * spec.lag_range if attention != "hard" else 0.0
     lag = np.full((N, T), lag_allow)
     return PositionBounds(y, memory.max(axis=-1), lag, leak, snap_ok)
 

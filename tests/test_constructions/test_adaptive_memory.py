@@ -33,7 +33,7 @@ def targets(draw, readouts=("relu", "identity")):
     kind = draw(st.sampled_from(["type1", "type2"]))
     V = draw(st.integers(1, 3))
     M = draw(st.integers(1, 3 if kind == "type2" else 3))
-    T_lag = draw(st.integers(1, 9))
+    T_lag = draw(st.one_of(st.integers(1, 9), st.integers(10, 80)))  # short and long lag ranges
     style = draw(st.sampled_from(["random", "constant", "extreme"]))
     tables = []
     for k in range(M):
