@@ -397,10 +397,16 @@ def use_exact_reference(entry: ConstructionEntry, mode: str, size: ProblemSize) 
 _REGISTRY: dict[str, ConstructionEntry] = {}
 _IMPORT_ERRORS: dict[str, str] = {}
 _PLUGINS: list[str] = []
+_PLUGIN_OF: dict[str, str] = {}
 _DISCOVERED = False
 
 
 def _origin(entry: ConstructionEntry) -> str | None:
+    """Where an entry's code lives (its build function's file): the same file registering again (a re-import, or
+    a plugin both installed and given with --plugin) is not a duplicate."""
+    code = getattr(entry.build, "__code__", None)
+    if code is not None:
+        return os.path.realpath(code.co_filename)
     return getattr(entry.build, "__module__", None)
 
 
@@ -491,6 +497,8 @@ def load_plugin(path: str | os.PathLike) -> list[str]:
     if str(p) not in _PLUGINS:
         _PLUGINS.append(str(p))
     added = sorted(set(_REGISTRY) - before)
+    for name in added:
+        _PLUGIN_OF[name] = str(p)
     if not added:
         raise HmmtxError(f"--plugin {path}: the file registered no construction (call constructions.registry.register)")
     return added
@@ -499,6 +507,12 @@ def load_plugin(path: str | os.PathLike) -> list[str]:
 def plugin_paths() -> tuple[str, ...]:
     """The plugin files loaded in this process (for worker processes)."""
     return tuple(_PLUGINS)
+
+
+def plugin_of(name: str) -> str | None:
+    """The plugin file that registered construction ``name`` (None for packaged or entry-point constructions);
+    reproducers replay such a construction with ``hmmtx --plugin FILE run ...``."""
+    return _PLUGIN_OF.get(name)
 
 
 def entries() -> dict[str, ConstructionEntry]:
@@ -541,6 +555,7 @@ __all__ = [
     "import_errors",
     "load_plugin",
     "plugin_paths",
+    "plugin_of",
     "default_problem_size",
     "use_exact_reference",
     "FRAMEWORK_MODULES",

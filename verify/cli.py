@@ -4,8 +4,11 @@ Sub-commands live in :mod:`verify.commands`, one module each, and are discovered
 ``register(subparsers)`` which adds its parser and sets ``func`` (called with the parsed namespace, returning an
 exit status). Heavy imports belong inside ``func`` so that ``hmmtx --help`` stays fast.
 
-Every :class:`~hmm.errors.HmmtxError` (bad HMM, bad tokens, unreadable file, ...) becomes one line on stderr and
-exit status 2, never a traceback.
+``hmmtx --plugin FILE.py COMMAND ...`` imports a file that registers constructions before the command runs (the
+other route is the ``hmmtx.constructions`` entry-point group; ``docs/extending.md``).
+
+Every :class:`~hmm.errors.HmmtxError` (bad HMM, bad tokens, unreadable file, a construction's own failure, ...)
+becomes one line on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     import verify.commands as commands
 
     parser = _Parser(prog="hmmtx", description="Hand-built Transformers checked against exact references.")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                        help="load a Python file that registers constructions (repeatable; see docs/extending.md)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -46,6 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.plugin:
+            from constructions.registry import load_plugin
+
+            for path in args.plugin:
+                load_plugin(path)
         return int(args.func(args) or 0)
     except HmmtxError as exc:
         print(f"hmmtx: error: {exc}", file=sys.stderr)

@@ -174,8 +174,11 @@ def replay_command(result: CaseResult, folder: Path | str) -> str | None:
     rp = result.replay
     if rp is None:
         return None
+    from constructions.registry import plugin_of
+
     folder = Path(folder)
-    argv = ["hmmtx", "run", result.case.construction]
+    plugin = plugin_of(result.case.construction)
+    argv = ["hmmtx"] + (["--plugin", plugin] if plugin else []) + ["run", result.case.construction]
     if rp.model_kind is not None:
         argv += [f"--{rp.model_kind}", str(folder / f"{rp.model_kind}.json")]
     if rp.tokens is not None:

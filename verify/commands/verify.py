@@ -107,7 +107,10 @@ def parse_jobs(text: str | None) -> int:
 
 def canonical_command(args: argparse.Namespace) -> list[str]:
     """The command line that reruns this sweep (recorded in the JSON report)."""
-    cmd = ["hmmtx", "verify", "--full" if args.full else "--quick"]
+    cmd = ["hmmtx"]
+    for path in getattr(args, "plugin", None) or ():
+        cmd += ["--plugin", path]
+    cmd += ["verify", "--full" if args.full else "--quick"]
     if args.construction:
         cmd += ["--construction", *args.construction]
     for flag, value in (("--states", args.states), ("--lengths", args.lengths), ("--dtype", args.dtype)):
