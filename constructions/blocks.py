@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -398,6 +398,77 @@ class BilinearBuilder:
         return BilinearFFN(W_1, W_2, W_3, tuple(labels))
 
 
+class Literal(NamedTuple):
+    """A 0/1-valued affine form of the residual, ``sum_i w_i h[c_i] + constant`` (a ReLU conjunction's input).
+
+    Fields: ``terms`` (``(coord, weight)`` pairs) and ``constant``. Build with :func:`literal`, :func:`block_sum`,
+    :func:`negated`.
+    """
+
+    terms: tuple[tuple[Any, Fraction], ...]
+    constant: Fraction = Fraction(0)
+
+
+def literal(c: Coord | str) -> Literal:
+    """The literal ``h[c]`` (a one-hot entry, a flag)."""
+    return Literal(((c, ONE),))
+
+
+def block_sum(layout: Layout, name: str) -> Literal:
+    """The literal ``sum(h[name])`` (occupancy of a one-hot block: 1 when it holds a symbol, 0 when empty)."""
+    blk = layout.block(name)
+    return Literal(tuple((blk.start + s, ONE) for s in range(blk.size)))
+
+
+def negated(lit: Literal) -> Literal:
+    """``1 - lit``."""
+    return Literal(tuple((c, -w) for c, w in lit.terms), ONE - lit.constant)
+
+
+class ReLUBuilder:
+    """Accumulate ReLU hidden units against names, then :meth:`build` a :class:`ReLUFFN` (``b_out = 0``).
+
+    ``unit(terms, bias, writes)`` adds ``u = relu(sum_i w_i h[c_i] + bias)`` and adds ``coeff * u`` to each
+    ``(coord, coeff)`` of ``writes``. ``conjunction(literals, writes)`` adds the AND of ``n`` 0/1 literals:
+
+        u = relu(l_1 + ... + l_n - (n - 1))   = 1 if every l_i = 1, else <= 0 -> 0
+
+    (exact on 0/1 inputs: the sum is n only when all hold, at most n - 1 otherwise).
+    """
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self._units: list[tuple[list[tuple[int, Fraction]], Fraction, list[tuple[int, Fraction]], str]] = []
+
+    def unit(self, terms: Iterable[tuple[Coord | str | int, Any]], bias: Any, writes: Iterable[tuple[Coord | str, Any]],
+             *, label: str = "") -> None:
+        t = [(coord(self.layout, c), Fraction(w)) for c, w in terms]
+        w = [(coord(self.layout, c), Fraction(v)) for c, v in writes]
+        self._units.append((t, Fraction(bias), w, label))
+
+    def conjunction(self, literals: Sequence[Literal], writes: Iterable[tuple[Coord | str, Any]], *,
+                    label: str = "") -> None:
+        terms = [tc for lit in literals for tc in lit.terms]
+        bias = sum((lit.constant for lit in literals), Fraction(0)) - (len(literals) - 1)
+        self.unit(terms, bias, writes, label=label)
+
+    def __len__(self) -> int:
+        return len(self._units)
+
+    def build(self) -> ReLUFFN:
+        m, D = len(self._units), self.layout.width
+        W_in, W_out, b_in = frac_zeros(m, D), frac_zeros(D, m), frac_zeros(m)
+        labels = []
+        for u, (terms, bias, writes, label) in enumerate(self._units):
+            for c, w in terms:
+                W_in[u, c] += w
+            b_in[u] = bias
+            for c, v in writes:
+                W_out[c, u] += v
+            labels.append(label or f"u{u}")
+        return ReLUFFN(W_in, b_in, W_out, frac_zeros(D), tuple(labels))
+
+
 def readout(
     layout: Layout,
     name: str,
@@ -427,6 +498,11 @@ __all__ = [
     "Layer",
     "Readout",
     "BilinearBuilder",
+    "ReLUBuilder",
+    "Literal",
+    "literal",
+    "block_sum",
+    "negated",
     "copy_head",
     "lag_bias",
     "readout",

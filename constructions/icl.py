@@ -47,8 +47,13 @@ from constructions.blocks import (
     BilinearBuilder,
     Embedding,
     Layer,
+    Literal,
+    ReLUBuilder,
     ReLUFFN,
+    block_sum,
     frac_zeros,
+    literal,
+    negated,
     readout,
 )
 from constructions.gather import Gather
@@ -266,101 +271,48 @@ def icl_layout(cfg: ICLConfig, plan: Gather) -> Layout:
 def feature_ffn(cfg: ICLConfig, lay: Layout, plan: Gather) -> ReLUFFN:
     """ReLU FFN writing ``x_cur`` and ``x_prev`` from the slots (exact 0/1 outputs on 0/1 slot inputs).
 
-    Every unit is a conjunction of 0/1 literals, ``relu(sum literals - (n - 1))`` = 1 iff all n hold, else <= 0
-    (each literal is a slot entry, or ``1 - occupancy`` for "this lag is empty", or ``is_train``). The window stops
-    at its first empty slot: a feature with j real lags tests lags ``< j`` and that lag ``j`` is empty — older lags
-    are not read, so nothing leaks across a SEP.
+    Every unit is a conjunction (:meth:`~constructions.blocks.ReLUBuilder.conjunction`) of 0/1 literals,
+    ``relu(sum literals - (n - 1))`` = 1 iff all n hold, else <= 0 (each literal is a slot entry, or
+    ``1 - occupancy`` for "this lag is empty", or ``is_train``). The window stops at its first empty slot: a feature
+    with j real lags tests lags ``< j`` and that lag ``j`` is empty — older lags are not read, so nothing leaks
+    across a SEP. ``x_cur`` reads slots ``0..r-1``; ``x_prev`` reads slots ``1..r`` and is gated by ``is_train``.
     """
-    feats, D, V, r = cfg.feats, lay.width, int(cfg.vocab_size), int(cfg.r)
-    rows: list[np.ndarray] = []
-    biases: list[Fraction] = []
-    writes: list[list[tuple[int, Fraction]]] = []
-    labels: list[str] = []
-
-    def new_unit(label: str) -> int:
-        rows.append(frac_zeros(D))
-        biases.append(Fraction(0))
-        writes.append([])
-        labels.append(label)
-        return len(rows) - 1
-
-    def lit(u: int, slot: int, sym: int) -> None:
-        rows[u][lay.index(plan.slot(slot), sym)] += ONE
-
-    def empty(u: int, slot: int) -> None:
-        # literal (1 - occupancy): the constant 1 goes into the bias
-        blk = lay.block(plan.slot(slot))
-        for s in range(blk.size):
-            rows[u][blk.start + s] -= ONE
-        biases[u] += ONE
-
-    def train(u: int) -> None:
-        rows[u][lay.index("is_train")] += ONE
-
-    def finish(u: int, n_literals: int, out: tuple) -> None:
-        biases[u] -= n_literals - 1
-        writes[u].append((lay.index(*out), ONE))
-
+    b = ReLUBuilder(lay)
     for off, block, gated in ((0, "x_cur", False), (1, "x_prev", True)):
-        if feats.kind == "pattern":
-            for idx in range(feats.dim):
-                lags = feats.window_of(idx)
-                j = sum(1 for t in lags if t is not None)
-                u = new_unit(f"{block}[{_fmt_window(lags)}]")
-                n = 0
-                for l in range(j):
-                    lit(u, l + off, int(lags[l]))
-                    n += 1
-                if j < r:
-                    empty(u, j + off)
-                    n += 1
-                if gated:
-                    train(u)
-                    n += 1
-                finish(u, n, (block, idx))
+        gate = [literal("is_train")] if gated else []
+        if cfg.feats.kind == "pattern":
+            _pattern_units(b, cfg, lay, plan, off, block, gate)
         else:
-            V1 = V + 1
-            for l in range(r):
-                # real symbol s at window lag l: slot matches and every newer lag is occupied
-                for s in range(V):
-                    u = new_unit(f"{block}[lag{l + off}={s}]")
-                    lit(u, l + off, s)
-                    n = 1
-                    blk_rows = rows[u]
-                    for l2 in range(l):
-                        b2 = lay.block(plan.slot(l2 + off))
-                        for t in range(b2.size):
-                            blk_rows[b2.start + t] += ONE
-                        n += 1
-                    if gated:
-                        train(u)
-                        n += 1
-                    finish(u, n, (block, l * V1 + s))
-                # "first empty lag is l": newer lags occupied, lag l empty; it makes lags l..r-1 pads
-                u = new_unit(f"{block}[first pad at lag{l + off}]")
-                n = 0
-                for l2 in range(l):
-                    b2 = lay.block(plan.slot(l2 + off))
-                    for t in range(b2.size):
-                        rows[u][b2.start + t] += ONE
-                    n += 1
-                empty(u, l + off)
-                n += 1
-                if gated:
-                    train(u)
-                    n += 1
-                biases[u] -= n - 1
-                for l3 in range(l, r):
-                    writes[u].append((lay.index(block, l3 * V1 + V), ONE))
-    m = len(rows)
-    W_in = frac_zeros(m, D)
-    W_out = frac_zeros(D, m)
-    b_in = np.array(biases, dtype=object)
-    for u in range(m):
-        W_in[u] = rows[u]
-        for c, w in writes[u]:
-            W_out[c, u] += w
-    return ReLUFFN(W_in, b_in, W_out, frac_zeros(D), tuple(labels))
+            _concat_units(b, cfg, lay, plan, off, block, gate)
+    return b.build()
+
+
+def _pattern_units(b: ReLUBuilder, cfg: ICLConfig, lay: Layout, plan: Gather, off: int, block: str,
+                   gate: list[Literal]) -> None:
+    """One unit per window pattern: its ``j`` real lags match and (when ``j < r``) lag ``j`` is empty."""
+    r = int(cfg.r)
+    for idx in range(cfg.feats.dim):
+        lags = cfg.feats.window_of(idx)
+        j = sum(1 for t in lags if t is not None)
+        lits = [literal((plan.slot(l + off), int(lags[l]))) for l in range(j)]
+        if j < r:
+            lits.append(negated(block_sum(lay, plan.slot(j + off))))
+        b.conjunction(lits + gate, [((block, idx), 1)], label=f"{block}[{_fmt_window(lags)}]")
+
+
+def _concat_units(b: ReLUBuilder, cfg: ICLConfig, lay: Layout, plan: Gather, off: int, block: str,
+                  gate: list[Literal]) -> None:
+    """Per lag ``l``: symbol ``s`` at lag ``l`` with every newer lag occupied; and "the first empty lag is ``l``",
+    which marks lags ``l..r-1`` as pads."""
+    V, r = int(cfg.vocab_size), int(cfg.r)
+    V1 = V + 1
+    for l in range(r):
+        newer = [block_sum(lay, plan.slot(l2 + off)) for l2 in range(l)]
+        for s in range(V):
+            b.conjunction([literal((plan.slot(l + off), s))] + newer + gate, [((block, l * V1 + s), 1)],
+                          label=f"{block}[lag{l + off}={s}]")
+        b.conjunction(newer + [negated(block_sum(lay, plan.slot(l + off)))] + gate,
+                      [((block, l3 * V1 + V), 1) for l3 in range(l, r)], label=f"{block}[first pad at lag{l + off}]")
 
 
 def _fmt_window(lags: Sequence[int | None]) -> str:

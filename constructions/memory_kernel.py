@@ -24,7 +24,7 @@ import numpy as np
 
 from constructions.blocks import AttentionHead, Embedding, Layer, ReLUFFN, frac_zeros
 from constructions.layout import Layout
-from constructions.memory.kernels import KernelFit, head_weight
+from constructions.memory.kernels import KernelFit, head_weight, rpe_kind
 from constructions.memory.model import (
     LAG0_MASK,
     NAME,
@@ -134,7 +134,7 @@ def _lag_bias(fit_rpe: str, p: float, n_lags: int, beta: float) -> np.ndarray:
     out = np.empty(n_lags, dtype=object)
     out[0] = Fraction(LAG0_MASK)
     for s in range(1, n_lags):
-        v = -p * s / beta if fit_rpe == "lin" else -p * math.log(s) / beta
+        v = -p * rpe_kind(fit_rpe).phi_scalar(s) / beta
         out[s] = Fraction(v)
     return out
 
@@ -303,7 +303,7 @@ def roundoff_allowance(model: ConstructedTransformer, T: int, mode: str, xmax: f
     heads = 0.0
     for fit in fits:
         for p, c in zip(fit.grid.exponents, fit.weights):
-            score = p * lags if fit.grid.rpe == "lin" else p * np.log(lags)
+            score = p * rpe_kind(fit.grid.rpe).phi(lags)
             w = np.exp(-(score - score.min()))
             mean_b = float(np.sum(w * score) / np.sum(w)) if len(lags) else 0.0
             heads += abs(float(c)) * (4 * mean_b * (1 + 1e-6) + 2 * P + 10)

@@ -22,10 +22,6 @@ from constructions.registry import ConstructionEntry, use_exact_reference
 from constructions.types import MODES, BoundReport, RunResult, check_bound
 from hmm.errors import HmmtxError
 
-#: Former budget of the "auto" reference rule (``T n^2``); the rule is :func:`use_exact_reference` now.
-EXACT_REFERENCE_BUDGET = None
-
-
 class ConstructionError(HmmtxError):
     """A construction's own code failed (raised, returned the wrong thing): the message names it and the step."""
 

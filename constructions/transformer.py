@@ -300,6 +300,7 @@ class ConstructedTransformer(torch.nn.Module):
 
     # -------------------------------------------------------------- forward
     def check_input_ids(self, input_ids: Any) -> np.ndarray:
+        """Input ids (N, P) or (P,) -> validated int64 (N, P): ids within the embedding, P within the bias tables."""
         ids = np.asarray(input_ids)
         if ids.ndim == 1:
             ids = ids[None]
@@ -418,7 +419,9 @@ class ConstructedTransformer(torch.nn.Module):
         """Encode ``tokens`` with the codec, execute in ``mode`` ("exact", "float64", "float32"), decode outputs.
 
         ``float32``/``float64`` run this module rebuilt in that dtype (if it is not already); ``exact`` runs the
-        exact executor (hard attention only).
+        exact executor (hard attention only). Returns :class:`RunResult`: ``outputs`` name -> array of the codec's
+        shape (e.g. (T, V) for one sequence of T tokens, (N, T, V) for N; torch tensors in float modes, object
+        arrays of Fractions in exact mode), ``trace``, ``input_ids`` (N, P), ``mode``.
         """
         if mode not in MODES:
             raise HmmtxError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -435,13 +438,15 @@ class ConstructedTransformer(torch.nn.Module):
         return RunResult(self.codec.decode(self, trace, tokens), trace, ids, mode)
 
     def claimed_bound(self, tokens: Any, mode: str = "float64") -> BoundReport:
-        """The construction's claimed bound on the max-abs error of its outputs for these tokens in ``mode``."""
+        """The construction's claimed bound on the max-abs error of its bound-covered outputs for these tokens in
+        ``mode`` (a :class:`BoundReport`; the runner rejects a negative or NaN value)."""
         if self.bound_fn is None:
             raise HmmtxError(f"construction '{self.spec.name}' has no claimed bound")
         return self.bound_fn(self, tokens, mode)
 
     def read(self, trace: Trace, name: str, positions: Any = slice(None)) -> Any:
-        """Normalised readout ``z / sum(z)`` (last axis) at ``positions``; a zero sum raises HmmtxError."""
+        """Normalised readout ``z / sum(z)`` (last axis) at ``positions``: (N, len(positions), *shape) from masses
+        (N, P, *shape); a zero sum raises HmmtxError."""
         if name not in trace.readouts:
             raise HmmtxError(f"no readout named '{name}' (readouts: {', '.join(trace.readouts)})")
         z = trace.readouts[name][:, positions]

@@ -35,7 +35,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import mpmath
 import numpy as np
@@ -43,6 +43,74 @@ import numpy as np
 from hmm.errors import HmmtxError
 
 RPE_TYPES = ("lin", "log")
+
+
+class LinRPE:
+    """lin-type RPE: ``phi(s) = s``, head weight ``w_p(s) = e^{-p s}``, infinite-past normaliser ``1/(e^p - 1)``."""
+
+    name = "lin"
+
+    @staticmethod
+    def phi(s: np.ndarray) -> np.ndarray:
+        return s
+
+    @staticmethod
+    def phi_scalar(s: float) -> float:
+        """``phi`` of one float lag (``math`` functions, as the bias tables use)."""
+        return s
+
+    @staticmethod
+    def weight(p: float, s: np.ndarray) -> np.ndarray:
+        """``w_p(s)`` at float64 lags ``s`` (any shape)."""
+        return np.exp(-p * s)
+
+    @staticmethod
+    def weight_mp(p: Any, s: Any) -> Any:
+        return mpmath.exp(-p * s)
+
+    @staticmethod
+    def normaliser_mp(p: Any) -> Any:
+        return 1 / mpmath.expm1(p)
+
+
+class LogRPE:
+    """log-type RPE: ``phi(s) = log s``, head weight ``w_p(s) = s^{-p}``, infinite-past normaliser ``zeta(p)``."""
+
+    name = "log"
+
+    @staticmethod
+    def phi(s: np.ndarray) -> np.ndarray:
+        return np.log(s)
+
+    @staticmethod
+    def phi_scalar(s: float) -> float:
+        """``phi`` of one float lag (``math`` functions, as the bias tables use)."""
+        return math.log(s)
+
+    @staticmethod
+    def weight(p: float, s: np.ndarray) -> np.ndarray:
+        """``w_p(s)`` at float64 lags ``s`` (any shape)."""
+        return s ** (-float(p))
+
+    @staticmethod
+    def weight_mp(p: Any, s: Any) -> Any:
+        return mpmath.power(s, -p)
+
+    @staticmethod
+    def normaliser_mp(p: Any) -> Any:
+        return _zeta_cached(p, mpmath.mp.prec)
+
+
+#: The RPE kinds by name (``HeadGrid.rpe`` holds the name; :func:`rpe_kind` gives the behaviour).
+RPE_KINDS: dict[str, Any] = {"lin": LinRPE, "log": LogRPE}
+
+
+def rpe_kind(name: str) -> Any:
+    """The :class:`LinRPE` / :class:`LogRPE` of an RPE type name (HmmtxError for others)."""
+    try:
+        return RPE_KINDS[name]
+    except KeyError:
+        raise HmmtxError(f"rpe type {name!r} unknown (expected one of {', '.join(RPE_TYPES)})") from None
 TARGET_KINDS = ("exp", "power", "spike")
 
 _FIT_DIRECT = 512  # lags fitted one row each; beyond, exact block sums
@@ -210,16 +278,15 @@ def _hurwitz(p: float, a: float) -> float:
 # ---------------------------------------------------------------------------------------------- head kernels
 def head_weight(rpe: str, p, s):
     """Unnormalised head weight ``w_p(s)`` (float64 arrays or mpf): ``e^{-p s}`` (lin) or ``s^{-p}`` (log)."""
+    kind = rpe_kind(rpe)
     if isinstance(p, mpmath.mpf) or isinstance(s, mpmath.mpf):
-        return mpmath.exp(-p * s) if rpe == "lin" else mpmath.power(s, -p)
-    s = np.asarray(s, dtype=np.float64)
-    return np.exp(-p * s) if rpe == "lin" else s ** (-float(p))
+        return kind.weight_mp(p, s)
+    return kind.weight(p, np.asarray(s, dtype=np.float64))
 
 
 def head_normaliser_mp(rpe: str, p):
     """Infinite-past normaliser ``Z_p = sum_{s>=1} w_p(s)``: ``1/(e^p - 1)`` (lin) or ``zeta(p)`` (log)."""
-    p = mpmath.mpf(p)
-    return 1 / mpmath.expm1(p) if rpe == "lin" else _zeta_cached(p, mpmath.mp.prec)
+    return rpe_kind(rpe).normaliser_mp(mpmath.mpf(p))
 
 
 @lru_cache(maxsize=2048)
@@ -241,17 +308,16 @@ def rpe_bias(rpe: str, p: float, lags: np.ndarray) -> np.ndarray:
     lags = np.asarray(lags, dtype=np.float64)
     out = np.full(lags.shape, -np.inf)
     pos = lags >= 1
-    out[pos] = -p * lags[pos] if rpe == "lin" else -p * np.log(lags[pos])
+    out[pos] = -p * rpe_kind(rpe).phi(lags[pos])
     return out
 
 
 def u_of_lag(grid: HeadGrid, s):
     """The polynomial variable ``u``: ``e^{-beta s}`` (lin) or ``s^{-beta}`` (log); float64 or mpf."""
+    kind = rpe_kind(grid.rpe)
     if isinstance(s, mpmath.mpf):
-        b = mpmath.mpf(grid.beta)
-        return mpmath.exp(-b * s) if grid.rpe == "lin" else mpmath.power(s, -b)
-    s = np.asarray(s, dtype=np.float64)
-    return np.exp(-grid.beta * s) if grid.rpe == "lin" else s ** (-grid.beta)
+        return kind.weight_mp(mpmath.mpf(grid.beta), s)
+    return kind.weight(grid.beta, np.asarray(s, dtype=np.float64))
 
 
 # ---------------------------------------------------------------------------------------------- Chebyshev <-> monomial
@@ -521,6 +587,7 @@ class L1Error(NamedTuple):
 @lru_cache(maxsize=32)
 def _lag_tables(rpe: str, p0: float, beta: float, S: int, P: int) -> tuple[np.ndarray, list]:
     """Fixed-point ``floor(u_s 2^P)`` (object array) and mpf ``w_{p0}(s)`` for ``s = 1..S``."""
+    kind = rpe_kind(rpe)
     with mpmath.workprec(P + 40):
         b = mpmath.mpf(beta)
         p = mpmath.mpf(p0)
@@ -528,12 +595,12 @@ def _lag_tables(rpe: str, p0: float, beta: float, S: int, P: int) -> tuple[np.nd
         scale = mpmath.mpf(2) ** P
         for s in range(1, S + 1):
             sm = mpmath.mpf(s)
-            u = mpmath.exp(-b * sm) if rpe == "lin" else mpmath.power(sm, -b)
+            u = kind.weight_mp(b, sm)
             ufp.append(int(mpmath.floor(u * scale)))
         with mpmath.workprec(160):
             for s in range(1, S + 1):
                 sm = mpmath.mpf(s)
-                w0.append(mpmath.exp(-p * sm) if rpe == "lin" else mpmath.power(sm, -p))
+                w0.append(kind.weight_mp(p, sm))
     return np.array(ufp, dtype=object), w0
 
 
@@ -552,7 +619,7 @@ def _w0_rho_fixed(rpe: str, p0: float, kind: str, param: float, S: int) -> tuple
     with mpmath.workprec(_F + 40):
         scale = mpmath.mpf(2) ** _F
         p = mpmath.mpf(p0)
-        W0 = [int(mpmath.floor((mpmath.exp(-p * s) if rpe == "lin" else mpmath.power(s, -p)) * scale))
+        W0 = [int(mpmath.floor(rpe_kind(rpe).weight_mp(p, s) * scale))
               for s in range(1, S + 1)]
         R0 = [int(mpmath.nint(r * scale)) for r in _target_mp(kind, param, S, _F + 40)]
     return np.array(W0, dtype=object), np.array(R0, dtype=object)
@@ -749,7 +816,7 @@ def gram_condition(grid: HeadGrid, dps: int | None = None) -> float:
         for i in range(H):
             for j in range(i, H):
                 q = ps[i] + ps[j]
-                v = (1 / mpmath.expm1(q) if grid.rpe == "lin" else mpmath.zeta(q)) / (Z[i] * Z[j])
+                v = rpe_kind(grid.rpe).normaliser_mp(q) / (Z[i] * Z[j])
                 G[i, j] = v
                 G[j, i] = v
         ev = mpmath.eigsy(G, eigvals_only=True)

@@ -224,3 +224,32 @@ def test_registry_params_become_cli_options():
     e = registry.get("exact-filter")
     ns = argparse.Namespace(filtered=False)
     assert e.param_values(ns) == {"filtered": False}
+
+
+def test_relu_builder_conjunction_is_the_and_of_its_literals():
+    """``relu(sum l_i - (n - 1))`` on every 0/1 assignment of a slot entry, an empty-block test and a flag."""
+    import itertools
+
+    from constructions.blocks import ReLUBuilder, block_sum, literal, negated
+
+    lay = Layout()
+    lay.add("a", 2)
+    lay.add("b", 2)
+    lay.add("flag", 1)
+    lay.add("out", 1)
+    lay.freeze()
+    bld = ReLUBuilder(lay)
+    bld.conjunction([literal(("a", 1)), negated(block_sum(lay, "b")), literal(("flag", 0))], [(("out", 0), 1)],
+                    label="a1 and b empty and flag")
+    ffn = bld.build()
+    assert ffn.hidden_labels == ("a1 and b empty and flag",) and ffn.b_in[0] == Fraction(-1)  # 1 - (3 - 1)
+    for a, b, f in itertools.product(range(3), range(3), range(2)):  # a, b: one-hot index or 2 = empty
+        h = np.array([Fraction(0)] * lay.width, dtype=object)
+        if a < 2:
+            h[lay.index("a", a)] = Fraction(1)
+        if b < 2:
+            h[lay.index("b", b)] = Fraction(1)
+        h[lay.index("flag", 0)] = Fraction(f)
+        pre = ffn.W_in.dot(h) + ffn.b_in
+        d = ffn.W_out.dot(np.array([max(p, Fraction(0)) for p in pre], dtype=object))
+        assert d[lay.index("out", 0)] == (1 if (a == 1 and b == 2 and f == 1) else 0), (a, b, f)

@@ -44,12 +44,12 @@ def bench_h1(S: int = 16, T: int = 2048, V: int = 4, seed: int = 0, mode: str = 
     """Numbers of one H1 benchmark (errors are max-abs over next-token probabilities; times in seconds)."""
     import os
 
-    import numpy as np
     import torch
 
+    from constructions import registry
     from constructions.exact_filter import build
+    from constructions.runner import compare, run_construction
     from hmm.errors import HmmtxError
-    from hmm.reference import forward_filter, forward_filter_exact
     from hmm.sampling import sample
     from hmm.zoo import make
 
@@ -70,12 +70,12 @@ def bench_h1(S: int = 16, T: int = 2048, V: int = 4, seed: int = 0, mode: str = 
     with torch.no_grad():
         for _ in range(repeats):
             t0 = time.perf_counter()
-            tr = model.forward(ids, record="final")
+            model.forward(ids, record="final")
             times.append(time.perf_counter() - t0)
-    got = model.read(tr, "next_token", slice(2, None))[0].double().numpy()
-    t0 = time.perf_counter()
-    ref = forward_filter(hmm_f, x)
-    t_np = time.perf_counter() - t0
+    # the comparisons go through the one run-and-compare path (constructions.runner), with the built model
+    entry = registry.get("exact-filter")
+    params = {"filtered": False}
+    vs_float = run_construction(entry, hmm_f, x, mode=mode, params=params, reference="float64", model=model)
     out = {
         "construction": "exact-filter",
         "mode": mode,
@@ -84,19 +84,19 @@ def bench_h1(S: int = 16, T: int = 2048, V: int = 4, seed: int = 0, mode: str = 
         "build_seconds": t_build,
         "module_seconds_best": min(times),
         "module_seconds_all": times,
-        "numpy_filter_seconds": t_np,
-        "max_abs_error_vs_float64_filter": float(np.abs(got - ref.next_token_probs).max()),
-        "claimed_bound": model.claimed_bound(x, mode).value,
+        "numpy_filter_seconds": vs_float.seconds["reference"],
+        "max_abs_error_vs_float64_filter": vs_float.errors["next_token_probs"],
+        "claimed_bound": vs_float.bound.value,
         "torch_threads": torch.get_num_threads(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     if exact_reference:
-        t0 = time.perf_counter()
-        ex = forward_filter_exact(hmm, x)
-        out["exact_filter_seconds"] = time.perf_counter() - t0
-        exf = np.vectorize(float, otypes=[np.float64])(ex.next_token_probs)
-        out["max_abs_error_vs_exact_filter"] = float(np.abs(got - exf).max())
-        out["float64_filter_error_vs_exact"] = float(np.abs(ref.next_token_probs - exf).max())
+        # the exact filter of the HMM as drawn (rationals when --rational), against the same float module
+        vs_exact = run_construction(entry, hmm, x, mode=mode, params=params, reference="exact", model=model)
+        out["exact_filter_seconds"] = vs_exact.seconds["reference"]
+        out["max_abs_error_vs_exact_filter"] = vs_exact.errors["next_token_probs"]
+        out["float64_filter_error_vs_exact"] = compare(vs_float.reference["next_token_probs"],
+                                                       vs_exact.reference["next_token_probs"], exact=False)[0]
     return out
 
 
