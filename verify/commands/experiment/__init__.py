@@ -14,7 +14,7 @@ import pkgutil
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "experiment",
-        help="training experiments (Wang & E tables, ...), each a sub-command",
+        help="training experiments (experiment grids, Wang & E tables, ...), each a sub-command",
         description="Training experiments that test the papers' claims at small scale; see `hmmtx experiment NAME -h`.",
     )
     sub = p.add_subparsers(dest="experiment", metavar="NAME", parser_class=type(p))

@@ -1,0 +1,234 @@
+"""The experiment runner (verify.experiments): grid validation, run keys, t-intervals, resumable local runs,
+equality with a real Dask LocalCluster, interruption and failures. Tiny models and few steps (seconds per run)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hmm.errors import HmmtxError
+from verify.experiments.runner import ResultStore, run_grid
+from verify.experiments.spec import RESULT_FORMAT, load_grid, parse_grid
+from verify.experiments.tables import cell_summary, cells, layer_curves, mean_ci, t_quantile
+
+BASE = {"num_tasks": 2, "num_states": 2, "vocab_size": 3, "n_demos": 2, "demo_len": 4, "test_len": 4, "d_model": 16,
+        "n_layers": 1, "n_heads": 2, "d_ff": 32, "steps": 12, "batch_size": 8, "lr": 1e-2, "warmup": 2,
+        "eval_contexts": 30, "concentration": 0.3}
+PROBE = {"contexts": 20, "perms": 1, "lags": [1, 2]}
+
+
+def tiny_grid(seeds=(0, 1), axes=None, constructions=("bayes-multitask",), **base) -> dict:
+    return {"name": "tiny", "seeds": list(seeds), "base": {**BASE, **base}, "axes": axes or {},
+            "probe": PROBE, "constructions": list(constructions)}
+
+
+def write(path: Path, grid: dict) -> Path:
+    path.write_text(json.dumps(grid))
+    return path
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "verify.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+
+
+def without_timing(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "timing"}
+
+
+# ---------------------------------------------------------------------------------------------- grid files
+def test_grid_expands_axes_seeds_and_constructions(tmp_path):
+    g = parse_grid(tiny_grid(seeds=[0, 1, 2], axes={"n_layers": [1, 2], "pos": ["learned", "rpe"]}))
+    trained = [r for r in g.runs if r.kind == "trained"]
+    cons = [r for r in g.runs if r.kind != "trained"]
+    assert len(trained) == 2 * 2 * 3
+    assert len(cons) == 3  # one construction run per seed: model axes do not multiply constructions
+    assert g.runs[: len(cons)] == tuple(cons)  # constructions first
+    assert {(r.config.n_layers, r.config.pos, r.config.seed) for r in trained} == {
+        (L, p, s) for L in (1, 2) for p in ("learned", "rpe") for s in (0, 1, 2)}
+    assert len({r.key for r in g.runs}) == len(g.runs)
+    # keys depend on the run only, not on the grid it appears in
+    g2 = parse_grid(tiny_grid(seeds=[2], axes={"pos": ["rpe"], "n_layers": [2]}))
+    assert set(r.key for r in g2.runs) <= set(r.key for r in g.runs)
+
+
+def test_bayes_multitask_only_where_feasible():
+    g = parse_grid(tiny_grid(seeds=[0], axes={"num_tasks": [2, 64]}, constructions=("bayes-multitask",)))
+    cons = [r for r in g.runs if r.kind != "trained"]
+    assert [r.config.num_tasks for r in cons] == [2]
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda g: g.update(bogus=1), "unknown key"),
+    (lambda g: g.pop("seeds"), "missing 'seeds'"),
+    (lambda g: g.update(seeds=[0, 0]), "distinct"),
+    (lambda g: g.update(seeds=[-1]), "seeds must be integers >= 0"),
+    (lambda g: g["axes"].update(seed=[1, 2]), "may not set 'seed'"),
+    (lambda g: g["axes"].update(n_layers=3), "non-empty list"),
+    (lambda g: g["axes"].update(n_layers=[1, 0]), "n_layers must be a positive integer"),
+    (lambda g: g["base"].update(widht=3), "unknown TrainConfig field 'widht'"),
+    (lambda g: g["axes"].update(pos=["sinusoidal"]), "pos must be one of"),
+    (lambda g: g["probe"].update(lags=[0]), "lags"),
+    (lambda g: g.update(probe={"contexts": 5}), "contexts must be >= 10"),
+    (lambda g: g.update(constructions=["window"]), "constructions must be a list"),
+])
+def test_malformed_grid_is_one_error(mutate, message):
+    g = json.loads(json.dumps(tiny_grid()))
+    mutate(g)
+    with pytest.raises(HmmtxError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_grid(g, "g.json")
+
+
+def test_cli_malformed_file_and_unreachable_cluster(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("seeds = [0, 1\n")
+    good = write(tmp_path / "good.json", tiny_grid())
+    for args in (["experiment", "grid", str(bad)], ["experiment", "grid", str(tmp_path / "missing.toml")],
+                 ["experiment", "grid", str(good), "--cluster", "not-an-address"],
+                 ["experiment", "grid", str(good), "--cluster", "tcp://127.0.0.1:9", "--connect-timeout", "1"],
+                 ["experiment", "table", str(tmp_path / "nothing")]):
+        p = cli(*args, "--out", str(tmp_path / "o")) if args[1] == "grid" else cli(*args)
+        assert p.returncode == 2, (args, p.stderr)
+        assert p.stderr.count("\n") == 1 and p.stderr.startswith("hmmtx: error:"), p.stderr
+        assert "Traceback" not in p.stderr
+    assert not (tmp_path / "o" / "runs").exists() or not list((tmp_path / "o" / "runs").iterdir())
+
+
+def test_toml_and_json_give_the_same_runs(tmp_path):
+    t = tmp_path / "g.toml"
+    t.write_text('name = "tiny"\nseeds = [0, 1]\nconstructions = ["bayes-multitask"]\n[base]\n'
+                 + "".join(f"{k} = {json.dumps(v)}\n" for k, v in BASE.items())
+                 + '[probe]\ncontexts = 20\nperms = 1\nlags = [1, 2]\n')
+    j = write(tmp_path / "g.json", tiny_grid())
+    assert [r.key for r in load_grid(t).runs] == [r.key for r in load_grid(j).runs]
+
+
+# ---------------------------------------------------------------------------------------------- intervals
+def test_t_quantile_matches_scipy():
+    from scipy import stats
+
+    for df in (1, 2, 3, 5, 10, 30, 200):
+        for p in (0.9, 0.975, 0.995):
+            assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-9)
+
+
+def test_mean_ci_by_hand():
+    x = [0.2, 0.5, 0.9]
+    iv = mean_ci(x)
+    half = 4.302652729911275 * np.std(x, ddof=1) / math.sqrt(3)  # t_{0.975, 2}
+    assert iv.mean == pytest.approx(np.mean(x), rel=1e-12)
+    assert (iv.lo, iv.hi) == (pytest.approx(np.mean(x) - half, rel=1e-9), pytest.approx(np.mean(x) + half, rel=1e-9))
+    assert mean_ci([0.4]).n == 1 and math.isnan(mean_ci([0.4]).lo)
+    assert mean_ci([None, float("nan")]).n == 0
+    c = mean_ci([0.3, 0.3, 0.3])
+    assert c.lo == c.hi == pytest.approx(0.3, abs=1e-15)
+
+
+# ---------------------------------------------------------------------------------------------- local vs Dask
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("local")
+    grid = parse_grid(tiny_grid())
+    outcome = run_grid(grid, out, workers=1)
+    return grid, out, outcome
+
+
+def test_local_grid_writes_every_run_and_tabulates(local_run):
+    grid, out, outcome = local_run
+    assert not outcome.failed and sorted(outcome.computed) == sorted(r.key for r in grid.runs)
+    results = ResultStore(out).results()
+    assert len(results) == len(grid.runs)
+    for r in results:
+        assert r["run"]["format"] == RESULT_FORMAT
+        L = r["run"]["config"]["n_layers"] if r["run"]["kind"] == "trained" else len(r["probes"]["layers"]) - 1
+        assert len(r["probes"]["state"]["accuracy"]) == L + 1
+        assert len(r["fig1"]["bayes"]) == r["run"]["config"]["n_demos"] + 1
+    names, cs = cells(results)
+    assert [c.kind for c in cs] == ["trained", "constructed:bayes-multitask"] and all(c.seeds == [0, 1] for c in cs)
+    s = cell_summary(cs[0])
+    assert s["tv"].n == 2 and 0 <= s["tv"].mean <= 1 and s["tv"].lo <= s["tv"].mean <= s["tv"].hi
+    # the construction gathers lag 1 exactly (accuracy 1 from residual 1 on), whatever the seed
+    assert layer_curves(cs[1])["tok_k1"][1].mean == 1.0
+    # rerun: nothing recomputed, files untouched
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    again = run_grid(grid, out, workers=0)
+    assert again.computed == [] and sorted(again.skipped) == sorted(r.key for r in grid.runs)
+    assert before == {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+
+
+def test_dask_local_cluster_equals_local_run_bit_for_bit(local_run, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    grid, out, _ = local_run
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cluster:
+        outcome = run_grid(grid, tmp_path, cluster=cluster.scheduler_address, progress=True)
+    assert not outcome.failed and len(outcome.computed) == len(grid.runs)
+    for r in grid.runs:
+        a = json.loads((out / "runs" / f"{r.key}.json").read_text())
+        b = json.loads((tmp_path / "runs" / f"{r.key}.json").read_text())
+        assert without_timing(a) == without_timing(b), r.label
+    shas = [json.loads((tmp_path / "runs" / f"{r.key}.json").read_text())["train"]["weights_sha256"]
+            for r in grid.runs if r.kind == "trained"]
+    assert len(set(shas)) == len(shas)  # different seeds, different weights
+
+
+# ---------------------------------------------------------------------------------------------- interruption
+def test_sigterm_midway_then_rerun_completes_without_redoing(tmp_path):
+    import psutil
+
+    grid = tiny_grid(seeds=[0, 1, 2, 3, 4, 5], constructions=(), steps=60)
+    f = write(tmp_path / "g.json", grid)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "verify.cli", "experiment", "grid", str(f), "--out", str(out),
+                             "--workers", "1", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 90
+    runs = out / "runs"
+    while time.monotonic() < deadline and not (runs.is_dir() and any(runs.glob("*.json"))):
+        time.sleep(0.05)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0, err
+    psutil.wait_procs(children, timeout=10)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    finished = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in runs.glob("*.json")}
+    assert 1 <= len(finished) < 6, err
+    assert not list(runs.glob(".*.tmp"))  # no half-written result
+
+    again = run_grid(load_grid(f), out, workers=0)  # resumed in this process (results are process-independent)
+    assert len(again.computed) == 6 - len(finished) and not again.failed
+    assert sorted(f"{k}.json" for k in again.skipped) == sorted(finished)
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in runs.glob("*.json")}
+    assert len(after) == 6
+    assert {k: after[k] for k in finished} == finished  # finished runs were not redone
+
+
+def test_failed_run_never_overwrites_results(tmp_path, capsys):
+    from verify.cli import main
+
+    good = tiny_grid(seeds=[0], constructions=())
+    out = tmp_path / "out"
+    assert run_grid(parse_grid(good), out, workers=0).computed
+    kept = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "runs").iterdir()}
+    bad = tiny_grid(seeds=[0], constructions=(), axes={"lr": [1e-2, 1e12]}, grad_clip=0.0)
+    del bad["base"]["lr"]
+    rc = main(["experiment", "grid", str(write(tmp_path / "bad.json", bad)), "--out", str(out), "--no-progress",
+               "--workers", "0"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "FAILED" in err and "diverged" in err, err
+    # the lr=1e-2 run of the second grid has another key (grad_clip differs); it ran, the diverging one did not land
+    runs = {q.name: (q.stat().st_mtime_ns, q.read_bytes()) for q in (out / "runs").iterdir()}
+    assert {k: runs[k] for k in kept} == kept and len(runs) == 2
+    failed = list((out / "failed").iterdir())
+    assert len(failed) == 1 and failed[0].name not in runs
+    assert "diverged" in json.loads(failed[0].read_text())["error"]

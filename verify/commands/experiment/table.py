@@ -1,0 +1,71 @@
+"""``hmmtx experiment table DIR``: means and 95 % t-intervals over seeds of a result folder."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("table", help="tabulate a grid's results (mean and 95%% t-interval over seeds)",
+                              description="Summaries per cell (runs equal apart from the seed): mean and two-sided "
+                                          "95%% Student-t interval over seeds. --layers adds per-layer curves, "
+                                          "--markdown FILE writes everything as Markdown.")
+    p.add_argument("dir", metavar="DIR", help="result folder of `hmmtx experiment grid`")
+    p.add_argument("--layers", action="store_true", help="also print per-layer curves and Figure-1 grids per cell")
+    p.add_argument("--markdown", default=None, metavar="FILE", help="write the tables as Markdown (atomically)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from rich.console import Console
+
+    from hmm.io import atomic_write_text
+    from verify.experiments.markdown import markdown_report
+    from verify.experiments.runner import ResultStore
+
+    results = ResultStore(args.dir).results()
+    console = Console() if sys.stdout.isatty() else Console(width=220)
+    print_tables(results, console, layers=args.layers)
+    if args.markdown:
+        atomic_write_text(args.markdown, markdown_report(results))
+        console.print(f"wrote {args.markdown}")
+    return 0
+
+
+def print_tables(results: list, console: Any, layers: bool = False) -> None:
+    from rich.table import Table
+
+    from verify.experiments.tables import SUMMARY_GROUPS, cell_summary, cells, fmt, layer_curves, setting_text
+
+    if not results:
+        console.print("no finished runs")
+        return
+    names, cs = cells(results)
+    sums = [cell_summary(c) for c in cs]
+    for title, keys in SUMMARY_GROUPS:
+        t = Table(title=f"{title}: mean [95% t-interval] over seeds (definitions: docs/diagnostics.md)")
+        for col in ["kind", *names, "n", *keys]:
+            t.add_column(col, justify="right")
+        for c, s in zip(cs, sums):
+            t.add_row(c.kind.replace("constructed:", "c:"), *[setting_text(c, n) for n in names], str(len(c.seeds)),
+                      *[fmt(s[k], 2) for k in keys])
+        console.print(t)
+    if not layers:
+        return
+    for c in cs:
+        cur = layer_curves(c)
+        lt = Table(title=f"{c.kind} {c.setting}: per residual index (pi: per attention layer i-1)")
+        lt.add_column("i", justify="right")
+        for name in cur:
+            lt.add_column(name, justify="right")
+        n = max(len(v) for v in cur.values())
+        for i in range(n):
+            row = [str(i)]
+            for name, col in cur.items():
+                j = i - 1 if name == "pi" else i
+                row.append(fmt(col[j], 2) if 0 <= j < len(col) else "")
+            lt.add_row(*row)
+        console.print(lt)
