@@ -19,6 +19,7 @@ Summary statistics of one run (definitions in docs/diagnostics.md, "Experiment s
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple, Sequence
 
@@ -34,6 +35,7 @@ SUMMARY_GROUPS = (
 SUMMARY_KEYS = tuple(k for _, keys in SUMMARY_GROUPS for k in keys)
 
 
+@functools.lru_cache(maxsize=256)
 def t_quantile(p: float, df: int) -> float:
     """Quantile of Student's t with ``df`` degrees of freedom (mpmath root of the regularised incomplete beta CDF)."""
     import mpmath
