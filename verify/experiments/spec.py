@@ -47,7 +47,6 @@ RESULT_FORMAT = "hmmtx-experiment-run-v1"
 #: Probe contexts of a run with training seed s come from ``numpy.random.default_rng(s + PROBE_SEED_OFFSET)``
 #: (disjoint from the training stream ``default_rng(s)`` and the evaluation stream ``default_rng([s, 1])``).
 PROBE_SEED_OFFSET = 1_000_003
-CONSTRUCTIONS = ("bayes-multitask", "icl")
 #: bayes-multitask's FFN width is n^3 + 2 n^2 (n = total hidden states): it is probed only up to this n; grid
 #: settings with more states get no bayes-multitask run (the Bayes predictive itself is always computed exactly).
 BAYES_MULTITASK_MAX_STATES = 24
@@ -123,6 +122,13 @@ class GridSpec:
     probe: ProbeSettings
     constructions: tuple
     runs: tuple = field(default=())
+
+
+def context_constructions() -> dict:
+    """Registered constructions that can be probed on in-context streams (``probe.reads == "contexts"``), by name."""
+    from constructions import registry
+
+    return {n: e for n, e in registry.entries().items() if e.probe is not None and e.probe.reads == "contexts"}
 
 
 def construction_feasible(kind: str, config: TrainConfig) -> bool:
@@ -210,8 +216,9 @@ def parse_grid(data: dict, path: str | Path = "<grid>") -> GridSpec:
     except HmmtxError as exc:
         raise _fail(path, str(exc)) from None
     cons = data.get("constructions", [])
-    if not isinstance(cons, list) or any(c not in CONSTRUCTIONS for c in cons):
-        raise _fail(path, f"constructions must be a list drawn from {list(CONSTRUCTIONS)}, got {cons!r}")
+    known = sorted(context_constructions())
+    if not isinstance(cons, list) or any(c not in known for c in cons) or len(set(cons)) != len(cons):
+        raise _fail(path, f"constructions must be a list of distinct names from {known}, got {cons!r}")
     order = data.get("seed_order", "inner")
     if order not in ("inner", "outer"):
         raise _fail(path, f"seed_order must be 'inner' or 'outer', got {order!r}")
@@ -253,5 +260,5 @@ def load_grid(path: str | Path) -> GridSpec:
     return parse_grid(_read(path), path)
 
 
-__all__ = ["RESULT_FORMAT", "PROBE_SEED_OFFSET", "CONSTRUCTIONS", "DATA_FIELDS", "BAYES_MULTITASK_MAX_STATES", "construction_feasible", "ProbeSettings", "RunSpec",
+__all__ = ["RESULT_FORMAT", "PROBE_SEED_OFFSET", "context_constructions", "DATA_FIELDS", "BAYES_MULTITASK_MAX_STATES", "construction_feasible", "ProbeSettings", "RunSpec",
            "GridSpec", "parse_grid", "load_grid"]

@@ -87,21 +87,17 @@ def _subject(run: RunSpec, report: Report | None) -> tuple[Any, Any, dict]:
         info = {"metrics": dict(res.metrics._asdict()), "final_loss": res.losses[-1],
                 "weights_sha256": weights_sha256(res.model), "seconds": res.seconds}
         return TrainedSubject(res.model, name="trained"), res.mixture, info
+    from verify.experiments.spec import context_constructions
+
     name = run.kind.partition(":")[2]
     mixture = make_mixture(c)
     if not construction_feasible(run.kind, c):
         raise HmmtxError(f"{run.kind}: {c.num_tasks * c.num_states} total states exceed {BAYES_MULTITASK_MAX_STATES}")
-    if name == "bayes-multitask":
-        from constructions.bayes_multitask import build
-
-        model = build(mixture, c.layout.length - 1)
-    elif name == "icl":
-        from constructions.icl import build
-
-        model = build(mixture.num_obs, r=2, max_len=max(c.layout.length, 2))
-    else:
-        raise HmmtxError(f"unknown construction {name!r}")
-    return ConstructedSubject(model, name=run.kind), mixture, {}
+    entry = context_constructions().get(name)
+    if entry is None:
+        raise HmmtxError(f"construction {name!r} has no probe hooks for in-context streams")
+    model = entry.probe.build(mixture, c.layout.length, None)  # the construction's defaults (icl: r = 2)
+    return ConstructedSubject(model, name=run.kind, tokens=entry.probe.tokens), mixture, {}
 
 
 def execute(run: RunSpec, report: Report | None = None) -> dict:
