@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from verify.experiments.tables import SUMMARY_GROUPS, cell_summary, cells, fig1_curves, fmt, layer_curves, setting_text
+from verify.experiments.tables import SUMMARY_GROUPS, cell_seconds, cell_summary, cells, fig1_curves, fmt, layer_curves, setting_text
 
 
 def _row(cells_: Sequence[str]) -> str:
     return "| " + " | ".join(cells_) + " |"
 
 
-def summary_markdown(results: Sequence[dict], keys: Sequence[str]) -> str:
+def summary_markdown(results: Sequence[dict], keys: Sequence[str], seconds: bool = False) -> str:
     names, cs = cells(results)
-    head = ["kind", *names, "n", *keys]
+    head = ["kind", *names, "n", *keys] + (["wall s / run"] if seconds else [])
     lines = [_row(head), _row(["---"] * len(head))]
     for c in cs:
         s = cell_summary(c)
-        lines.append(_row([c.kind, *[setting_text(c, n) for n in names], str(len(c.seeds)), *[fmt(s[k], 2) for k in keys]]))
+        row = [c.kind, *[setting_text(c, n) for n in names], str(len(c.seeds)), *[fmt(s[k], 2) for k in keys]]
+        lines.append(_row(row + ([fmt(cell_seconds(c), 0)] if seconds else [])))
     return "\n".join(lines)
 
 
@@ -50,7 +51,8 @@ def markdown_report(results: Sequence[dict]) -> str:
     _, cs = cells(results)
     parts = []
     for title, keys in SUMMARY_GROUPS:
-        parts += [f"### {title}: mean [95% t-interval] over seeds", "", summary_markdown(results, keys), ""]
+        parts += [f"### {title}: mean [95% t-interval] over seeds", "",
+                  summary_markdown(results, keys, seconds=title.startswith("next-token")), ""]
     parts += ["### Per-layer curves per cell", ""]
     for c in cs:
         parts += [cell_markdown(c), ""]

@@ -171,6 +171,11 @@ def cell_summary(cell: Cell) -> dict[str, Interval]:
     return {k: mean_ci([s[k] for s in per_run]) for k in SUMMARY_KEYS}
 
 
+def cell_seconds(cell: Cell) -> Interval:
+    """Mean wall seconds per run of the cell (training or building, then probing), with its t-interval."""
+    return mean_ci([r["timing"]["subject_s"] + r["timing"]["probe_s"] for r in cell.results])
+
+
 def layer_curves(cell: Cell) -> dict[str, list[Interval]]:
     """Per residual index (probes) or per layer (``pi``): mean and CI over the cell's seeds."""
     curves: dict[str, list[list[float]]] = {}
@@ -213,5 +218,5 @@ def fmt(iv: Interval, digits: int = 3) -> str:
     return f"{iv.mean:.{digits}f} [{iv.lo:.{digits}f}, {iv.hi:.{digits}f}]"
 
 
-__all__ = ["SUMMARY_GROUPS", "SUMMARY_KEYS", "setting_text", "t_quantile", "Interval", "mean_ci", "summarise", "Cell", "cells", "cell_summary",
+__all__ = ["SUMMARY_GROUPS", "SUMMARY_KEYS", "setting_text", "t_quantile", "Interval", "mean_ci", "summarise", "Cell", "cells", "cell_summary", "cell_seconds",
            "layer_curves", "fig1_curves", "fmt"]

@@ -16,7 +16,9 @@ Result fields (all numbers are Python floats/ints; per-layer arrays are lists):
 * ``probes``: per residual index: token-k accuracy for each lag, state accuracy, belief R^2, task accuracy; with
   majority rates and Bayes ceilings;
 * ``independence``: per attention layer, mean and std over permutation draws (None for layers without attention);
-* ``timing``: wall seconds of training and of probing (the only fields that differ between repeated runs).
+* ``timing``: wall seconds of training (or building) and of probing, and the CPU seconds of the whole run in its
+  worker process (``cpu_s``: on a shared machine, the better estimate of the wall time on an idle core); the only
+  fields that differ between repeated runs.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def execute(run: RunSpec, report: Report | None = None) -> dict:
     from verify.probes import make_probe_data, position_independence, run_probes
     from verify.training import deterministic_torch
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     subject, mixture, info = _subject(run, report)
     t1 = time.perf_counter()
     c, p = run.config, run.probe
@@ -131,7 +133,7 @@ def execute(run: RunSpec, report: Report | None = None) -> dict:
         "probes": {"layers": list(rep.layers), "token": {str(k): cls(v) for k, v in rep.token.items()},
                    "state": cls(rep.state), "belief_r2": rep.belief.r2, "task": cls(rep.task)},
         "independence": None if pi is None else {"layers": list(pi.layers), "mean": pi.mean, "std": pi.std},
-        "timing": {"subject_s": t1 - t0, "probe_s": time.perf_counter() - t1},
+        "timing": {"subject_s": t1 - t0, "probe_s": time.perf_counter() - t1, "cpu_s": time.process_time() - c0},
     }
     if info:
         out["train"] = {k: v for k, v in info.items() if k != "seconds"}

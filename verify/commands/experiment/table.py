@@ -38,20 +38,21 @@ def run(args: argparse.Namespace) -> int:
 def print_tables(results: list, console: Any, layers: bool = False) -> None:
     from rich.table import Table
 
-    from verify.experiments.tables import SUMMARY_GROUPS, cell_summary, cells, fmt, layer_curves, setting_text
+    from verify.experiments.tables import SUMMARY_GROUPS, cell_seconds, cell_summary, cells, fmt, layer_curves, setting_text
 
     if not results:
         console.print("no finished runs")
         return
     names, cs = cells(results)
     sums = [cell_summary(c) for c in cs]
-    for title, keys in SUMMARY_GROUPS:
+    for gi, (title, keys) in enumerate(SUMMARY_GROUPS):
         t = Table(title=f"{title}: mean [95% t-interval] over seeds (definitions: docs/diagnostics.md)")
-        for col in ["kind", *names, "n", *keys]:
+        for col in ["kind", *names, "n", *keys] + (["wall s/run"] if gi == 0 else []):
             t.add_column(col, justify="right")
         for c, s in zip(cs, sums):
+            extra = [fmt(cell_seconds(c), 0)] if gi == 0 else []
             t.add_row(c.kind.replace("constructed:", "c:"), *[setting_text(c, n) for n in names], str(len(c.seeds)),
-                      *[fmt(s[k], 2) for k in keys])
+                      *[fmt(s[k], 2) for k in keys], *extra)
         console.print(t)
     if not layers:
         return
