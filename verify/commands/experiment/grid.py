@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 DESCRIPTION = """\
-Run every run of the grid FILE (TOML or JSON; format: verify/experiments/spec.py and docs/experiments.md) that
-has no finished result under --out. Each finished run is written atomically to OUT/runs/KEY.json (KEY: a hash of
+Run every run of the grid FILE (TOML or JSON; format: docs/experiments/grids.md) that has no finished result
+under --out. Each finished run is written atomically to OUT/runs/KEY.json (KEY: a hash of
 the run's config, seed and probe settings); a finished run is never recomputed, so an interrupted grid continues
 where it stopped. Runs execute in --workers local processes, or on the Dask distributed scheduler at --cluster.
 Then prints the table of means and 95% t-intervals over seeds (also: hmmtx experiment table OUT)."""
