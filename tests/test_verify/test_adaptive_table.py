@@ -96,3 +96,16 @@ def test_cli_bad_arguments_exit_2(args, msg, capsys) -> None:
         rc = exc.code
     err = capsys.readouterr().err
     assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1
+
+
+def test_insight_evidence_for_the_table_reproductions() -> None:
+    from constructions.adaptive.necessity import insight_evidence
+
+    a = insight_evidence("1a", sequences=2)
+    for M, errs in a["by_M"].items():
+        assert errs[str(int(M) + 1)] == 0 and errs["2"] > 0
+    b = insight_evidence("3b", sequences=2)
+    assert all(r["dp_rpe_one_head"] == 0 and r["lin_rpe_dp_one_channel_best"] > 1 for r in b["by_T"].values())
+    json.dumps(a), json.dumps(b)
+    with pytest.raises(Exception, match="1a"):
+        insight_evidence("9z")
