@@ -87,6 +87,9 @@ class AdaptiveCodec:
 
     def decode(self, model: ConstructedTransformer, trace: Any, tokens: Any) -> dict:
         h = trace.residuals[-1][:, self.spec.padding:]
+        if self.spec.readout == "tanh" and isinstance(h, np.ndarray) and h.dtype == object:
+            raise HmmtxError("exact mode: the tanh readout has no exact target (tanh is not rational); use --readout "
+                             "relu or identity, or a float mode")
         lay = self.layout
         out = {"y": h[..., lay.index("y")], "memory": h[..., lay["mval"]], "lag": h[..., lay["lag"]]}
         if getattr(tokens, "single", False):

@@ -172,6 +172,7 @@ def test_reference_follows_the_definition() -> None:
     (["--kind", "type2", "--lags", "1,2,3;1,2,3"], "needs 9 entries"),
     (["--symbols", "2"], "out of range for V=2"),
     (["--lags", "1,x,2"], "not a number"),
+    (["--readout", "tanh", "--mode", "exact"], "tanh readout has no exact target"),
 ])
 def test_bad_parameters_one_line_exit_2(capsys, args, msg) -> None:
     rc = main(["run", "adaptive-memory", "--tokens", "0:1/2 2:-1 1:1/4", *args])
