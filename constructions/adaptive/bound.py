@@ -185,6 +185,33 @@ def position_bounds(model: ConstructedTransformer, tokens: Any, mode: str) -> Po
     return PositionBounds(y, memory.max(axis=-1), lag, leak, snap_ok)
 
 
+def gap_formula(spec: AdaptiveSpec) -> float:
+    """The proved smallest score gap over the lags ``1..T`` (exact arithmetic): ``P (1/(2T^2) - 1/(3T^3))`` (log; the
+    neighbours of the longest lag; the masked lag 0 has ``P log g + 64``), ``kappa`` (lin)."""
+    P, T = float(spec.sharpness), spec.lag_range
+    if spec.rpe == "lin":
+        return P
+    return min(P * (1 / (2 * T * T) - 1 / (3 * T**3)) if T > 1 else P * (1 - math.log(2)), 64.0)
+
+
+def closed_form_bound(spec: AdaptiveSpec, n: int, beta: float, xmax: float = 1.0) -> float:
+    """The claimed bound in closed form, as a function of the lag range T (through the gap), beta, the window ``n``
+    (keys), the readout (Lipschitz constants ``L_k``; its FFN error ``E_ffn(m)`` for width m) and the head count
+    (one head per memory: H = M in Type I, 1 per layer in Type II; more heads do not enter)::
+
+        sup_t |y_t - f| <= 2 xmax (n - 1) e^(-beta gap_T) sum_k L_k + E_ffn(m)
+
+    (exact arithmetic; the Type II snap lookups need ``(M - 1)(n - 1) e^(-beta gap_T) <= 1/3``, else ``inf``).
+    :func:`position_bounds` evaluates the exact leakage sums instead, which are never larger."""
+    from constructions.adaptive.readout import readout_for
+
+    net = readout_for(spec).net
+    leak = min(1.0, (n - 1) * math.exp(-beta * gap_formula(spec)))
+    if spec.kind == "type2" and (spec.M - 1) * leak > SNAP_TOLERANCE:
+        return math.inf
+    return 2 * xmax * leak * float(np.sum(net.lipschitz[1:])) + net.ffn_error
+
+
 def trivial_bound(info: AdaptiveModelInfo, xmax: float) -> float:
     """Holds for any attention weights (fetched values are convex combinations): readout ``sum_k L_k 2 xmax + E_ffn``,
     memories ``2 xmax``, lags ``T - 1`` (lookups return lags in 1..T when the snap margin holds)."""
@@ -223,5 +250,5 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
                        f"round-off allowance {total - leak_part:.2e} ({mode})")
 
 
-__all__ = ["gaps", "min_gap", "leak_curve", "position_bounds", "claimed_bound", "trivial_bound", "roundoff_terms",
+__all__ = ["gap_formula", "closed_form_bound", "gaps", "min_gap", "leak_curve", "position_bounds", "claimed_bound", "trivial_bound", "roundoff_terms",
            "logit_magnitude", "SNAP_TOLERANCE", "PositionBounds"]

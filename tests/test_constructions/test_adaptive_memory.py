@@ -90,6 +90,25 @@ def test_softmax_error_within_the_claimed_bound(case, beta, mode) -> None:
         assert b.leakage <= b.value and b.roundoff >= 0
 
 
+@given(case=targets(readouts=("relu", "identity", "tanh")), beta=st.sampled_from([1.0, 4.0, 12.0]))
+@settings(max_examples=15)
+def test_exact_leakage_sums_never_exceed_the_closed_form(case, beta) -> None:
+    from constructions.adaptive.bound import closed_form_bound, gap_formula, position_bounds
+
+    spec, tok = case
+    model = build(spec, tokens=tok, max_len=tok.shape[1], attention="softmax", beta=beta)
+    pb = position_bounds(model, tok, "exact")  # the mathematical leakage (no float allowance)
+    n = spec.padding + tok.shape[1]
+    u = spec.padding + np.arange(tok.shape[1])
+    closed = u * math.exp(-beta * gap_formula(spec))  # the window of position u has u + 1 keys
+    # 1e-6: the table holds the float64 value of P log s, the closed form the exact log
+    assert np.all(pb.leak <= np.minimum(closed, 1.0)[None, :, None] * (1 + 1e-6) + 1e-300)
+    xmax = float(max(abs(v) for v in tok.values.ravel()))
+    cf = closed_form_bound(spec, n, beta, xmax)
+    if math.isfinite(cf):
+        assert pb.y.max() <= cf * (1 + 1e-6) + 1e-12
+
+
 def test_bound_is_not_vacuous_and_tightens_with_beta() -> None:
     spec = make_spec(kind="type2", V=2, lags="random", M=3, lag_range=6, lag_seed=3, rpe="log", readout="identity")
     rng = np.random.default_rng(1)
