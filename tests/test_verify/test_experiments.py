@@ -237,3 +237,35 @@ def test_failed_run_never_overwrites_results(tmp_path, capsys):
     failed = list((out / "failed").iterdir())
     assert len(failed) == 1 and failed[0].name not in runs
     assert "diverged" in json.loads(failed[0].read_text())["error"]
+
+
+def _fake_result(task_acc, task_ceiling=0.9):
+    """A hand-made result of a 4-layer model (5 residual indices, 4 attention layers)."""
+    return {
+        "train": {"metrics": {"tv_model": 0.03}},
+        "fig1": {"model": [[0.3, 0.5], [0.6, 0.7]], "bayes": [[0.4, 0.5], [0.7, 0.8]]},
+        "probes": {"layers": ["embed", "b0", "b1", "b2", "b3"],
+                   "token": {"1": {"accuracy": [0.3, 0.9, 0.8, 0.7, 0.6]}, "4": {"accuracy": [0.3, 0.4, 0.5, 0.6, 0.5]}},
+                   "state": {"accuracy": [0.5, 0.69, 0.7, 0.7, 0.7]},
+                   "task": {"accuracy": task_acc, "ceiling": task_ceiling}},
+        "independence": {"mean": [0.1, 0.2, 0.8, 1.0]},
+    }
+
+
+def test_summaries_by_hand():
+    from verify.experiments.tables import summarise
+
+    s = summarise(_fake_result([0.3, 0.4, 0.5, 0.85, 0.88]))
+    assert s["tv"] == 0.03
+    assert s["acc_demo1"] == pytest.approx(0.4, abs=1e-12) and s["acc_test"] == pytest.approx(0.65, abs=1e-12)
+    assert s["bayes_test"] == pytest.approx(0.75, abs=1e-12)
+    assert (s["tok_k1"], s["tok_kmax"]) == (0.9, 0.6)
+    assert s["tok_peak_shift"] == pytest.approx((3 - 1) / 4, abs=1e-12)
+    assert s["state_at"] == pytest.approx(1 / 4, abs=1e-12)  # 0.69 is within 0.02 of the best 0.70
+    assert s["task_at"] == pytest.approx(3 / 4, abs=1e-12) and s["task_late"] == pytest.approx(0.5, abs=1e-12)
+    assert s["task_final"] == pytest.approx(0.88 / 0.9, rel=1e-12)
+    assert (s["pi_first"], s["pi_last"]) == (0.1, 1.0)
+    assert s["pi_rise"] == pytest.approx((0.8 + 1.0) / 2 - (0.1 + 0.2) / 2, abs=1e-12)
+    # a task probe that never reaches half its ceiling has no "task_at"
+    s = summarise(_fake_result([0.0, 0.0, 0.1, 0.1, 0.1], task_ceiling=0.3))
+    assert math.isnan(s["task_at"]) and math.isnan(s["task_late"]) and s["task_final"] == pytest.approx(1 / 3)

@@ -11,7 +11,8 @@ Summary statistics of one run (definitions in docs/diagnostics.md, "Experiment s
 * ``tok_k1``, ``tok_kmax``: best-over-layers previous-token accuracy at the smallest / largest lag;
   ``tok_peak_shift``: peak residual index of the largest lag minus that of the smallest, over the depth L;
 * ``state_at``: first residual index within 0.02 of the best state accuracy, over L; ``task_at``: the same for
-  the task probe; ``task_late``: ``task_at - state_at`` (> 0: task identity becomes readable later than the state);
+  the task probe (undefined when the task probe never reaches half its Bayes ceiling); ``task_late``:
+  ``task_at - state_at`` (> 0: task identity becomes readable later than the state);
   ``task_final``: final-residual task accuracy over its Bayes ceiling;
 * ``pi_rise``: mean position-independence score of the upper half of the attention layers minus the lower half
   (> 0: upper layers are more position-independent); ``pi_first``, ``pi_last``.
@@ -32,6 +33,9 @@ SUMMARY_GROUPS = (
     ("Figure 3 (probes)", ("tok_k1", "tok_kmax", "tok_peak_shift", "state_at", "task_at", "task_late", "task_final")),
     ("Figure 2 (position independence)", ("pi_first", "pi_last", "pi_rise")),
 )
+#: ``task_at`` / ``task_late`` are undefined when the best task accuracy stays below this fraction of its Bayes
+#: ceiling (e.g. 1024 tasks: a linear probe fitted on a few hundred contexts cannot separate 1024 classes).
+TASK_READ_FRACTION = 0.5
 SUMMARY_KEYS = tuple(k for _, keys in SUMMARY_GROUPS for k in keys)
 
 
@@ -107,10 +111,12 @@ def summarise(result: dict) -> dict[str, float]:
         out["tok_peak_shift"] = (int(ak.argmax()) - int(a1.argmax())) / L
     out["state_at"] = _first_within(pr["state"]["accuracy"]) / L
     if pr["task"] is not None:
-        out["task_at"] = _first_within(pr["task"]["accuracy"]) / L
-        out["task_late"] = out["task_at"] - out["state_at"]
         ceil = pr["task"]["ceiling"]
-        out["task_final"] = pr["task"]["accuracy"][-1] / ceil if ceil else math.nan
+        acc = [math.nan if v is None else v for v in pr["task"]["accuracy"]]
+        out["task_final"] = acc[-1] / ceil if ceil else math.nan
+        if ceil and np.nanmax(acc) >= TASK_READ_FRACTION * ceil:  # else the probe never reads the task at all
+            out["task_at"] = _first_within(acc) / L
+            out["task_late"] = out["task_at"] - out["state_at"]
     ind = result.get("independence")
     if ind is not None:
         m = [v for v in ind["mean"] if v is not None]
