@@ -255,7 +255,7 @@ def _fake_result(task_acc, task_ceiling=0.9):
 def test_summaries_by_hand():
     from verify.experiments.tables import summarise
 
-    s = summarise(_fake_result([0.3, 0.4, 0.5, 0.85, 0.88]))
+    s = summarise(_fake_result([0.3, 0.4, 0.5, 0.87, 0.88]))  # 0.87: within 0.02 of 0.88
     assert s["tv"] == 0.03
     assert s["acc_demo1"] == pytest.approx(0.4, abs=1e-12) and s["acc_test"] == pytest.approx(0.65, abs=1e-12)
     assert s["bayes_test"] == pytest.approx(0.75, abs=1e-12)
