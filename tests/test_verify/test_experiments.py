@@ -143,7 +143,7 @@ def test_mean_ci_by_hand():
 def local_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("local")
     grid = parse_grid(tiny_grid())
-    outcome = run_grid(grid, out, workers=1)
+    outcome = run_grid(grid, out, workers=1, progress=True)  # progress over the workers' queue
     return grid, out, outcome
 
 
@@ -269,3 +269,8 @@ def test_summaries_by_hand():
     # a task probe that never reaches half its ceiling has no "task_at"
     s = summarise(_fake_result([0.0, 0.0, 0.1, 0.1, 0.1], task_ceiling=0.3))
     assert math.isnan(s["task_at"]) and math.isnan(s["task_late"]) and s["task_final"] == pytest.approx(1 / 3)
+    # a state probe that gains nothing over the embedding has no "state_at" (and so no "task_late")
+    r = _fake_result([0.3, 0.4, 0.5, 0.87, 0.88])
+    r["probes"]["state"]["accuracy"] = [0.34, 0.32, 0.35, 0.34, 0.33]
+    s = summarise(r)
+    assert math.isnan(s["state_at"]) and math.isnan(s["task_late"]) and s["task_at"] == pytest.approx(3 / 4)

@@ -10,8 +10,9 @@ Summary statistics of one run (definitions in docs/diagnostics.md, "Experiment s
   ``bayes_test``: the same for the Bayes predictive;
 * ``tok_k1``, ``tok_kmax``: best-over-layers previous-token accuracy at the smallest / largest lag;
   ``tok_peak_shift``: peak residual index of the largest lag minus that of the smallest, over the depth L;
-* ``state_at``: first residual index within 0.02 of the best state accuracy, over L; ``task_at``: the same for
-  the task probe (undefined when the task probe never reaches half its Bayes ceiling); ``task_late``:
+* ``state_at``: first residual index within 0.02 of the best state accuracy, over L (undefined when no layer gains
+  0.02 over the embedding); ``task_at``: the same for the task probe (also undefined when the task probe never
+  reaches half its Bayes ceiling); ``task_late``:
   ``task_at - state_at`` (> 0: task identity becomes readable later than the state);
   ``task_final``: final-residual task accuracy over its Bayes ceiling;
 * ``pi_rise``: mean position-independence score of the upper half of the attention layers minus the lower half
@@ -79,10 +80,14 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> Interval:
 
 # ---------------------------------------------------------------------------------------------- per-run summaries
 def _first_within(acc: Sequence[float | None], tol: float = 0.02) -> float:
+    """First residual index within ``tol`` of the best accuracy; NaN when no layer adds ``tol`` over the
+    embedding (residual 0): then nothing becomes readable and "where" is undefined."""
     a = np.array([np.nan if v is None else v for v in acc], dtype=float)
     if not np.isfinite(a).any():
         return math.nan
     best = np.nanmax(a)
+    if not best - a[0] >= tol:
+        return math.nan
     return float(np.flatnonzero(a >= best - tol)[0])
 
 
