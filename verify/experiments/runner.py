@@ -274,6 +274,7 @@ class _Bars:
     def __init__(self, enabled: bool, name: str, total: int, done: int):
         self.p = None
         self.runs: dict[str, Any] = {}
+        self.finished: set[str] = set()
         if not enabled:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -288,18 +289,26 @@ class _Bars:
             self.labels[key] = text
 
     def update(self, key: str, phase: str, done: int, total: int) -> None:
-        if self.p is None:
+        if self.p is None or key in self.finished:  # a late message of a run already collected
             return
         if key not in self.runs:
             self.runs[key] = self.p.add_task(f"  {self.labels.get(key, key)}", total=total)
         self.p.update(self.runs[key], description=f"  {self.labels.get(key, key)}: {phase}", completed=done, total=total)
 
     def finish(self, key: str) -> None:
+        self.finished.add(key)
         if self.p is None:
             return
         if key in self.runs:
             self.p.remove_task(self.runs.pop(key))
         self.p.advance(self.grid)
+
+    def log(self, log: Any, line: str) -> None:
+        """``log(line)``, above the bars while they are drawn."""
+        if self.p is not None:
+            self.p.console.print(line, highlight=False, markup=False)
+        elif log:
+            log(line)
 
     def stop(self) -> None:
         if self.p is not None:
@@ -361,13 +370,11 @@ def run_grid(grid: GridSpec, out: str | Path, *, workers: int = 1, cluster: str 
                 except Exception as exc:  # a failed run is recorded, never written over a result
                     failed[run.key] = _one_line(exc)
                     store.fail(run, "".join(traceback.format_exception(exc))[-4000:])
-                    if log:
-                        log(f"FAILED {run.label} [{run.key}]: {failed[run.key]}")
+                    bars.log(log, f"FAILED {run.label} [{run.key}]: {failed[run.key]}")
                 else:
                     store.save(run.key, result)
                     computed.append(run.key)
-                    if log:
-                        log(f"done {run.label} [{run.key}]")
+                    bars.log(log, f"done {run.label} [{run.key}]")
                 bars.finish(run.key)
         abort = False
     finally:
