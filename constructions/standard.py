@@ -48,14 +48,8 @@ import torch
 
 from constructions.blocks import BilinearFFN, ReLUFFN, nonzeros
 from constructions.layout import Layout
-from constructions.transformer import (
-    MODES,
-    ConstructedTransformer,
-    ConstructionSpec,
-    RunResult,
-    Trace,
-    torch_dtype,
-)
+from constructions.transformer import ConstructedTransformer, torch_dtype
+from constructions.types import MODES, ConstructionSpec, ModelInfo, RunResult, Trace
 from hmm.errors import HmmtxError
 
 #: Inverse temperature replacing hard attention (a power of two, so ``beta * score`` is exact in float32/float64).
@@ -172,6 +166,15 @@ class BlockWeights:
             self.W_out.nnz + int(np.count_nonzero(self.b_out))
 
 
+class BlockLabels(NamedTuple):
+    """What block ``l`` holds: ``layer`` (the idealised layer's name), ``heads`` (one line per head, in head
+    order; heads beyond are zero padding), ``units`` (one label per gated MLP unit, in unit order)."""
+
+    layer: str
+    heads: tuple
+    units: tuple
+
+
 class Probe(NamedTuple):
     """A linear readout of the final residual (an idealised readout, kept as a labelled direction set):
     masses ``z = h @ W`` (W: (D, n_out)), output ``z / sum z`` over the last axis of ``shape``."""
@@ -212,6 +215,23 @@ class StandardWeights:
         out["unembed.W_U"] = self.W_U
         out["unembed.b_U"] = np.zeros(self.W_U.shape[1])
         return out
+
+
+@dataclass(frozen=True)
+class StandardInfo(ModelInfo):
+    """Metadata of a standard variant (``std.info``).
+
+    Fields:
+        n:             operator size of the idealised construction (1 when it has none)
+        dropped_norms: the projectively normalised blocks whose normalisation was dropped (sorted names)
+        rewrites:      ``((layer index, (block, ...)), ...)``: in-place updates rewritten with a lag-0 move head
+        mass_scale:    ``((block, c), ...)``: embedding entries of a dropped-norm block multiplied by ``c``
+    """
+
+    n: int = 1
+    dropped_norms: tuple = ()
+    rewrites: tuple = ()
+    mass_scale: tuple = ()
 
 
 class Substitution(NamedTuple):
@@ -263,7 +283,7 @@ class _Plan:
 
     def __init__(self) -> None:
         self.heads: list[dict] = []
-        self.units: list[tuple[dict, dict, dict]] = []
+        self.units: list[tuple[dict, dict, dict, str]] = []
         self.b_out: dict[int, float] = {}
 
 
@@ -278,7 +298,6 @@ def compile_standard(
     mass_scale: dict | None = None,
     name: str | None = None,
     bound_fn: Any = None,
-    info: dict | None = None,
 ) -> "StandardTransformer":
     """The standard-block variant of ``model`` (see the module docstring for every substitution).
 
@@ -322,6 +341,8 @@ def compile_standard(
         if not any(n.block == b for l in model.layers for n in l.norms):
             raise HmmtxError(f"mass_scale: '{b}' is not a projectively normalised block of '{model.spec.name}'")
     weights, cfg = _assemble(model, lay, plans, n_ctx, act, head_blocks, scale)
+    labels = tuple(BlockLabels(model.layers[li].name, tuple(f"{h['name']}: {h['description']}" for h in p.heads),
+                               tuple(u[3] for u in p.units)) for li, p in enumerate(plans))
     probes = tuple(
         Probe(r.name, _pad_rows(_dense(r.W_U).T, lay.width), tuple(r.shape), tuple(r.labels), r.description)
         for r in model.readouts.values()
@@ -333,9 +354,9 @@ def compile_standard(
         {**model.spec.parameters, "act": act, "idealised": {"layers": model.spec.layers, "heads": model.spec.heads,
                                                              "width": model.spec.width, "ffn_width": model.spec.ffn_width}},
     )
-    return StandardTransformer(cfg, weights, lay, probes, model, spec, subs, bound_fn=bound_fn,
-                               info={**model.info, **(info or {}), "idealised": model, "dropped_norms": has_norms,
-                                     "rewrites": rewrites})
+    info = StandardInfo(n=int(model.info.get("n", 1) or 1), dropped_norms=tuple(sorted({n.block for l in model.layers for n in l.norms})),
+                        rewrites=tuple(sorted(rewrites.items())), mass_scale=tuple(sorted(scale.items())))
+    return StandardTransformer(cfg, weights, lay, probes, model, spec, subs, bound_fn=bound_fn, info=info, labels=labels)
 
 
 def _plan_rewrites(model: ConstructedTransformer) -> dict[int, tuple[str, ...]]:
@@ -393,7 +414,8 @@ def _plan_layer(model: ConstructedTransformer, lay: Layout, li: int, beta: float
         blk, held = lay.block(b), lay.block(HELD_PREFIX + b)
         table = -beta * np.arange(n_ctx, dtype=np.float64)  # tent -|lag - 0|: the query itself wins by beta
         vo = [({blk.start + i: 1.0}, {held.start + i: 1.0, blk.start + i: -1.0}) for i in range(blk.size)]
-        plan.heads.append({"q": {}, "k": {}, "vo": vo, "d_qk": n_ctx, "pos": (pos.start, 0, table)})
+        plan.heads.append({"q": {}, "k": {}, "vo": vo, "d_qk": n_ctx, "pos": (pos.start, 0, table), "name": f"move:{b}",
+                           "description": f"lag-0 head: {HELD_PREFIX}{b} <- {b}, {b} <- 0 (replaces the in-place update)"})
     f = layer.ffn
     if isinstance(f, BilinearFFN):
         redirect = {}
@@ -407,7 +429,8 @@ def _plan_layer(model: ConstructedTransformer, lay: Layout, li: int, beta: float
             g = {redirect.get(j, j): float(v) for j, v in r1[u].items()}
             ln = {redirect.get(j, j): float(v) for j, v in r2[u].items()}
             out = {(redirect[j] if u in clear_units else j): float(v) for j, v in c3[u].items()}
-            _bilinear_units(plan, g, ln, out, consts, act)
+            lbl = f.hidden_labels[u] if u < len(f.hidden_labels) else f"u{u}"
+            _bilinear_units(plan, g, ln, out, consts, act, lbl + (" (moved)" if u in clear_units else ""))
     elif isinstance(f, ReLUFFN):
         one = lay.index(ONE_BLOCK)
         rin = _rows(f.W_in)
@@ -416,21 +439,22 @@ def _plan_layer(model: ConstructedTransformer, lay: Layout, li: int, beta: float
             g = {j: float(v) for j, v in rin[u].items()}
             if f.b_in[u] != 0:
                 g[one] = g.get(one, 0.0) + float(f.b_in[u])
-            plan.units.append((g, {one: 1.0}, {j: float(v) for j, v in cout[u].items()}))
+            lbl = f.hidden_labels[u] if u < len(f.hidden_labels) else f"u{u}"
+            plan.units.append((g, {one: 1.0}, {j: float(v) for j, v in cout[u].items()}, f"relu({lbl})"))
         plan.b_out = {i: float(v) for i, v in enumerate(f.b_out) if v != 0}
     return plan
 
 
-def _bilinear_units(plan: _Plan, g: dict, ln: dict, out: dict, consts: set[int], act: str) -> None:
+def _bilinear_units(plan: _Plan, g: dict, ln: dict, out: dict, consts: set[int], act: str, label: str) -> None:
     """``(g.h)(ln.h)`` written to ``out`` as gated units (see module docstring: act(a) b + act(-a)(-b) = a b)."""
     if not g or not ln or not out:
         return
     for a, b in ((g, ln), (ln, g)):
         if act == "relu" and set(a) <= consts and sum(a.values()) > 0:
-            plan.units.append((a, b, out))  # relu(c) = c for the constant coordinate
+            plan.units.append((a, b, out, label))  # relu(c) = c for the constant coordinate
             return
-    plan.units.append((g, ln, out))
-    plan.units.append(({j: -v for j, v in g.items()}, {j: -v for j, v in ln.items()}, out))
+    plan.units.append((g, ln, out, label + " [+]"))
+    plan.units.append(({j: -v for j, v in g.items()}, {j: -v for j, v in ln.items()}, out, label + " [-]"))
 
 
 def _head(h: Any, lay: Layout, beta: float, n_ctx: int) -> dict:
@@ -452,7 +476,8 @@ def _head(h: Any, lay: Layout, beta: float, n_ctx: int) -> dict:
         d_qk = d_c + n_ctx
     wv, wo = _rows(h.W_V), _rows(_transpose(h.W_O))
     vo = [({j: float(v) for j, v in wv[i].items()}, {j: float(v) for j, v in wo[i].items()}) for i in range(h.d_v)]
-    return {"q": q, "k": k, "vo": vo, "d_qk": d_qk, "pos": pos_part}
+    return {"q": q, "k": k, "vo": vo, "d_qk": d_qk, "pos": pos_part, "name": h.name or "head",
+            "description": h.description}
 
 
 def _position_coo(pos_part: tuple | None, n_ctx: int) -> tuple[tuple, tuple]:
@@ -495,7 +520,7 @@ def _assemble(model: ConstructedTransformer, lay: Layout, plans: list[_Plan], n_
             Wv.append(SparseMatrix.from_dict((D, d_head), {(c, r): v for r, (rd, _) in enumerate(hd["vo"]) for c, v in rd.items()}))
             Wo.append(SparseMatrix.from_dict((d_head, D), {(r, c): v for r, (_, wr) in enumerate(hd["vo"]) for c, v in wr.items()}))
         g, i_, o = {}, {}, {}
-        for u, (gd, ln, out) in enumerate(p.units):
+        for u, (gd, ln, out, _) in enumerate(p.units):
             for c, v in gd.items():
                 g[(c, u)] = g.get((c, u), 0.0) + v
             for c, v in ln.items():
@@ -560,14 +585,16 @@ class StandardTransformer(torch.nn.Module):
 
     def __init__(self, config: StandardConfig, weights: StandardWeights, layout: Layout, probes: tuple,
                  idealised: ConstructedTransformer, spec: ConstructionSpec, substitutions: tuple, *,
-                 bound_fn: Any = None, info: dict | None = None, dtype: torch.dtype = torch.float64) -> None:
+                 bound_fn: Any = None, info: "StandardInfo | None" = None, labels: tuple = (),
+                 dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
         self.config, self.weights, self.layout, self.probes = config, weights, layout, probes
         self._idealised = (idealised,)  # a tuple: not registered as a submodule
         self.spec, self.substitutions = spec, substitutions
         self.codec = idealised.codec
         self.bound_fn = bound_fn
-        self.info = dict(info or {})
+        self.info = info if info is not None else StandardInfo()
+        self.labels = labels
         self.attention, self.beta = "softmax", spec.beta
         self.dtype = dtype
         t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)  # noqa: E731
@@ -590,7 +617,8 @@ class StandardTransformer(torch.nn.Module):
 
     def materialise(self, dtype: torch.dtype) -> "StandardTransformer":
         return StandardTransformer(self.config, self.weights, self.layout, self.probes, self.idealised, self.spec,
-                                   self.substitutions, bound_fn=self.bound_fn, info=self.info, dtype=dtype)
+                                   self.substitutions, bound_fn=self.bound_fn, info=self.info, labels=self.labels,
+                                   dtype=dtype)
 
     @property
     def max_positions(self) -> int:
@@ -686,5 +714,5 @@ def size_table(std: StandardTransformer) -> dict:
 
 
 __all__ = ["HARD_BETA", "ACTIVATIONS", "StandardConfig", "StandardWeights", "BlockWeights", "Probe", "Substitution",
-           "StandardTransformer", "compile_standard", "constant_coordinates", "size_table", "ONE_BLOCK", "POS_BLOCK",
+           "StandardTransformer", "StandardInfo", "BlockLabels", "compile_standard", "constant_coordinates", "size_table", "ONE_BLOCK", "POS_BLOCK",
            "HELD_PREFIX"]

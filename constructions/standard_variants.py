@@ -1,0 +1,211 @@
+"""The standard-block variants, registered like any construction: ``exact-filter-std``, ``window-std``,
+``bayes-multitask-std``, ``icl-std``, ``memory-kernel-std``.
+
+Each builds the idealised construction (hard attention; memory-kernel: its own softmax) and compiles it with
+:func:`constructions.standard.compile_standard`. Its claimed bound (:func:`standard_bound`) is the idealised
+model's bound on the same tokens plus the substitution errors:
+
+* one-hot positions, gated MLP units, ReLU units through the constant coordinate: exact (no term);
+* hard attention as softmax at ``beta = 4096``: the off-target weight of a query is at most ``(P - 1) e^{-4096}``;
+  in float32/float64 it underflows to exactly 0, so the float computation is the hard one (no term; the note
+  states the exact-arithmetic leakage);
+* dropped projective normalisation (H1, H3, window ``--readout product``): the unnormalised products are
+  non-negative, so each float product has entrywise relative error at most ``gamma_{n+1}`` on top of its factors'
+  (first-order model, no cancellation after the move-head rewrite); a position's output involves at most
+  ``P + L`` products and one ``n^2``-term readout sum, and normalising ``z / sum z`` turns an entrywise relative
+  error ``delta`` into at most ``2 delta / (1 - delta)``. The term added is ``2 (2 delta / (1 - delta) + u)`` with
+  ``delta = ((P + L)(n + 2) + n^2 + 4) u`` (a stated heuristic allowance, like the idealised ones). It holds while
+  no product leaves the normal float range: the bound checks it a posteriori (every dropped-norm block's mass in
+  ``[2^-1000, 2^1000]`` in float64, ``[2^-100, 2^100]`` in float32) and claims only the trivial bound otherwise
+  (the length limit, ``docs/export.md``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from constructions import bayes_multitask, exact_filter, icl, memory_kernel, window_filter
+from constructions.registry import AttentionDefaults, ConstructionEntry, CustomSweep, Param, SweepPoint, VerifySweep, register
+from constructions.standard import ACTIVATIONS, HARD_BETA, StandardTransformer, compile_standard
+from constructions.types import BoundReport, check_bound
+from hmm.errors import HmmtxError
+
+#: Normal-range limits of the unnormalised masses (log2), per float mode.
+MASS_RANGE_LOG2 = {"float64": 1000, "float32": 100}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How one construction compiles.
+
+    Fields:
+        base:        the idealised construction's registry entry
+        drop_norms:  ``drop_norms(params) -> bool``: whether its projective normalisations are dropped (the caller
+                     vouches that the normalised blocks are used projectively)
+        mass_scale:  ``mass_scale(model) -> {block: c}`` (embedding scaling of dropped-norm blocks)
+        head_blocks: residual blocks the unembedding reads when the construction has no readout
+        verify:      the verify sweep (default: hard attention only)
+    """
+
+    base: ConstructionEntry
+    drop_norms: Callable[[dict], bool] = lambda params: False
+    mass_scale: Callable[[Any], dict] = lambda model: {}
+    head_blocks: tuple[str, ...] = ()
+    verify: VerifySweep = VerifySweep(betas=())
+
+
+def _mass_check(std: StandardTransformer, tokens: Any, mode: str) -> tuple[bool, float, float]:
+    """(every dropped-norm block's mass inside the normal range, smallest mass, largest mass) for these tokens."""
+    blocks = set(std.info.dropped_norms)
+    if not blocks:
+        return True, math.nan, math.nan
+    ids = std.check_input_ids(std.codec.encode(tokens))
+    m = std if std.dtype == (torch.float64 if mode == "float64" else torch.float32) else std.materialise(
+        torch.float64 if mode == "float64" else torch.float32)
+    with torch.no_grad():
+        res = m.forward(ids, record="residuals")
+    lo, hi = math.inf, 0.0
+    for li, layer in enumerate(std.idealised.layers):
+        for n in layer.norms:
+            m = res.residuals[li + 1][..., std.layout[n.block]].sum(dim=-1).to(torch.float64)
+            lo, hi = min(lo, float(m.min())), max(hi, float(m.max()))
+    e = MASS_RANGE_LOG2[mode]
+    ok = math.isfinite(lo) and math.isfinite(hi) and lo >= 2.0**-e and hi <= 2.0**e
+    return ok, lo, hi
+
+
+def standard_bound(std: StandardTransformer, tokens: Any, mode: str = "float64") -> BoundReport:
+    """The idealised bound on the same tokens plus the substitution terms (module docstring)."""
+    if mode not in ("float64", "float32"):
+        raise HmmtxError(f"{std.spec.name}: standard variants run in float64/float32 (softmax attention), got {mode!r}")
+    ideal = std.idealised
+    ids = std.check_input_ids(std.codec.encode(tokens))
+    P, L = ids.shape[1], std.config.n_layers
+    note = ""
+    if ideal.attention == "hard":
+        note = (f"hard -> softmax at beta={std.beta:g}: off-target weight <= {P - 1} e^-{std.beta:g} "
+                f"(exactly 0 in {mode})")
+    if not std.info.dropped_norms:
+        base = check_bound(ideal.claimed_bound(tokens, mode), ideal.spec.name)
+        return BoundReport(base.value, base.leakage, base.roundoff, base.trivial,
+                           f"idealised {ideal.spec.name}: {base.notes}; {note}; other substitutions exact")
+    if ideal.attention != "hard":
+        raise HmmtxError(f"{std.spec.name}: projective normalisation is dropped only from hard-attention models")
+    base = BoundReport(0.0, 0.0, 0.0, 1.0, "")
+    ok, lo, hi = _mass_check(std, tokens, mode)
+    if not ok:
+        return BoundReport(base.trivial, base.trivial, 0.0, base.trivial,
+                           note + f"; the unnormalised masses ({lo:.3g} .. {hi:.3g}) left the normal {mode} range "
+                           "(projective normalisation dropped): past the variant's length limit, trivial bound only")
+    return normfree_bound(std, base, P, L, mode, lo, note)
+
+
+def normfree_bound(std: StandardTransformer, base: BoundReport, P: int, L: int, mode: str, lo: float,
+                   note: str) -> BoundReport:
+    """The claimed bound of a variant whose projective normalisation was dropped (module docstring): the idealised
+    model's leakage (0 for hard attention) plus the round-off of non-negative unnormalised products, plus the same
+    for a float64 reference filter over the sequence (so the claim also holds against a float64 reference).
+    It replaces the idealised round-off allowance: the move-head rewrite removed the cancellation that allowance
+    had to cover."""
+    u = float(torch.finfo(torch.float64 if mode == "float64" else torch.float32).eps) / 2
+    u64 = 2.0**-53
+    tiny = 2.0**-1074 if mode == "float64" else 2.0**-149
+    n = int(std.info.n)
+    delta = ((P + L) * (n + 2) + n * n + 4) * u + n * n * tiny / lo
+    delta_ref = (P + 1) * (n + 2) * u64
+    rnd = 2 * (2 * delta / (1 - delta) + u) + 2 * (2 * delta_ref / (1 - delta_ref) + u64)
+    value = min(base.trivial, base.leakage + rnd)
+    return BoundReport(value, base.leakage, min(value, rnd), base.trivial,
+                       note + f"; projective normalisation dropped: stated round-off {rnd:.3g} of non-negative "
+                       f"unnormalised products (delta = {delta:.3g}, replaces the idealised allowance: no cancellation "
+                       f"after the move-head rewrite; masses >= {lo:.3g}, inside the normal range)")
+
+
+# ---------------------------------------------------------------------------------------------- registration
+def _std_build(v: Variant) -> Callable[..., StandardTransformer]:
+    default = v.base.attention
+
+    def build(source: Any, tokens: Any, *, attention: str = default.attention, beta: float | None = None,
+              act: str = "relu", **params: Any) -> StandardTransformer:
+        if default.attention == "hard":
+            if attention != "hard" or beta is not None:
+                raise HmmtxError(f"{v.base.name}-std compiles the hard-attention construction (as softmax at beta = "
+                                 f"{HARD_BETA:g}): use --attention hard without --beta")
+        model = v.base.build(source, tokens, attention=attention, beta=beta, **params)
+        return compile_standard(model, act=act, drop_norms=v.drop_norms(params), head_blocks=v.head_blocks,
+                                mass_scale=v.mass_scale(model), bound_fn=standard_bound)
+
+    return build
+
+
+def _std_reference(v: Variant) -> Callable[..., dict]:
+    def reference(source: Any, tokens: Any, *, exact: bool, act: str = "relu", **params: Any) -> dict:
+        return v.base.reference(source, tokens, exact=exact, **params)
+
+    return reference
+
+
+def register_variant(v: Variant) -> ConstructionEntry:
+    """Register ``<base>-std`` for the variant ``v``."""
+    b = v.base
+    return register(ConstructionEntry(
+        name=f"{b.name}-std",
+        summary=f"standard-block variant of {b.name} (TransformerLens architecture: W_pos, softmax, gated MLP)",
+        provenance=f"standard-block compilation (hmmtx) of: {b.provenance}",
+        input_kind=b.input_kind,
+        build=_std_build(v),
+        reference=_std_reference(v),
+        parse_tokens=b.parse_tokens,
+        params=b.params + (Param("act", str, "relu", "gated-MLP activation (relu = ReGLU, gelu = GeGLU, silu = SwiGLU)",
+                                 choices=ACTIVATIONS),),
+        families=b.families,
+        outputs=b.outputs,
+        default_tokens=b.default_tokens,
+        modes=tuple(m for m in b.modes if m != "exact"),
+        bound_covers=b.bound_covers,
+        bound=f"idealised bound ({b.bound}) + substitution errors (docs/export.md)",
+        exact_reference=b.exact_reference,
+        size=b.size,
+        attention=b.attention,
+        verify=v.verify,
+    ))
+
+
+def _op_scale(model: Any) -> dict:
+    return {"op": model.layout.block("op").shape[0]}
+
+
+def _memory_points(lengths: tuple[int, ...]) -> list[SweepPoint]:
+    """memory-kernel's sweep with a short burn-in (one-hot positions make n_ctx = T + prefix + 1 wide) and
+    lengths capped at 256."""
+    from constructions.memory.sweep import points
+
+    out = []
+    for p in points(tuple(min(int(T), 256) for T in lengths)):
+        out.append(SweepPoint(p.label, p.length, p.modes, p.attention, p.beta, tuple({**dict(p.params), "prefix": 32}.items())))
+    return out
+
+
+def _memory_inputs(point: SweepPoint, seed: int) -> Any:
+    from constructions.memory.sweep import inputs
+
+    return inputs(point, seed)
+
+
+VARIANTS = (
+    Variant(exact_filter.ENTRY, drop_norms=lambda p: True, mass_scale=_op_scale),
+    Variant(window_filter.ENTRY, drop_norms=lambda p: p.get("readout", "lookup") == "product"),
+    Variant(bayes_multitask.ENTRY, drop_norms=lambda p: True, mass_scale=_op_scale),
+    Variant(icl.ENTRY),
+    Variant(memory_kernel.ENTRY, head_blocks=("y", "mem"),
+            verify=VerifySweep(betas=(), custom=CustomSweep(_memory_points, _memory_inputs))),
+)
+
+ENTRIES = tuple(register_variant(v) for v in VARIANTS)
+
+__all__ = ["Variant", "VARIANTS", "ENTRIES", "standard_bound", "register_variant", "MASS_RANGE_LOG2"]

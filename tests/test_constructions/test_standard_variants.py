@@ -1,0 +1,222 @@
+"""Standard-block variants (constructions.standard): every substitution checked against the idealised model, and
+each registered variant within its claimed bound of the exact reference (hypothesis over small S, V, T, including
+ill-conditioned HMMs)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from constructions import registry
+from constructions.runner import run_construction
+from constructions.standard import HELD_PREFIX, compile_standard
+from constructions.standard_variants import standard_bound
+from hmm.errors import HmmtxError
+from hmm.mixture import HMMMixture
+from hmm.model import HMM
+from hmm.testing import rational_hmms, rational_mixtures, token_sequences
+
+
+@st.composite
+def ill_conditioned_hmms(draw, max_states: int = 3, max_obs: int = 3) -> HMM:
+    """Sticky chains with near-deterministic emissions: off-diagonal mass eps in {1e-3, 1e-9, 0}."""
+    S = draw(st.integers(2, max_states))
+    V = draw(st.integers(2, max_obs))
+    eps = draw(st.sampled_from([Fraction(1, 10**3), Fraction(1, 10**9), Fraction(0)]))
+    A = [[(1 - eps) if i == j else eps / (S - 1) for j in range(S)] for i in range(S)]
+    B = [[(1 - eps) if o == i % V else eps / (V - 1) for o in range(V)] for i in range(S)]
+    pi = [Fraction(1, S)] * S
+    return HMM.from_arrays(pi, A, B, exact=True)
+
+
+HMMS = st.one_of(rational_hmms(min_states=1, max_states=3, min_obs=1, max_obs=3), ill_conditioned_hmms())
+
+
+def _params(entry, **over):
+    p = {q.name: q.default for q in entry.params}
+    p.update(over)
+    return p
+
+
+def _context(name, ctx):
+    """One sampled context in the construction's token format (through its CLI parser, as verify does)."""
+    text = " | ".join(" ".join(str(int(v)) for v in seg) for seg in ctx.segments(0))
+    return registry.get(name).parse_tokens(text)
+
+
+def _check(name, source, tokens, **over):
+    entry = registry.get(name)
+    p = _params(entry, **over)
+    std = entry.build(source, tokens, attention=entry.attention.attention, beta=entry.attention.beta, **p)
+    for mode in ("float64", "float32"):
+        r = run_construction(entry, source, tokens, mode=mode, params=p, model=std)
+        assert r.max_abs_error <= r.bound.value, (name, mode, r.max_abs_error, r.bound)
+        if mode == "float64":
+            assert r.bound.value < 1e-9, r.bound  # a real claim, not the trivial bound
+    return std
+
+
+# ---------------------------------------------------------------------------------------------- variants vs exact
+@settings(max_examples=8, deadline=None)
+@given(data=st.data())
+def test_exact_filter_std_within_bound(data):
+    h = data.draw(HMMS)
+    x = data.draw(token_sequences(h, min_len=1, max_len=10))
+    std = _check("exact-filter-std", h, x)
+    assert std.info.dropped_norms == ("op",) and std.info.rewrites  # the in-place product update was rewritten
+
+
+@settings(max_examples=6, deadline=None)
+@given(data=st.data(), r=st.integers(1, 3), readout=st.sampled_from(["lookup", "product"]))
+def test_window_std_within_bound(data, r, readout):
+    h = data.draw(HMMS)
+    x = data.draw(token_sequences(h, min_len=1, max_len=8))
+    from constructions.window_filter import lookup_width
+
+    if readout == "lookup" and lookup_width(h.num_obs, r) > 200:
+        readout = "product"
+    _check("window-std", h, x, r=r, readout=readout, prior="uniform")
+
+
+@settings(max_examples=6, deadline=None)
+@given(mix=rational_mixtures(max_tasks=2, max_states=2, max_obs=2), seed=st.integers(0, 100))
+def test_bayes_multitask_std_within_bound(mix, seed):
+    from hmm.sampling import sample_contexts
+
+    ctx = sample_contexts(mix, 1, 2, 3, 2, seed=seed)
+    _check("bayes-multitask-std", mix, _context("bayes-multitask-std", ctx))
+
+
+@settings(max_examples=6, deadline=None)
+@given(mix=rational_mixtures(max_tasks=2, max_states=2, num_obs=2), seed=st.integers(0, 100), K=st.integers(1, 3))
+def test_icl_std_within_bound(mix, seed, K):
+    from hmm.sampling import sample_contexts
+
+    ctx = sample_contexts(mix, 1, 2, 3, 2, seed=seed)
+    _check("icl-std", mix, _context("icl-std", ctx), r=1, K=K)
+
+
+def test_memory_kernel_std_matches_the_idealised_model_and_its_bound():
+    entry = registry.get("memory-kernel-std")
+    x = entry.parse_tokens("0.5 -1 0.25 0 1 -0.5 0.75")
+    p = _params(entry, prefix=8, heads=3)
+    std = entry.build(None, x, attention="softmax", beta=1.0, **p)
+    ideal = std.idealised
+    for mode in ("float64", "float32"):
+        got, want = std.run(x, mode).outputs, ideal.run(x, mode).outputs
+        tol = 1e-13 if mode == "float64" else 1e-5
+        for k in ("y", "memory"):
+            np.testing.assert_allclose(got[k].double().numpy(), want[k].double().numpy(), rtol=0, atol=tol)
+        r = run_construction(entry, None, x, mode=mode, params=p, model=std)
+        assert r.max_abs_error <= r.bound.value
+
+
+# ---------------------------------------------------------------------------------------------- substitutions
+def _h1(S=2, T=6, seed=0):
+    from hmm.sampling import sample
+    from hmm.zoo import make
+
+    h = make("dirichlet", S, 3, seed=seed, rational=True)
+    return h, sample(h, 1, T, seed=seed + 1).tokens[0]
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu", "silu"])
+def test_gated_units_reproduce_bilinear_units_for_every_activation(act):
+    from constructions.exact_filter import build
+
+    h, x = _h1()
+    ideal = build(h, len(x))
+    std = compile_standard(ideal, act=act, drop_norms=True)
+    got = std.run(x, "float64").outputs["next_token_probs"].numpy()
+    want = ideal.run(x, "float64").outputs["next_token_probs"].numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-14)
+    # relu: a unit with a constant factor needs one gated unit, every other bilinear unit two
+    m = ideal.layers[0].ffn.width
+    assert std.config.d_mlp <= 2 * m
+
+
+def test_hard_attention_becomes_exactly_one_hot_softmax_and_the_move_head_clears_exactly():
+    from constructions.exact_filter import build
+
+    h, x = _h1(S=3, T=9)
+    ideal = build(h, len(x))
+    std = compile_standard(ideal, drop_norms=True, mass_scale={"op": 3})
+    ids = std.check_input_ids(std.codec.encode(x))
+    tr = std.forward(ids)
+    ti = ideal.forward(ids)
+    n_ideal_heads = 1
+    for l, pat in enumerate(tr.attn_weights):
+        p = pat[:, :n_ideal_heads]
+        assert torch.equal(p, ti.attn_weights[l])  # bit-identical one-hot weights (e^-4096 underflows)
+        assert set(torch.unique(p).tolist()) <= {0.0, 1.0}
+    held = std.layout[HELD_PREFIX + "op"]
+    op = std.layout["op"]
+    for l in ideal.info.prefix_layers:
+        assert torch.all(tr.residuals[l + 1][..., held] == 0)  # Q - Q = 0 exactly, not round-off
+        a = tr.residuals[l + 1][..., op]
+        b = ti.residuals[l + 1][..., op]
+        scale = a.sum(-1, keepdim=True) / b.sum(-1, keepdim=True)
+        torch.testing.assert_close(a, b * scale, rtol=1e-13, atol=0)  # the idealised op up to a positive scale
+
+
+def test_positions_reproduce_arbitrary_relative_bias_tables_exactly():
+    entry = registry.get("memory-kernel")
+    x = entry.parse_tokens("0.25 -0.5 1")
+    ideal = entry.build(None, x, attention="softmax", beta=1.0, **_params(entry, prefix=4))
+    std = compile_standard(ideal, head_blocks=("y", "mem"))
+    ids = std.check_input_ids(std.codec.encode(x))
+    ti = ideal.forward(ids)
+    tr = std.forward(ids)
+    for h in range(len(ideal.layers[0].heads)):
+        torch.testing.assert_close(tr.attn_weights[0][:, h], ti.attn_weights[0][:, h], rtol=1e-14, atol=1e-300)
+
+
+def test_what_cannot_be_compiled_is_a_clear_error():
+    from constructions.exact_filter import build
+    from constructions.window_filter import build as wbuild
+
+    h, x = _h1()
+    with pytest.raises(HmmtxError, match="projective normalisation.*no standard-block variant"):
+        compile_standard(build(h, len(x)))
+    with pytest.raises(HmmtxError, match="ReLU FFNs.*--act relu"):
+        compile_standard(wbuild(h, 2, max_len=len(x)), act="gelu")
+    with pytest.raises(HmmtxError, match="--act"):
+        compile_standard(wbuild(h, 2, max_len=len(x)), act="tanh")
+    entry = registry.get("exact-filter-std")
+    with pytest.raises(HmmtxError, match="--attention hard"):
+        entry.build(h, x, attention="softmax", beta=5.0)
+    std = entry.build(h, x)
+    with pytest.raises(HmmtxError, match="float64/float32"):
+        std.run(x, "exact")
+
+
+def test_past_the_length_limit_the_bound_is_the_trivial_one():
+    # alternating tokens of a sticky chain with near-deterministic emissions: each product loses a factor ~ eps S,
+    # so the unnormalised masses leave float32's normal range after a few dozen tokens
+    eps = Fraction(1, 10**4)
+    h = HMM.from_arrays([Fraction(1, 2)] * 2, [[1 - eps, eps], [eps, 1 - eps]], [[1 - eps, eps], [eps, 1 - eps]], exact=True)
+    x = np.array([0, 1] * 20)
+    std = registry.get("exact-filter-std").build(h, x)
+    short = standard_bound(std, x[:4], "float32")
+    assert short.value < 1e-3 and "inside the normal range" in short.notes
+    long = standard_bound(std, x, "float32")
+    assert long.value == long.trivial and "length limit" in long.notes
+    assert standard_bound(std, x, "float64").value < 1e-9  # float64 still covers it
+
+
+def test_sizes_are_reported_against_the_idealised_model():
+    from constructions.standard import size_table
+
+    h, x = _h1(T=5)
+    std = registry.get("exact-filter-std").build(h, x)
+    t = size_table(std)
+    assert t["idealised"]["layers"] == t["standard"]["layers"]
+    assert t["standard"]["width"] == t["idealised"]["width"] + 1 + t["standard"]["n_ctx"] + 4  # one, pos, held op
+    assert 0 < t["standard"]["nonzero_parameters"] < t["standard"]["dense_parameters"]
+    names = [s.what for s in std.substitutions]
+    assert any("projective" in n for n in names) and any("output normalisation" in n for n in names)
