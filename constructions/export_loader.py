@@ -111,7 +111,8 @@ def probe(exp: Export, residual: np.ndarray, name: str) -> np.ndarray:
     if meta is None:
         raise KeyError(f"no probe named {name!r} (probes: {[p['name'] for p in exp.layout['probes']]})")
     z = (residual @ exp.tensors[PROBE_PREFIX + name]).reshape(residual.shape[:-1] + tuple(meta["shape"]))
-    return z / z.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):  # NaN where a probe has no mass (e.g. at BOS)
+        return z / z.sum(axis=-1, keepdims=True)
 
 
 def hooked_transformer(path: str, dtype: str = "float64") -> Any:
