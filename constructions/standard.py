@@ -175,6 +175,14 @@ class BlockLabels(NamedTuple):
     units: tuple
 
 
+class StdLayer(NamedTuple):
+    """What ``std.layers`` lists: a block's ``name`` and ``description`` (``norms`` always empty)."""
+
+    name: str
+    description: str
+    norms: tuple = ()
+
+
 class Probe(NamedTuple):
     """A linear readout of the final residual (an idealised readout, kept as a labelled direction set):
     masses ``z = h @ W`` (W: (D, n_out)), output ``z / sum z`` over the last axis of ``shape``."""
@@ -691,6 +699,39 @@ class StandardTransformer(torch.nn.Module):
     @property
     def readouts(self) -> dict:
         return {p.name: p for p in self.probes}
+
+    @property
+    def layers(self) -> tuple:
+        """One :class:`StdLayer` per block (name, description, no norms): what ``hmmtx inspect`` lists."""
+        out = []
+        for l, lb in enumerate(self.labels):
+            desc = f"idealised {lb.layer}; heads: " + ("; ".join(lb.heads) or "none") + f"; {len(lb.units)} gated units"
+            out.append(StdLayer(f"block{l}", desc))
+        return tuple(out)
+
+    def weight_tables(self) -> list[dict]:
+        """Every weight as a dense float64 matrix with row/column labels, TransformerLens names (``hmmtx inspect``)."""
+        res = self.layout.labels()
+        c = self.config
+        vocab = list(self.idealised.embedding.vocab)
+        out = [{"layer": "embed", "name": "W_E", "matrix": self.weights.W_E, "rows": vocab, "cols": res},
+               {"layer": "embed", "name": "W_pos", "matrix": self.weights.W_pos, "rows": [f"pos {u}" for u in range(c.n_ctx)],
+                "cols": res}]
+        dims = [f"d{i}" for i in range(c.d_head)]
+        for l, (b, lb) in enumerate(zip(self.weights.blocks, self.labels)):
+            name = f"block{l}"
+            for h in range(len(lb.heads)):
+                hn = lb.heads[h].split(":")[0]
+                for w, nm in ((b.W_Q, "W_Q"), (b.W_K, "W_K"), (b.W_V, "W_V")):
+                    out.append({"layer": name, "name": f"{hn}.{nm}", "matrix": w[h].dense(), "rows": res, "cols": dims})
+                out.append({"layer": name, "name": f"{hn}.W_O", "matrix": b.W_O[h].dense(), "rows": dims, "cols": res})
+            units = list(lb.units) + [f"pad{i}" for i in range(c.d_mlp - len(lb.units))]
+            out.append({"layer": name, "name": "mlp.W_gate", "matrix": b.W_gate.dense(), "rows": res, "cols": units})
+            out.append({"layer": name, "name": "mlp.W_in", "matrix": b.W_in.dense(), "rows": res, "cols": units})
+            out.append({"layer": name, "name": "mlp.W_out", "matrix": b.W_out.dense(), "rows": units, "cols": res})
+        head = list(self.probes[0].labels) if self.probes else [f"out{i}" for i in range(c.d_vocab_out)]
+        out.append({"layer": "readout", "name": "W_U", "matrix": self.weights.W_U, "rows": res, "cols": head})
+        return out
 
     def extra_repr(self) -> str:
         c = self.config

@@ -59,7 +59,7 @@ def _within_bound(name, source, tokens, **over):
     return std, caches["float64"]
 
 
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(data=st.data())
 def test_exact_filter_round_trip_within_bound(data):
     h = data.draw(rational_hmms(min_states=1, max_states=3, min_obs=1, max_obs=3))
@@ -92,13 +92,13 @@ def test_window_bayes_icl_memory_round_trips_within_bound():
 
 
 def test_gelu_and_silu_gates_round_trip(tmp_path):
+    """GeGLU within the bound; SwiGLU exported as files, rebuilt by the standalone loader's hooked_transformer()."""
     from hmm.sampling import sample
     from hmm.zoo import make
 
     h = make("dirichlet", 2, 2, seed=9, rational=True)
     x = sample(h, 1, 5, seed=10).tokens[0]
-    for act in ("gelu", "silu"):
-        _within_bound("exact-filter-std", h, x, act=act)
+    _within_bound("exact-filter-std", h, x, act="gelu")  # GeGLU; SwiGLU through the loader below
     # the standalone loader's hooked_transformer() builds the same model from the files
     res = export_construction("exact-filter", h, x, tmp_path / "ex", "transformer-lens", act="silu")
     import importlib.util

@@ -62,7 +62,7 @@ def _check(name, source, tokens, **over):
 
 
 # ---------------------------------------------------------------------------------------------- variants vs exact
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(data=st.data())
 def test_exact_filter_std_within_bound(data):
     h = data.draw(HMMS)
@@ -71,7 +71,7 @@ def test_exact_filter_std_within_bound(data):
     assert std.info.dropped_norms == ("op",) and std.info.rewrites  # the in-place product update was rewritten
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(data=st.data(), r=st.integers(1, 3), readout=st.sampled_from(["lookup", "product"]))
 def test_window_std_within_bound(data, r, readout):
     h = data.draw(HMMS)
@@ -83,7 +83,7 @@ def test_window_std_within_bound(data, r, readout):
     _check("window-std", h, x, r=r, readout=readout, prior="uniform")
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(mix=rational_mixtures(max_tasks=2, max_states=2, max_obs=2), seed=st.integers(0, 100))
 def test_bayes_multitask_std_within_bound(mix, seed):
     from hmm.sampling import sample_contexts
@@ -92,7 +92,7 @@ def test_bayes_multitask_std_within_bound(mix, seed):
     _check("bayes-multitask-std", mix, _context("bayes-multitask-std", ctx))
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(mix=rational_mixtures(max_tasks=2, max_states=2, num_obs=2), seed=st.integers(0, 100), K=st.integers(1, 3))
 def test_icl_std_within_bound(mix, seed, K):
     from hmm.sampling import sample_contexts
@@ -104,7 +104,7 @@ def test_icl_std_within_bound(mix, seed, K):
 def test_memory_kernel_std_matches_the_idealised_model_and_its_bound():
     entry = registry.get("memory-kernel-std")
     x = entry.parse_tokens("0.5 -1 0.25 0 1 -0.5 0.75")
-    p = _params(entry, prefix=8, heads=3)
+    p = _params(entry, prefix=4, heads=2)
     std = entry.build(None, x, attention="softmax", beta=1.0, **p)
     ideal = std.idealised
     for mode in ("float64", "float32"):

@@ -39,7 +39,7 @@ def _hmm_file(tmp_path: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- round trips
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(data=st.data(), name=st.sampled_from(["exact-filter", "window"]), fmt=st.sampled_from(["safetensors", "transformer-lens"]))
 def test_export_reloads_and_reproduces_hmmtx_outputs_to_round_off(tmp_path_factory, data, name, fmt):
     h = data.draw(rational_hmms(min_states=1, max_states=3, min_obs=1, max_obs=3))
@@ -186,3 +186,9 @@ def test_float32_export_writes_float32_tensors(tmp_path):
                  "--dtype", "float32", "--out", str(d)]) == 0
     sd = torch.load(d / "state_dict.pt", weights_only=True)
     assert all(v.dtype == torch.float32 for v in sd.values()) and "blocks.0.mlp.W_gate" in sd
+
+
+def test_inspect_shows_the_standard_variant_weights_with_labels(tmp_path, capsys):
+    assert main(["inspect", "exact-filter-std", "--hmm", str(_hmm_file(tmp_path)), "--layer", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "std.pos" in out and "mlp.W_gate" in out and "move.W_O" in out and "lag1.W_Q" in out
