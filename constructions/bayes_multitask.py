@@ -100,7 +100,6 @@ class MultitaskCodec:
         return {k: v[0] for k, v in out.items()} if single else out
 
 
-
 @dataclass(frozen=True)
 class MultitaskInfo(PrefixInfo):
     """Model metadata (``model.info``): :class:`~constructions.prefix.PrefixInfo` plus ``mixture`` (the task mixture the weights were built from)."""
@@ -198,15 +197,6 @@ def required_beta(model: ConstructedTransformer, tokens: Any, target: float) -> 
     return _req(model, tokens, target, first_output=2)
 
 
-def task_readable_layer(model: ConstructedTransformer, tokens: Any) -> int:
-    """Number of doubling layers after which the LAST position's window covers every item (the task posterior is
-    final only from then on): ``ceil(log2(P - 1))`` for the actual number of positions P."""
-    from constructions.prefix import num_doubling_layers as nd
-
-    P = model.codec.encode(tokens).shape[1]
-    return nd(P)
-
-
 # ---------------------------------------------------------------------------------------------- registry
 def _stream_len(tokens: Any) -> int:
     ctxs = tokens if (isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], (list, tuple))) else [tokens]
@@ -266,5 +256,5 @@ ENTRY = register(
     )
 )
 
-__all__ = ["build", "claimed_bound", "required_beta", "MultitaskCodec", "as_contexts", "stream_items", "task_readable_layer", "ENTRY",
+__all__ = ["build", "claimed_bound", "required_beta", "MultitaskCodec", "as_contexts", "stream_items", "ENTRY",
            "NAME", "PROVENANCE"]

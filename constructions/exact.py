@@ -104,6 +104,75 @@ def _compile(model: Any) -> dict:
     }
 
 
+def _exact_head(h: dict, xs: list, keep: bool) -> tuple[list, Any, Any]:
+    """One head over P residual vectors ``xs``: its output ``W_O(mixed)`` per position (P lists), and with
+    ``keep`` its scores (P, P; None where masked) and weights (P, P). Hard attention: the mean of the values at the
+    tied maxima of ``q_u . k_v + b(u - v)``, ``v <= u``."""
+    P = len(xs)
+    vals = [h["V"].apply(x) for x in xs]
+    if h["dqk"]:
+        qs = [h["Q"].apply(x) for x in xs]
+        ks = [h["K"].apply(x) for x in xs]
+    sc = np.full((P, P), None, dtype=object) if keep else None
+    wt = np.full((P, P), ZERO, dtype=object) if keep else None  # masked (v > u) weights are 0, as in torch
+    outs = []
+    for u in range(P):
+        row = []
+        for v in range(u + 1):
+            s = h["bias"][u - v]
+            if h["dqk"]:
+                s = s + sum((a * b for a, b in zip(qs[u], ks[v])), ZERO)
+            row.append(s)
+        m = max(row)
+        tied = [v for v, s in enumerate(row) if s == m]
+        wv = Fraction(1, len(tied))  # ties: average over the tied maxima
+        mixed = [ZERO] * len(vals[0])
+        for v in tied:
+            mixed = [a + wv * b for a, b in zip(mixed, vals[v])]
+        outs.append(h["O"].apply(mixed))
+        if keep:
+            for v in range(u + 1):
+                sc[u, v] = row[v]
+                wt[u, v] = wv if v in tied else ZERO
+    return outs, sc, wt
+
+
+def _exact_attention(heads: list, xs: list, keep: bool) -> tuple[list, list, list]:
+    """``x_u + sum_h head_h(x)_u`` for every position, and (``keep``) the heads' scores and weights."""
+    P = len(xs)
+    add = [[ZERO] * len(xs[0]) for _ in range(P)]
+    sc_all, w_all = [], []
+    for h in heads:
+        outs, sc, wt = _exact_head(h, xs, keep)
+        add = [[a + b for a, b in zip(acc, o)] for acc, o in zip(add, outs)]
+        sc_all.append(sc)
+        w_all.append(wt)
+    return [[a + b for a, b in zip(x, d)] for x, d in zip(xs, add)], sc_all, w_all
+
+
+def _exact_ffn(ffn: tuple, x: list) -> list:
+    """``x + FFN(x)`` for one residual vector: bilinear ``W_3((W_1 x) * (W_2 x))`` or ReLU
+    ``W_out relu(W_in x + b_in) + b_out``."""
+    if ffn[0] == "bilinear":
+        a, b = ffn[1].apply(x), ffn[2].apply(x)
+        d = ffn[3].apply([p * q for p, q in zip(a, b)])
+    else:
+        pre = [p + q for p, q in zip(ffn[1].apply(x), ffn[2])]
+        d = [p + q for p, q in zip(ffn[3].apply([p if p > 0 else ZERO for p in pre]), ffn[4])]
+    return [p + q for p, q in zip(x, d)]
+
+
+def _exact_norms(norms: list, layer_name: str, u: int, x: list) -> list:
+    """The layer's projective normalisations of the residual at position ``u`` (a zero sum raises HmmtxError)."""
+    x = list(x)
+    for blk, by, nrm in norms:
+        den = sum(x[by], ZERO)
+        if den == 0:
+            raise norm_error(nrm, layer_name, 0, u, 1, 0.0)
+        x[blk] = [v / den for v in x[blk]]
+    return x
+
+
 def _run_one(model: Any, cache: dict, ids: list, record: str) -> dict:
     P = len(ids)
     L = len(cache["layers"])
@@ -114,66 +183,18 @@ def _run_one(model: Any, cache: dict, ids: list, record: str) -> dict:
     out["res"][0] = _obj(xs) if record != "final" else None
     for li, (layer, heads, ffn, norms) in enumerate(cache["layers"]):
         if heads:
-            add = [[ZERO] * len(xs[0]) for _ in range(P)]
-            sc_all, w_all = [], []
-            for h in heads:
-                vals = [h["V"].apply(x) for x in xs]
-                if h["dqk"]:
-                    qs = [h["Q"].apply(x) for x in xs]
-                    ks = [h["K"].apply(x) for x in xs]
-                sc = np.full((P, P), None, dtype=object)
-                wt = np.full((P, P), ZERO, dtype=object)  # masked (v > u) weights are 0, as in torch
-                for u in range(P):
-                    row = []
-                    for v in range(u + 1):
-                        s = h["bias"][u - v]
-                        if h["dqk"]:
-                            s = s + sum((a * b for a, b in zip(qs[u], ks[v])), ZERO)
-                        row.append(s)
-                    m = max(row)
-                    tied = [v for v, s in enumerate(row) if s == m]
-                    wv = Fraction(1, len(tied))  # ties: average over the tied maxima
-                    mixed = [ZERO] * len(vals[0])
-                    for v in tied:
-                        mixed = [a + wv * b for a, b in zip(mixed, vals[v])]
-                    o = h["O"].apply(mixed)
-                    add[u] = [a + b for a, b in zip(add[u], o)]
-                    if record == "all":
-                        for v in range(u + 1):
-                            sc[u, v] = row[v]
-                            wt[u, v] = wv if v in tied else ZERO
-                sc_all.append(sc)
-                w_all.append(wt)
-            xs = [[a + b for a, b in zip(x, d)] for x, d in zip(xs, add)]
+            xs, sc_all, w_all = _exact_attention(heads, xs, record == "all")
             if record == "all":
                 out["scores"][li] = np.stack(sc_all)
                 out["weights"][li] = np.stack(w_all)
         if record == "all":
             out["attn"][li] = _obj(xs)
         if ffn is not None:
-            new = []
-            for x in xs:
-                if ffn[0] == "bilinear":
-                    a, b = ffn[1].apply(x), ffn[2].apply(x)
-                    d = ffn[3].apply([p * q for p, q in zip(a, b)])
-                else:
-                    pre = [p + q for p, q in zip(ffn[1].apply(x), ffn[2])]
-                    d = [p + q for p, q in zip(ffn[3].apply([p if p > 0 else ZERO for p in pre]), ffn[4])]
-                new.append([p + q for p, q in zip(x, d)])
-            xs = new
+            xs = [_exact_ffn(ffn, x) for x in xs]
         if record == "all":
             out["ffn"][li] = _obj(xs)
         if norms:
-            new = []
-            for u, x in enumerate(xs):
-                x = list(x)
-                for blk, by, nrm in norms:
-                    den = sum(x[by], ZERO)
-                    if den == 0:
-                        raise norm_error(nrm, layer.name, 0, u, 1, 0.0)
-                    x[blk] = [v / den for v in x[blk]]
-                new.append(x)
-            xs = new
+            xs = [_exact_norms(norms, layer.name, u, x) for u, x in enumerate(xs)]
         if record != "final" or li == L - 1:
             out["res"][li + 1] = _obj(xs)
     out["readouts"] = {}

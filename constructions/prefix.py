@@ -44,7 +44,6 @@ from hmm.errors import HmmtxError
 from hmm.model import HMM
 
 
-
 @dataclass(frozen=True)
 class PrefixInfo(ModelInfo):
     """Model metadata of a parallel-prefix construction (what :func:`prefix_claimed_bound` reads back).
@@ -207,23 +206,6 @@ def cancellation_layers(model: Any, hard_trace: Any, n: int) -> tuple[float, flo
         factors.append(float(((1.0 + 1.0 / np.maximum(m, 1e-300)) / 2.0).max()) if m.size else 1.0)
     eff = float(sum(factors)) + (len(model.layers) - len(prefix_layers))
     return eff, max(factors, default=1.0)
-
-
-def target_and_weight(rel_bias: np.ndarray, u: int, beta: float | None) -> tuple[int, float]:
-    """Hard target ``t`` of query ``u`` for a positional head, and the softmax weight on it (1 when beta is None).
-
-    Raises when the hard maximum is tied (the leakage bound assumes a unique target).
-    """
-    b = np.array([float(rel_bias[u - v]) for v in range(u + 1)])
-    m = b.max()
-    tied = np.flatnonzero(b == m)
-    if tied.size != 1:
-        raise HmmtxError(f"positional head has {tied.size} tied maxima at query {u}")
-    t = int(tied[0])
-    if beta is None:
-        return t, 1.0
-    z = beta * (b - m)
-    return t, float(1.0 / np.exp(z).sum())  # weight on the maximum: exp(0) / sum exp(beta (b - max))
 
 
 def prefix_lambda(model: Any, hard_trace: Any, beta: float, prefix_layers: Sequence[int], n: int) -> np.ndarray:
@@ -408,7 +390,6 @@ __all__ = [
     "roundoff_allowance",
     "cancellation_layers",
     "exact_hmm_arrays",
-    "target_and_weight",
     "prefix_lambda",
     "prefix_bound_inputs",
     "lambda_from_inputs",

@@ -205,6 +205,95 @@ def _ffn_chunked(tl: "_TorchLayer", x: torch.Tensor) -> torch.Tensor:
     return torch.cat(outs, dim=0).reshape(x.shape)
 
 
+# ---------------------------------------------------------------------------------------------- layer pieces
+class _LagMaps:
+    """The causal mask and the lag indices, (P, P) each (``lag = u - v``), built on first use: content-free hard
+    heads with unique targets (:meth:`_TorchHead.hard_targets`) need neither."""
+
+    def __init__(self, P: int, device: Any) -> None:
+        self.P, self.device = P, device
+        self._maps: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def get(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._maps is None:
+            pos = torch.arange(self.P, device=self.device)
+            lag = pos[:, None] - pos[None, :]  # (P, P): u - v
+            self._maps = (lag >= 0, lag.clamp(min=0))
+        return self._maps
+
+
+def _head_logits(th: _TorchHead, x: torch.Tensor, maps: _LagMaps) -> torch.Tensor:
+    """The bracket ``q_u . k_v + b(u - v)`` (N, P, P) of one head on residuals ``x`` (N, P, D); ``-inf`` where
+    ``v > u`` (causal mask)."""
+    N, P = x.shape[:2]
+    causal, lag_idx = maps.get()
+    neg_inf = torch.tensor(float("-inf"), dtype=x.dtype, device=x.device)
+    bias = torch.where(causal, th.rel_bias[lag_idx], neg_inf)  # (P, P)
+    if th.positional:
+        return bias.expand(N, P, P)
+    q, k = th.W_Q(x), th.W_K(x)
+    return torch.where(causal, q @ k.transpose(-1, -2) + bias, neg_inf)
+
+
+def _hard_mix(logits: torch.Tensor, vals: torch.Tensor, keep_weights: bool) -> tuple[torch.Tensor, Any]:
+    """Hard attention: ``mixed`` (N, P, d_v) = the value at each query's maximum, averaged over tied maxima; the
+    weights (N, P, P) when ``keep_weights`` (else None unless ties forced them)."""
+    mx = logits.amax(dim=-1, keepdim=True)
+    hit = logits == mx
+    counts = hit.sum(dim=-1)
+    if bool((counts == 1).all()):
+        # every query has a unique maximum: the weighted sum is a gather (same result exactly)
+        arg = hit.to(torch.int8).argmax(dim=-1)  # (N, P)
+        mixed = torch.gather(vals, 1, arg[..., None].expand(-1, -1, vals.shape[-1]))
+        return mixed, (hit.to(vals.dtype) if keep_weights else None)
+    w = hit.to(vals.dtype) / counts[..., None].to(vals.dtype)  # ties: average over tied maxima
+    return w @ vals, w
+
+
+def _attention(tl: _TorchLayer, x: torch.Tensor, mode: str, beta: float | None, record: str,
+               maps: _LagMaps) -> tuple[torch.Tensor, list, list]:
+    """One layer's attention update ``sum_h W_O^h attn_h(x)`` (N, P, D) from residuals ``x`` (N, P, D), and with
+    ``record="all"`` each head's scores and weights (N, P, P): ``attn_h = softmax(beta * logits) V`` or its hard
+    (argmax) limit."""
+    P = x.shape[1]
+    out = torch.zeros_like(x)
+    sc_all, w_all = [], []
+    for th in tl.heads:
+        if th.positional and mode == "hard" and record != "all":
+            # content-free hard head: the argmax depends on (u, lag table) only; computed once per P
+            arg = th.hard_targets(P)
+            if arg is not None:
+                vals = th.W_V(x)
+                out = out + th.W_O(vals[:, arg])
+                continue
+        logits = _head_logits(th, x, maps)
+        vals = th.W_V(x)  # (N, P, d_v)
+        if mode == "hard":
+            mixed, w = _hard_mix(logits, vals, record == "all")
+        else:
+            w = torch.softmax(beta * logits, dim=-1)
+            mixed = w @ vals
+        out = out + th.W_O(mixed)
+        if record == "all":
+            sc_all.append(logits)
+            w_all.append(w)
+    return out, sc_all, w_all
+
+
+def _normalise(tl: _TorchLayer, layer_name: str, x: torch.Tensor) -> torch.Tensor:
+    """The layer's projective normalisations: each named block divided by the sum of its denominator block
+    (x (N, P, D)); a zero or non-finite sum raises HmmtxError naming the layer and position."""
+    x = x.clone()
+    for blk, by, nrm in tl.norms:
+        den = x[..., by].sum(dim=-1, keepdim=True)
+        bad = ~(den != 0) | ~torch.isfinite(den)
+        if bool(bad.any()):
+            n, u, _ = (int(i) for i in torch.nonzero(bad)[0])
+            raise norm_error(nrm, layer_name, n, u, x.shape[0], float(den[n, u, 0]), str(x.dtype).replace("torch.", ""))
+        x[..., blk] = x[..., blk] / den
+    return x
+
+
 # ---------------------------------------------------------------------------------------------- the model
 class ConstructedTransformer(torch.nn.Module):
     """A hand-built decoder-only Transformer.
@@ -345,51 +434,10 @@ class ConstructedTransformer(torch.nn.Module):
         after_ffn: list = [None] * L
         scores_l: list = [None] * L
         weights_l: list = [None] * L
-        pos = torch.arange(P, device=self.device)
-        lag = pos[:, None] - pos[None, :]  # (P, P): u - v
-        causal = lag >= 0
-        lag_idx = lag.clamp(min=0)
-        neg_inf = torch.tensor(float("-inf"), dtype=x.dtype, device=self.device)
+        maps = _LagMaps(P, self.device)
         for li, (layer, tl) in enumerate(zip(self.layers, self.t_layers)):
             if tl.heads:
-                out = torch.zeros_like(x)
-                sc_all, w_all = [], []
-                for th in tl.heads:
-                    if th.positional and mode == "hard" and record != "all":
-                        # content-free hard head: the argmax depends on (u, lag table) only; computed once per P
-                        arg = th.hard_targets(P)
-                        if arg is not None:
-                            vals = th.W_V(x)
-                            out = out + th.W_O(vals[:, arg])
-                            continue
-                    bias = torch.where(causal, th.rel_bias[lag_idx], neg_inf)  # (P, P)
-                    if th.positional:
-                        logits = bias.expand(N, P, P)
-                    else:
-                        q, k = th.W_Q(x), th.W_K(x)
-                        logits = torch.where(causal, q @ k.transpose(-1, -2) + bias, neg_inf)
-                    vals = th.W_V(x)  # (N, P, d_v)
-                    if mode == "hard":
-                        mx = logits.amax(dim=-1, keepdim=True)
-                        hit = logits == mx
-                        counts = hit.sum(dim=-1)
-                        w = None
-                        if bool((counts == 1).all()):
-                            # every query has a unique maximum: the weighted sum is a gather (same result exactly)
-                            arg = hit.to(torch.int8).argmax(dim=-1)  # (N, P)
-                            mixed = torch.gather(vals, 1, arg[..., None].expand(-1, -1, vals.shape[-1]))
-                        else:
-                            w = hit.to(x.dtype) / counts[..., None].to(x.dtype)  # ties: average over tied maxima
-                            mixed = w @ vals
-                        if record == "all" and w is None:
-                            w = hit.to(x.dtype)
-                    else:
-                        w = torch.softmax(b * logits, dim=-1)
-                        mixed = w @ vals
-                    out = out + th.W_O(mixed)
-                    if record == "all":
-                        sc_all.append(logits)
-                        w_all.append(w)
+                out, sc_all, w_all = _attention(tl, x, mode, b, record, maps)
                 x = x + out
                 if record == "all":
                     scores_l[li] = torch.stack(sc_all, dim=1)
@@ -401,14 +449,7 @@ class ConstructedTransformer(torch.nn.Module):
             if record == "all":
                 after_ffn[li] = x
             if tl.norms:
-                x = x.clone()
-                for blk, by, nrm in tl.norms:
-                    den = x[..., by].sum(dim=-1, keepdim=True)
-                    bad = ~(den != 0) | ~torch.isfinite(den)
-                    if bool(bad.any()):
-                        n, u, _ = (int(i) for i in torch.nonzero(bad)[0])
-                        raise norm_error(nrm, layer.name, n, u, N, float(den[n, u, 0]), str(x.dtype).replace("torch.", ""))
-                    x[..., blk] = x[..., blk] / den
+                x = _normalise(tl, layer.name, x)
             if record != "final" or li == L - 1:
                 residuals[li + 1] = x
         readouts = {name: lin(x).reshape(N, P, *self.readouts[name].shape) for name, lin in self.t_readouts.items()}

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -42,7 +40,7 @@ def clean_registry():
     registry._IMPORT_ERRORS.clear()
     registry._IMPORT_ERRORS.update(saved[2])
     for m in set(sys.modules) - mods:
-        if m.startswith("hmmtx_plugin_"):
+        if m.startswith("hmmtx_plugin_") or m == "prev_token_copier":
             del sys.modules[m]
 
 
@@ -209,31 +207,45 @@ def _entry_point_line() -> str:
     return f"{name} = {value}"
 
 
-def test_installed_distribution_registers_through_the_entry_point_group(tmp_path):
-    """A site folder holding the example module and its dist-info (what ``pip install ./examples/plugin`` writes):
-    ``importlib.metadata`` finds the entry point on the path; no --plugin is given."""
+def test_installed_distribution_registers_through_the_entry_point_group(clean_registry, monkeypatch, capsys, tmp_path):
+    """A site folder holding the example module and its dist-info (what ``pip install ./examples/plugin`` writes)
+    on ``sys.path``: ``importlib.metadata`` finds the entry point there and the registry imports it; no --plugin."""
     site = tmp_path / "site"
     dist = site / "hmmtx_prev_token_copier-0.1.0.dist-info"
     dist.mkdir(parents=True)
     (site / "prev_token_copier.py").write_text(PLUGIN.read_text())
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: hmmtx-prev-token-copier\nVersion: 0.1.0\n")
     (dist / "entry_points.txt").write_text(f"[hmmtx.constructions]\n{_entry_point_line()}\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
-    script = (
-        "import sys\nfrom verify.cli import main\n"
-        f"a = main(['run', {NAME!r}, '--hmm', {str(HMM)!r}, '--tokens', '0 1 1 0 1', '--mode', 'exact'])\n"
-        f"b = main(['verify', '-c', {NAME!r}, '--states', '2', '--lengths', '4', '--jobs', '1',"
-        f" '--reproducers', {str(tmp_path / 'r')!r}])\n"
-        "sys.exit(10 * a + b)\n"
-    )
-    got = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)
-    assert got.returncode == 0, got.stdout[-2000:] + got.stderr[-2000:]
-    assert "bit-identical to the exact reference: yes" in got.stdout
-    assert re.search(r"all \d+ cases within their bounds", got.stdout)
-    # and without the dist-info the name is unknown (the entry point, not something else, registered it)
-    (dist / "entry_points.txt").unlink()
-    check = f"from constructions import registry; print({NAME!r} in registry.entries())"
-    got = subprocess.run([sys.executable, "-c", check], env=env, cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)
-    assert got.returncode == 0 and got.stdout.strip() == "False", got.stderr[-2000:]
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, "prev_token_copier", raising=False)
+    registry._load_entry_points()
+    assert NAME in registry.entries() and registry.plugin_of(NAME) is None
+    assert registry.get(NAME).build.__module__ == "prev_token_copier"  # imported by the entry point, not a file
+    code, out, _ = _main(capsys, "run", NAME, "--hmm", str(HMM), "--tokens", "0 1 1 0 1", "--mode", "exact")
+    assert code == 0 and "bit-identical to the exact reference: yes" in out
+    code, out, _ = _main(capsys, "verify", "-c", NAME, "--states", "2", "--lengths", "4", "--jobs", "1",
+                         "--reproducers", str(tmp_path / "r"))
+    assert code == 0 and re.search(r"all \d+ cases within their bounds", out)
+
+
+def test_without_the_dist_info_the_entry_point_group_registers_nothing(clean_registry, monkeypatch, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "prev_token_copier.py").write_text(PLUGIN.read_text())  # the module alone is not an entry point
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, "prev_token_copier", raising=False)
+    registry._REGISTRY.pop(NAME, None)
+    registry._load_entry_points()
+    assert NAME not in registry._REGISTRY and "prev_token_copier" not in sys.modules
+
+
+def test_a_failing_entry_point_is_a_failing_verify_case(clean_registry, monkeypatch, capsys, tmp_path):
+    site = tmp_path / "site"
+    dist = site / "broken_plugin-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[hmmtx.constructions]\nbroken = no_such_module_xyz\n")
+    monkeypatch.syspath_prepend(str(site))
+    registry._load_entry_points()
+    code, out, _ = _main(capsys, "verify", "--list")
+    assert code == 0 and "entry point broken (no_such_module_xyz)" in out

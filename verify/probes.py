@@ -239,29 +239,6 @@ class RegressionResult(NamedTuple):
     n_test: int
 
 
-def probe_classifier(feats_tr: np.ndarray, y_tr: np.ndarray, feats_te: np.ndarray, y_te: np.ndarray,
-                     ridge: float = 1e-3, ceiling_pred: np.ndarray | None = None) -> ClassifierResult:
-    """Least-squares (ridge) classifier per layer: fit one-hot targets, predict the argmax class."""
-    classes = np.unique(y_tr)
-    onehot = (y_tr[:, None] == classes[None, :]).astype(np.float64)
-    pred = ridge_fit_predict(feats_tr, onehot, feats_te, ridge)
-    acc = (classes[np.argmax(pred, axis=-1)] == y_te[None, :]).mean(axis=1)
-    counts = np.bincount(np.searchsorted(classes, y_te[np.isin(y_te, classes)]), minlength=len(classes))
-    majority = float(counts.max() / len(y_te)) if len(y_te) else float("nan")
-    ceiling = float((ceiling_pred == y_te).mean()) if ceiling_pred is not None else float("nan")
-    return ClassifierResult(acc, majority, int(len(classes)), int(len(y_te)), ceiling)
-
-
-def probe_regression(feats_tr: np.ndarray, Y_tr: np.ndarray, feats_te: np.ndarray, Y_te: np.ndarray,
-                     ridge: float = 1e-3) -> RegressionResult:
-    pred = ridge_fit_predict(feats_tr, Y_tr, feats_te, ridge)
-    ss_res = ((pred - Y_te[None]) ** 2).sum(axis=(1, 2))
-    ss_tot = float(((Y_te - Y_te.mean(axis=0)) ** 2).sum())
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else np.where(ss_res == 0, 1.0, -np.inf)
-    tv = 0.5 * np.abs(pred - Y_te[None]).sum(axis=-1).mean(axis=1)
-    return RegressionResult(r2, tv, int(Y_te.shape[0]))
-
-
 class ProbeReport(NamedTuple):
     """All probes of one subject on one :class:`ProbeData`.
 
@@ -548,8 +525,6 @@ __all__ = [
     "ridge_fit_predict",
     "ClassifierResult",
     "RegressionResult",
-    "probe_classifier",
-    "probe_regression",
     "ProbeReport",
     "run_probes",
     "IndependenceResult",

@@ -848,17 +848,6 @@ def finite_window_kernel(fit: KernelFit, t: int) -> list:
         return out
 
 
-def finite_window_error(fit: KernelFit, t: int) -> float:
-    """``sum_{s=1..t} |K_t(s) - rho(s)|``: the exact sup over ``|x| <= 1`` of the extraction error at position ``t``
-    when the target is ``sum_{s=1..t} rho(s) x_{t-s}`` (inputs before the sequence start count as 0)."""
-    if t < 1:
-        return 0.0
-    Kt = finite_window_kernel(fit, t)
-    with mpmath.workprec(160):
-        rho = fit.target.values_mp(t)
-        return float(mpmath.fsum(abs(Kt[i] - rho[i]) for i in range(t)))
-
-
 __all__ = [
     "RPE_TYPES",
     "TARGET_KINDS",
@@ -885,5 +874,4 @@ __all__ = [
     "attained_error",
     "gram_condition",
     "finite_window_kernel",
-    "finite_window_error",
 ]
