@@ -325,6 +325,19 @@ def lag_bias(target_lag: int, n_lags: int, slope: int | Fraction = 1) -> np.ndar
     return np.array([-s * abs(lag - target_lag) for lag in range(n_lags)], dtype=object)
 
 
+def positional_targets(bias: np.ndarray, P: int) -> tuple[np.ndarray, bool]:
+    """THE hard target of a positional head: for every query ``u < P`` the key ``argmax_{v <= u} b(u - v)`` (the
+    first maximum), from the bias table ``bias`` (float64, at least ``P`` lags); and whether every query's maximum
+    is unique (tied maxima are averaged by hard attention, so a single target then does not describe it).
+
+    Returns ``(targets (P,) int, unique)``. Used by the torch module's fast hard heads and the leakage bounds.
+    """
+    lag = np.arange(P)[:, None] - np.arange(P)[None, :]  # (P, P): u - v
+    sc = np.where(lag >= 0, np.asarray(bias, dtype=np.float64)[np.clip(lag, 0, P - 1)], -np.inf)
+    hits = sc == sc.max(axis=1, keepdims=True)
+    return hits.argmax(axis=1), bool((hits.sum(axis=1) == 1).all())
+
+
 def copy_head(
     layout: Layout,
     src: str,
@@ -504,6 +517,7 @@ __all__ = [
     "block_sum",
     "negated",
     "copy_head",
+    "positional_targets",
     "lag_bias",
     "readout",
     "frac_zeros",

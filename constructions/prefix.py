@@ -36,6 +36,7 @@ from constructions.blocks import (
     copy_head,
     frac_zeros,
     lag_bias,
+    positional_targets,
     readout,
 )
 from constructions.layout import Layout
@@ -243,12 +244,9 @@ def prefix_bound_inputs(model: Any, hard_trace: Any, prefix_layers: Sequence[int
         bias = np.array([float(v) for v in head.rel_bias[:P]])
         if not all(Fraction(float(v)) == v for v in head.rel_bias[:P]):
             raise HmmtxError(f"leakage bound: the bias table of {model.layers[l].name} is not exact in float64")
-        lag = np.arange(P)[:, None] - np.arange(P)[None, :]
-        sc = np.where(lag >= 0, bias[np.clip(lag, 0, P - 1)], -np.inf)
-        hits = sc == sc.max(axis=1, keepdims=True)
-        if not bool((hits.sum(axis=1) == 1).all()):
+        targets, unique = positional_targets(bias, P)
+        if not unique:
             raise HmmtxError(f"leakage bound: the head of {model.layers[l].name} has tied maxima")
-        targets = hits.argmax(axis=1)
         out.append({
             "t": targets,
             "bias": bias,

@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 import torch
 
-from constructions.blocks import AttentionHead, BilinearFFN, Embedding, Layer, ReLUFFN, Readout, nonzeros
+from constructions.blocks import AttentionHead, BilinearFFN, Embedding, Layer, ReLUFFN, Readout, nonzeros, positional_targets
 from constructions.exact import run_exact
 from constructions.layout import Layout
 from constructions.types import (  # noqa: F401 - re-exported: the shared types live in constructions.types
@@ -156,11 +156,9 @@ class _TorchHead(torch.nn.Module):
         if P not in self._targets:
             arg = None
             if self._bias_exact_in_float:
-                lag = np.arange(P)[:, None] - np.arange(P)[None, :]
-                sc = np.where(lag >= 0, self._bias64[np.clip(lag, 0, None)], -np.inf)
-                best = sc.max(axis=1, keepdims=True)
-                if bool(((sc == best).sum(axis=1) == 1).all()):
-                    arg = torch.as_tensor(sc.argmax(axis=1), device=self.rel_bias.device)
+                targets, unique = positional_targets(self._bias64, P)
+                if unique:
+                    arg = torch.as_tensor(targets, device=self.rel_bias.device)
             self._targets[P] = arg
         return self._targets[P]
 

@@ -7,6 +7,8 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from constructions import registry
@@ -253,3 +255,21 @@ def test_relu_builder_conjunction_is_the_and_of_its_literals():
         pre = ffn.W_in.dot(h) + ffn.b_in
         d = ffn.W_out.dot(np.array([max(p, Fraction(0)) for p in pre], dtype=object))
         assert d[lay.index("out", 0)] == (1 if (a == 1 and b == 2 and f == 1) else 0), (a, b, f)
+
+
+@given(st.lists(st.integers(-3, 3), min_size=1, max_size=12), st.integers(1, 12))
+@settings(deadline=None)
+def test_positional_targets_is_the_first_argmax_over_visible_lags(bias, P):
+    """The one hard-target helper against a plain loop (ties: the flag is False)."""
+    from constructions.blocks import positional_targets
+
+    P = min(P, len(bias))
+    b = np.array(bias, dtype=np.float64)
+    targets, unique = positional_targets(b, P)
+    all_unique = True
+    for u in range(P):
+        scores = [b[u - v] for v in range(u + 1)]
+        best = max(scores)
+        assert targets[u] == scores.index(best)
+        all_unique &= scores.count(best) == 1
+    assert unique == all_unique
