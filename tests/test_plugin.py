@@ -28,7 +28,9 @@ SMALL = ["--states", "2", "--lengths", "4,8", "--jobs", "1"]  # a short verify s
 
 @pytest.fixture
 def clean_registry():
-    """Plugins loaded in a test are unloaded afterwards (the registry is process-global)."""
+    """Plugins loaded in a test are unloaded afterwards (the registry is process-global). Discovery runs first, so
+    the snapshot holds the built-in constructions whatever test ran before."""
+    registry.discover()
     saved = dict(registry._REGISTRY), list(registry._PLUGINS), dict(registry._IMPORT_ERRORS), dict(registry._PLUGIN_OF)
     mods = set(sys.modules)
     yield
