@@ -49,12 +49,14 @@ def hook_map(std: StandardTransformer) -> list[dict]:
     """TransformerLens hook names -> what they hold in hmmtx terms (also the table in ``docs/export.md``)."""
     L = std.config.n_layers
     return [
-        {"hook": "hook_embed + hook_pos_embed", "hmmtx": "residual 0: the idealised embedding (W_E) + std.one and the one-hot std.pos (W_pos)"},
+        {"hook": "hook_embed + hook_pos_embed", "hmmtx": "residual 0: the idealised embedding (W_E) + std.one and the position "
+                                                         "code std.pos2 = (p, p^2) or the one-hot std.pos (W_pos)"},
         {"hook": "blocks.{l}.hook_resid_pre", "hmmtx": "residual l (trace.residuals[l]), coordinates labelled in layout.json"},
         {"hook": "blocks.{l}.attn.hook_pattern", "hmmtx": "attention weights of idealised layer l's heads (head order of "
                                                          "layout.json blocks[l].heads; then move heads; then zero padding)"},
         {"hook": "blocks.{l}.attn.hook_q / hook_k", "hmmtx": "content dims (the idealised W_Q h, W_K h; beta folded into q) "
-                                                           "then n_ctx position dims (query: beta b(u - v); key: one-hot v)"},
+                                                           "then the position dims (quadratic: query beta (2(u - c), -1), key (v, v^2); "
+                                                           "one-hot: query beta b(u - v), key one-hot v)"},
         {"hook": "blocks.{l}.attn.hook_v / hook_z", "hmmtx": "the idealised head's value dims (value_labels), zero padded"},
         {"hook": "blocks.{l}.hook_resid_mid", "hmmtx": "after layer l's attention (trace.after_attn[l])"},
         {"hook": "blocks.{l}.mlp.hook_pre / hook_pre_linear", "hmmtx": "gate and linear inputs of the gated units "

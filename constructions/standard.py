@@ -5,8 +5,10 @@
 per-block ``W_Q/W_K/W_V/W_O`` with biases, gated MLP ``W_gate/W_in/W_out``, ``W_U``), no attention scaling, no
 layer norms. The substitutions, each with its error in exact arithmetic (derivations in ``docs/export.md``):
 
-* **relative-position bias -> learned absolute positions.** ``W_pos`` writes a one-hot of the position into a new
-  residual block ``std.pos`` (``n_ctx`` coordinates). A head's score ``q.k + b(u - v)`` becomes one dot product
+* **relative-position bias -> learned absolute positions.** Hard models whose heads all use unit tents
+  ``-|lag - c|`` get the quadratic code ``(p, p^2)`` (block ``std.pos2``, see :func:`_position_coo`: exact hard
+  selection, 2 coordinates); otherwise ``W_pos`` writes a one-hot of the position into a new residual block
+  ``std.pos`` (``n_ctx`` coordinates). A head's score ``q.k + b(u - v)`` becomes one dot product
   ``[q; R_u] . [k; e_v]`` with ``R_u[v] = b(u - v)``: the query reads its own position and emits the row of the bias
   table, the key emits its one-hot position. *Exact* (the dot product adds one non-zero term); width cost
   ``n_ctx`` residual coordinates and ``n_ctx`` head dimensions.
@@ -59,6 +61,7 @@ ACTIVATIONS = ("relu", "gelu", "silu")
 #: Residual blocks the compiler appends to the idealised layout.
 ONE_BLOCK = "std.one"
 POS_BLOCK = "std.pos"
+QUAD_BLOCK = "std.pos2"
 HELD_PREFIX = "std.held."
 
 
@@ -331,13 +334,17 @@ def compile_standard(
     if beta is None:
         beta = HARD_BETA if model.attention == "hard" else float(model.beta)
     n_ctx = int(model.max_positions)
-    if n_ctx > 1 << 14:
+    quad = model.attention == "hard" and all(_tent_centre(h.rel_bias[:n_ctx]) is not None for l in model.layers for h in l.heads)
+    if not quad and n_ctx > 1 << 14:
         raise HmmtxError(f"construction '{model.spec.name}': {n_ctx} positions is too many for one-hot position embeddings")
     lay = Layout()
     for blk in model.layout:
         lay.add(blk.name, blk.shape, blk.description)
     lay.add(ONE_BLOCK, 1, "constant 1 (written by W_pos): biases of gated units")
-    lay.add(POS_BLOCK, n_ctx, "one-hot of the position (written by W_pos): relative-position scores")
+    if quad:
+        lay.add(QUAD_BLOCK, 2, "(p, p^2) of the position p (written by W_pos): quadratic relative-position scores")
+    else:
+        lay.add(POS_BLOCK, n_ctx, "one-hot of the position (written by W_pos): relative-position scores")
     rewrites = _plan_rewrites(model) if has_norms else {}
     for b in sorted({b for bs in rewrites.values() for b in bs}):
         lay.add(HELD_PREFIX + b, model.layout.block(b).shape, f"scratch: '{b}' moved here by a lag-0 head, cleared by the MLP")
@@ -414,15 +421,15 @@ def _plan_layer(model: ConstructedTransformer, lay: Layout, li: int, beta: float
                 moved: tuple[str, ...], act: str) -> _Plan:
     layer = model.layers[li]
     plan = _Plan()
-    pos = lay.block(POS_BLOCK)
-    n_ctx = pos.size
+    n_ctx = model.max_positions
     for h in layer.heads:
         plan.heads.append(_head(h, lay, beta, n_ctx))
     for b in moved:  # lag-0 move head: held.B <- B, B <- 0
         blk, held = lay.block(b), lay.block(HELD_PREFIX + b)
-        table = -beta * np.arange(n_ctx, dtype=np.float64)  # tent -|lag - 0|: the query itself wins by beta
+        table = -np.arange(n_ctx, dtype=np.float64)  # tent -|lag - 0|: the query itself wins
         vo = [({blk.start + i: 1.0}, {held.start + i: 1.0, blk.start + i: -1.0}) for i in range(blk.size)]
-        plan.heads.append({"q": {}, "k": {}, "vo": vo, "d_qk": n_ctx, "pos": (pos.start, 0, table), "name": f"move:{b}",
+        code = _pos_code(lay, table, beta, 0)
+        plan.heads.append({"q": {}, "k": {}, "vo": vo, "d_qk": code[3], "pos": code, "name": f"move:{b}",
                            "description": f"lag-0 head: {HELD_PREFIX}{b} <- {b}, {b} <- 0 (replaces the in-place update)"})
     f = layer.ffn
     if isinstance(f, BilinearFFN):
@@ -468,7 +475,6 @@ def _bilinear_units(plan: _Plan, g: dict, ln: dict, out: dict, consts: set[int],
 def _head(h: Any, lay: Layout, beta: float, n_ctx: int) -> dict:
     """A head as sparse dicts: ``q``/``k`` map residual coordinate -> {head dim: weight}; ``vo`` lists the value
     dims as (read {coord: w}, write {coord: w}). Content dims first, then ``n_ctx`` position dims."""
-    pos = lay.block(POS_BLOCK)
     d_c = h.d_qk
     q: dict[int, dict[int, float]] = {}
     k: dict[int, dict[int, float]] = {}
@@ -480,22 +486,57 @@ def _head(h: Any, lay: Layout, beta: float, n_ctx: int) -> dict:
     pos_part = None
     d_qk = d_c
     if np.any(table != 0):
-        pos_part = (pos.start, d_c, beta * table)
-        d_qk = d_c + n_ctx
+        pos_part = _pos_code(lay, table, beta, d_c)
+        d_qk = pos_part[3]
     wv, wo = _rows(h.W_V), _rows(_transpose(h.W_O))
     vo = [({j: float(v) for j, v in wv[i].items()}, {j: float(v) for j, v in wo[i].items()}) for i in range(h.d_v)]
     return {"q": q, "k": k, "vo": vo, "d_qk": d_qk, "pos": pos_part, "name": h.name or "head",
             "description": h.description}
 
 
-def _position_coo(pos_part: tuple | None, n_ctx: int) -> tuple[tuple, tuple]:
-    """COO parts ``(rows, cols, vals)`` of the position dims of W_Q and W_K: the query at position u (residual
-    coordinate ``start + u``) emits ``R_u[v] = beta b(u - v)`` (v <= u) into head dim ``off + v``; the key at v emits
-    1 into head dim ``off + v``. Then ``q_u . k_v = beta b(u - v)`` exactly."""
+def _tent_centre(table: Any) -> int | None:
+    """``c`` when the bias table is the unit-slope tent ``b(lag) = -|lag - c|``; None otherwise (all-zero tables,
+    i.e. content-only heads, count as compatible: they get no position dims)."""
+    t = [Fraction(v) for v in table]
+    if all(v == 0 for v in t):
+        return -1
+    c = max(range(len(t)), key=lambda i: t[i])
+    return c if all(t[l] == -abs(l - c) for l in range(len(t))) else None
+
+
+def _pos_code(lay: Layout, table: np.ndarray, beta: float, off: int) -> tuple:
+    """Position part of a head: ``("onehot", off, beta * table, d_qk)`` or, when the layout holds the quadratic code
+    ``(p, p^2)`` and the table is a unit tent centred at ``c``, ``("quad", off, (beta, c), d_qk)``."""
+    if QUAD_BLOCK in lay:
+        c = _tent_centre(table)
+        if c is None or c < 0:
+            raise HmmtxError("quadratic position code: the table is not a unit tent")
+        return ("quad", off, (beta, c), off + 2)
+    return ("onehot", off, beta * np.asarray(table, dtype=np.float64), off + lay.block(POS_BLOCK).size)
+
+
+def _position_coo(pos_part: tuple | None, n_ctx: int, lay: Layout) -> tuple[tuple, tuple]:
+    """COO parts ``(rows, cols, vals)`` of the position dims of W_Q and W_K.
+
+    One-hot code: the query at position u (residual coordinate ``start + u``) emits ``R_u[v] = beta b(u - v)``
+    (v <= u) into head dim ``off + v``; the key at v emits 1 into head dim ``off + v``: ``q_u . k_v = beta b(u - v)``.
+    Quadratic code (unit tents ``-|lag - c|``, hard heads): ``q_u = beta (2 (u - c), -1)``, ``k_v = (v, v^2)``, so
+    ``q_u . k_v = beta (2 (u - c) v - v^2) = -beta (u - v - c)^2 + beta (u - c)^2``: the last term is constant per
+    query (softmax ignores it) and ``-(lag - c)^2`` has the tent's argmax over the available lags (lag c, or lag u
+    when ``u < c``) with gap >= 1. Every term is an integer times ``beta = 2^12`` below ``2^24 * beta`` while
+    ``2 n_ctx^2 < 2^24``, so the scores are exact in float32 up to 2896 positions (float64: far beyond)."""
     e = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
     if pos_part is None:
         return e, e
-    start, off, table = pos_part
+    kind, off, data, _ = pos_part
+    pos = lay.block(QUAD_BLOCK if kind == "quad" else POS_BLOCK)
+    if kind == "quad":
+        beta, c = data
+        one = lay.index(ONE_BLOCK)
+        q = (np.array([pos.start, one, one]), np.array([off, off, off + 1]), np.array([2 * beta, -2 * beta * c, -beta]))
+        k = (np.array([pos.start, pos.start + 1]), np.array([off, off + 1]), np.array([1.0, 1.0]))
+        return q, k
+    start, table = pos.start, data
     u, v = np.tril_indices(n_ctx)
     vals = table[u - v]
     keep = vals != 0
@@ -522,7 +563,7 @@ def _assemble(model: ConstructedTransformer, lay: Layout, plans: list[_Plan], n_
         Wq, Wk, Wv, Wo = [], [], [], []
         for hi in range(H):
             hd = p.heads[hi] if hi < len(p.heads) else {"q": {}, "k": {}, "vo": [], "pos": None}
-            pq, pk = _position_coo(hd["pos"], n_ctx)
+            pq, pk = _position_coo(hd["pos"], n_ctx, lay)
             Wq.append(SparseMatrix.from_dict((D, d_head), {(c, r): v for c, row in hd["q"].items() for r, v in row.items()}, pq))
             Wk.append(SparseMatrix.from_dict((D, d_head), {(c, r): v for c, row in hd["k"].items() for r, v in row.items()}, pk))
             Wv.append(SparseMatrix.from_dict((D, d_head), {(c, r): v for r, (rd, _) in enumerate(hd["vo"]) for c, v in rd.items()}))
@@ -545,7 +586,12 @@ def _assemble(model: ConstructedTransformer, lay: Layout, plans: list[_Plan], n_
         W_E[:, lay[b]] *= float(c)
     W_pos = np.zeros((n_ctx, D))
     W_pos[:, lay.index(ONE_BLOCK)] = 1.0
-    W_pos[np.arange(n_ctx), lay[POS_BLOCK].start + np.arange(n_ctx)] = 1.0
+    if QUAD_BLOCK in lay:  # quadratic code (p, p^2)
+        p0 = lay[QUAD_BLOCK].start
+        W_pos[:, p0] = np.arange(n_ctx, dtype=np.float64)
+        W_pos[:, p0 + 1] = np.arange(n_ctx, dtype=np.float64) ** 2
+    else:
+        W_pos[np.arange(n_ctx), lay[POS_BLOCK].start + np.arange(n_ctx)] = 1.0
     if model.readouts:
         first = next(iter(model.readouts.values()))
         W_U = _pad_rows(_dense(first.W_U).T, D)
@@ -755,5 +801,5 @@ def size_table(std: StandardTransformer) -> dict:
 
 
 __all__ = ["HARD_BETA", "ACTIVATIONS", "StandardConfig", "StandardWeights", "BlockWeights", "Probe", "Substitution",
-           "StandardTransformer", "StandardInfo", "BlockLabels", "compile_standard", "constant_coordinates", "size_table", "ONE_BLOCK", "POS_BLOCK",
+           "StandardTransformer", "StandardInfo", "BlockLabels", "compile_standard", "constant_coordinates", "size_table", "ONE_BLOCK", "POS_BLOCK", "QUAD_BLOCK",
            "HELD_PREFIX"]

@@ -216,7 +216,8 @@ def test_sizes_are_reported_against_the_idealised_model():
     std = registry.get("exact-filter-std").build(h, x)
     t = size_table(std)
     assert t["idealised"]["layers"] == t["standard"]["layers"]
-    assert t["standard"]["width"] == t["idealised"]["width"] + 1 + t["standard"]["n_ctx"] + 4  # one, pos, held op
+    # hard tents: the quadratic position code (p, p^2) instead of a one-hot: one, pos2, held op
+    assert t["standard"]["width"] == t["idealised"]["width"] + 1 + 2 + 4 and "std.pos2" in std.layout
     assert 0 < t["standard"]["nonzero_parameters"] < t["standard"]["dense_parameters"]
     names = [s.what for s in std.substitutions]
     assert any("projective" in n for n in names) and any("output normalisation" in n for n in names)
