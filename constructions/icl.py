@@ -62,6 +62,7 @@ from constructions.registry import ConstructionEntry, Param, ProbeHooks, VerifyS
 from constructions.transformer import BoundReport, ConstructedTransformer, check_attention, spec_for
 from constructions.types import ModelInfo
 from hmm.errors import HmmtxError
+from hmm.model import parse_fraction, show_number
 from hmm.icl_reference import (
     FEATURE_KINDS,
     STATUS_NEGATIVE,
@@ -86,13 +87,23 @@ ROUNDOFF_C = 32
 # ---------------------------------------------------------------------------------------------- configuration
 def parse_eta(value: Any, name: str = "--eta", *, allow_zero: bool = False) -> Fraction:
     """A positive (or, with ``allow_zero``, non-negative) exact rational (``"1/2"``, ``0.5``, ``Fraction``)."""
-    try:
-        eta = Fraction(value.strip()) if isinstance(value, str) else Fraction(value)
-    except (TypeError, ValueError, ZeroDivisionError):
-        raise HmmtxError(f"{name}: cannot read {value!r} as a number or a fraction 'p/q'") from None
+    if isinstance(value, str):
+        eta = parse_fraction(value, name)
+    else:
+        try:
+            eta = Fraction(value)
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+            raise HmmtxError(f"{name}: cannot read {value!r} as a number or a fraction 'p/q'") from None
     if not (eta >= 0 if allow_zero else eta > 0):
-        raise HmmtxError(f"{name}: must be {'non-negative' if allow_zero else 'positive'}, got {eta}")
+        raise HmmtxError(f"{name}: must be {'non-negative' if allow_zero else 'positive'}, got {show_number(eta)}")
+    if eta > MAX_ETA:
+        raise HmmtxError(f"{name}: {show_number(eta)} is out of range, must be <= {MAX_ETA} (GD with a larger step "
+                         "overflows float64 within a few layers)")
     return eta
+
+
+#: Largest --eta / --prior-mass accepted (convergence needs eta < 2 / lam_max anyway; see ICLConfig.eta_safe).
+MAX_ETA = 1000
 
 
 @dataclass(frozen=True)

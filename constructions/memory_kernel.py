@@ -41,6 +41,7 @@ from constructions.registry import AttentionDefaults, ConstructionEntry, Param, 
 from constructions.transformer import BoundReport, ConstructedTransformer, check_attention, spec_for
 from constructions.types import ModelInfo
 from hmm.errors import HmmtxError
+from hmm.model import parse_fraction, show_text
 
 #: Default input-value grid always in the vocabulary (so ``inspect`` and short examples work).
 DEFAULT_VALUES = tuple(Fraction(k, 4) for k in range(-4, 5))
@@ -56,10 +57,13 @@ def parse_inputs(text: str) -> np.ndarray:
     seqs = []
     for part in text.split("|"):
         items = part.replace(",", " ").split()
-        try:
-            seqs.append([float(Fraction(v)) for v in items])
-        except (ValueError, ZeroDivisionError):
-            raise HmmtxError(f"--tokens: {part.strip()!r} is not a list of numbers") from None
+        vals = []
+        for i, v in enumerate(items):
+            q = parse_fraction(v, f"--tokens item {i}")
+            if abs(q) > 1:  # every input lies in [-1, 1] (checked here, before float() could overflow)
+                raise HmmtxError(f"--tokens item {i}: {show_text(v)!r} is outside [-1, 1]")
+            vals.append(float(q))
+        seqs.append(vals)
     if len({len(q) for q in seqs}) > 1:
         raise HmmtxError(f"--tokens: sequences separated by '|' must have equal lengths, got {[len(q) for q in seqs]}")
     arr = check_inputs(seqs)

@@ -93,6 +93,9 @@ def compare(got: Any, ref: Any, *, exact: bool, what: str = "output") -> tuple[f
         rf = r.astype(np.float64) if r.dtype != object else np.array(r.tolist(), dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise HmmtxError(f"{what}: values are not numbers ({exc})") from None
+    except OverflowError:
+        raise HmmtxError(f"{what}: the exact reference's values overflow float64 (the computation diverges for "
+                         "these parameters, e.g. a GD step --eta far beyond 2 / lam_max with many layers --K)") from None
     d = np.abs(gf - rf)
     if np.isnan(d).any():
         return math.nan, False

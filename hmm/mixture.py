@@ -66,7 +66,11 @@ class HMMMixture:
         if exact and not prior_exact:
             # An all-number prior in an exact mixture is a float component, converted like a float task: its exact
             # binary image with the round-off of its sum moved into the largest entry (HMM.as_exact).
-            rho = _fix_rows(to_fraction_array(to_float_array(task_prior, "task_prior", 1).tolist(), "task_prior", 1))
+            # The float prior is validated as a float array first (entries >= 0, sum 1 within ROW_SUM_TOL): only
+            # the round-off of a valid prior is moved, never a prior that is wrong (e.g. [0.4, 0.5] or [0, 0]).
+            floats = to_float_array(task_prior, "task_prior", 1)
+            check_stochastic(floats, "task_prior")
+            rho = _fix_rows(to_fraction_array(floats.tolist(), "task_prior", 1))
         else:
             rho = (to_fraction_array if exact else to_float_array)(task_prior, "task_prior", 1)
         tasks = tuple((h.as_exact() if exact else h.as_float()) if isinstance(h, HMM) else h for h in tasks)

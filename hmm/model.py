@@ -13,6 +13,7 @@ arithmetic rounding only; ``as_float()`` rounds rationals to float64.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -23,6 +24,54 @@ from hmm.errors import HmmtxError
 
 #: Tolerance on row sums of float-valued stochastic arrays (SPEC §2). Rationals must sum to 1 exactly.
 ROW_SUM_TOL = 1e-9
+
+
+#: Limits on exact number strings ("p/q", decimals): longer strings or larger decimal exponents are refused
+#: before Python builds the (possibly astronomically large) integers.
+MAX_NUMBER_CHARS = 2000
+MAX_DECIMAL_EXPONENT = 1000
+_DEC_EXP = re.compile(r"[eE]\s*([+-]?[0-9]+)")
+
+
+def parse_fraction(text: str, where: str) -> Fraction:
+    """An exact number from a string: ``"1/3"``, ``"0.25"``, ``"1e-3"``. Strings longer than MAX_NUMBER_CHARS or
+    with a decimal exponent beyond +-MAX_DECIMAL_EXPONENT are refused (HmmtxError naming ``where``)."""
+    s = text.strip()
+    if len(s) > MAX_NUMBER_CHARS:
+        raise HmmtxError(f"{where}: number string of {len(s)} characters (more than {MAX_NUMBER_CHARS})")
+    for m in _DEC_EXP.finditer(s):
+        e = m.group(1)
+        if len(e.lstrip("+-")) > 6 or abs(int(e)) > MAX_DECIMAL_EXPONENT:
+            raise HmmtxError(f"{where}: {show_text(s)!r} has a decimal exponent beyond +-{MAX_DECIMAL_EXPONENT}")
+    try:
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        raise HmmtxError(f"{where}: cannot read {show_text(s)!r} as a number or a fraction 'p/q'") from None
+
+
+def show_text(text: str, n: int = 40) -> str:
+    """A user string clipped for an error message."""
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def show_number(value: Any, max_digits: int = 24) -> str:
+    """A number for a message, never crashing on huge or tiny values (Python refuses str() of ints with more than
+    4300 digits, and float() of a huge Fraction overflows)."""
+    if isinstance(value, Fraction):
+        nd, dd = _ndigits(value.numerator), _ndigits(value.denominator)
+        if nd <= max_digits and dd <= max_digits:
+            return str(value)
+        exp10 = (value.numerator.bit_length() - value.denominator.bit_length()) * 0.30103
+        return f"~1e{exp10:+.0f} ({nd}/{dd}-digit fraction)"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        nd = _ndigits(int(value))
+        return str(int(value)) if nd <= max_digits else f"an integer of {nd} digits"
+    return f"{value!r}" if isinstance(value, str) else f"{value}"
+
+
+def _ndigits(n: int) -> int:
+    n = abs(int(n))
+    return max(1, int(n.bit_length() * 0.30103) + 1)
 
 
 def _to_fraction(value: Any, where: str) -> Fraction:
@@ -39,11 +88,10 @@ def _to_fraction(value: Any, where: str) -> Fraction:
             raise HmmtxError(f"{where}: entry is {f!r} (NaN or infinite)")
         return Fraction(f)
     if isinstance(value, str):
-        try:
-            return Fraction(value.strip())
-        except (ValueError, ZeroDivisionError):
-            raise HmmtxError(f"{where}: cannot read {value!r} as a number or a fraction 'p/q'") from None
-    raise HmmtxError(f"{where}: expected a number or a string 'p/q', got {type(value).__name__} {value!r}")
+        return parse_fraction(value, where)
+    if isinstance(value, (complex, np.complexfloating)):
+        raise HmmtxError(f"{where}: complex entry {value!r}; probabilities are real numbers")
+    raise HmmtxError(f"{where}: expected a number or a string 'p/q', got {type(value).__name__} {show_text(repr(value))}")
 
 
 def _is_exact_input(value: Any) -> bool:
@@ -91,6 +139,7 @@ def to_float_array(values: Any, name: str, ndim: int) -> np.ndarray:
     where = _find_bool(values)
     if where is not None:
         raise HmmtxError(f"{name}{where}: expected a number, got a boolean")
+    _refuse_complex(values, name)
     try:
         arr = np.array(values, dtype=np.float64)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -104,20 +153,34 @@ def to_float_array(values: Any, name: str, ndim: int) -> np.ndarray:
     return arr
 
 
+def _refuse_complex(values: Any, name: str) -> None:
+    """Complex input is refused (numpy would silently drop the imaginary part when converting to float64)."""
+    try:
+        probe = values if isinstance(values, np.ndarray) else np.asarray(values)
+    except (TypeError, ValueError):
+        return
+    if np.iscomplexobj(probe):
+        raise HmmtxError(f"{name}: complex entries (dtype {probe.dtype}); probabilities are real numbers")
+    if probe.dtype == object:
+        for idx in np.ndindex(probe.shape):
+            if isinstance(probe[idx], (complex, np.complexfloating)):
+                raise HmmtxError(f"{name}{list(idx)}: complex entry {probe[idx]!r}; probabilities are real numbers")
+
+
 def check_stochastic(arr: np.ndarray, name: str) -> None:
     """Entries >= 0 and every row (last axis) summing to 1: exactly for Fractions, within ROW_SUM_TOL for floats."""
     exact = arr.dtype == object
     neg = np.argwhere(arr < 0)
     if neg.size:
         idx = tuple(int(i) for i in neg[0])
-        raise HmmtxError(f"{name}{list(idx)}: negative entry {arr[idx]}")
+        raise HmmtxError(f"{name}{list(idx)}: negative entry {show_number(arr[idx])}")
     sums = arr.sum(axis=-1) if arr.ndim > 1 else np.array([arr.sum()], dtype=arr.dtype)
     for row in np.ndindex(sums.shape):
         s = sums[row]
         ok = (s == 1) if exact else abs(float(s) - 1.0) <= ROW_SUM_TOL
         if not ok:
             where = f"{name} row {row[0]}" if arr.ndim > 1 else name
-            shown = f"{s}" if exact else f"{float(s):.12g}"
+            shown = show_number(s) if exact else f"{float(s):.12g}"
             rule = "exactly 1" if exact else f"1 within {ROW_SUM_TOL:g}"
             hint = ""
             if exact and any(isinstance(v, Fraction) and v.denominator & (v.denominator - 1) == 0 and v.denominator > 2**20
@@ -145,6 +208,13 @@ class HMM:
     name: str = ""
 
     def __post_init__(self) -> None:
+        for nm in ("initial_probs", "transition_matrix", "emission_probs"):
+            arr = getattr(self, nm)
+            if isinstance(arr, np.ndarray) and np.iscomplexobj(arr):
+                raise HmmtxError(f"{nm}: complex entries (dtype {arr.dtype}); probabilities are real numbers")
+            if isinstance(arr, np.ndarray) and arr.flags.writeable:
+                # the HMM freezes its own copy, never the caller's array
+                object.__setattr__(self, nm, arr.copy())
         pi, A, B = self.initial_probs, self.transition_matrix, self.emission_probs
         for arr, nm, nd in ((pi, "initial_probs", 1), (A, "transition_matrix", 2), (B, "emission_probs", 2)):
             if not isinstance(arr, np.ndarray) or arr.ndim != nd:

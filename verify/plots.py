@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from hmm.errors import HmmtxError
-from hmm.io import atomic_write_bytes
+from hmm.io import atomic_write_bytes, write_file_set
 from verify.suite import CaseResult
 
 #: Where zero errors are drawn on the log axis.
@@ -52,7 +52,14 @@ def _series(results: Sequence[CaseResult], axis: str, dtype: str, params: tuple)
 
 
 def plot_construction(results: Sequence[CaseResult], construction: str, axis: str, path: Path | str) -> Path | None:
-    """One PNG of error and bound against ``axis`` (``"T"`` or ``"S"``); None (no file) when nothing to draw.
+    """One PNG of error and bound against ``axis`` (``"T"`` or ``"S"``), written atomically; None (no file) when
+    nothing to draw. See :func:`render_construction`."""
+    png = render_construction(results, construction, axis)
+    return None if png is None else atomic_write_bytes(path, png)
+
+
+def render_construction(results: Sequence[CaseResult], construction: str, axis: str) -> bytes | None:
+    """The PNG bytes of error and bound against ``axis`` (``"T"`` or ``"S"``); None when nothing to draw.
 
     One colour per float mode and parameter variant (e.g. hard vs softmax attention): markers = largest error,
     dashed = largest finite bound, dotted = bound + allowance, each at every x over the other axes' cases."""
@@ -100,7 +107,7 @@ def plot_construction(results: Sequence[CaseResult], construction: str, axis: st
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def require_matplotlib() -> None:
@@ -112,21 +119,17 @@ def require_matplotlib() -> None:
 
 
 def write_plots(results: Sequence[CaseResult], folder: Path | str) -> list[Path]:
-    """Both plots for every construction in ``results`` into ``folder`` (created if missing); returns the files."""
+    """Both plots for every construction in ``results`` into ``folder`` (created if missing), all-or-nothing (a
+    failed or interrupted write leaves none of the set); returns the files."""
     require_matplotlib()
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise HmmtxError(f"--plots {folder}: cannot create the folder ({exc.strerror or exc})") from None
     names = list(dict.fromkeys(r.case.construction for r in results))
-    out = []
+    rendered: dict[str, bytes] = {}
     for name in names:
         for axis in ("T", "S"):
-            p = plot_construction(results, name, axis, folder / f"{name}-vs-{axis}.png")
-            if p is not None:
-                out.append(p)
-    return out
+            png = render_construction(results, name, axis)
+            if png is not None:
+                rendered[f"{name}-vs-{axis}.png"] = png
+    return write_file_set(folder, rendered, "--plots")
 
 
-__all__ = ["ZERO_FLOOR", "plot_construction", "write_plots", "require_matplotlib"]
+__all__ = ["ZERO_FLOOR", "plot_construction", "render_construction", "write_plots", "require_matplotlib"]

@@ -19,13 +19,14 @@ protocol adds what a sweep needs: which cases to run for a plan (:meth:`Adapter.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import traceback
 import zlib
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -705,12 +706,9 @@ def run_suite(
             c = todo[i][1]
             groups.setdefault((c.construction, c.family, c.states, c.length, c.seed), []).append(i)
         order = sorted(groups.values(), key=lambda ix: -_cost(todo[ix[0]][1]))
-        import multiprocessing
-
         from constructions.registry import plugin_paths
 
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(min(jobs, len(order)), initializer=_worker_init, initargs=(plugin_paths(),)) as pool:
+        with worker_pool(min(jobs, len(order)), initargs=(plugin_paths(),)) as pool:
             remote_set = set(remote)
             local = [i for i in range(len(todo)) if i not in remote_set]
             for i in local:
@@ -725,6 +723,41 @@ def run_suite(
     return [r for r in results if r is not None]
 
 
+@contextlib.contextmanager
+def worker_pool(n: int, initargs: tuple = ()) -> Iterator[Any]:
+    """A spawn pool whose workers never outlive it and never print on Ctrl-C.
+
+    Workers start with SIGINT ignored (the disposition survives exec), so a terminal Ctrl-C reaches only the parent,
+    which prints one line; on any exit of the block (normal, exception, KeyboardInterrupt, the CLI's SIGTERM
+    exception) the workers are terminated and joined, so no worker is left when the command returns."""
+    import multiprocessing
+    import signal
+
+    ctx = multiprocessing.get_context("spawn")
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if _in_main_thread() else None
+    try:
+        pool = ctx.Pool(n, initializer=_worker_init, initargs=initargs)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+    ok = False
+    try:
+        yield pool
+        ok = True
+    finally:
+        if ok:
+            pool.close()
+        else:
+            pool.terminate()
+        pool.join()
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def _cost(case: Case) -> float:
     """Rough relative cost of a point, for scheduling (width ~ S^2, positions ~ T)."""
     return float((case.states or 1) ** 2 * case.length)
@@ -734,9 +767,15 @@ _WORKER_ADAPTERS: dict[str, Adapter] = {}
 
 
 def _worker_init(plugins: tuple[str, ...] = ()) -> None:  # pragma: no cover - runs in worker processes
+    import os
+    import warnings
+
     import torch
 
     from constructions.registry import load_plugin
+
+    if not os.environ.get("HMMTX_WARNINGS"):
+        warnings.simplefilter("ignore")  # like the CLI: warnings never add lines to the output
 
     torch.set_num_threads(1)
     for path in plugins:  # the parent's --plugin files (a fresh process has only the installed constructions)

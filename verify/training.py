@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 import numpy as np
 
 from hmm.errors import HmmtxError
+from verify.cli_args import SEED_MAX
 from hmm.mixture import HMMMixture
 from verify.icl_data import (
     ContextBatch,
@@ -113,8 +114,17 @@ class TrainConfig:
             raise HmmtxError(f"train config: dtype must be one of {_DTYPES}, got {self.dtype!r}")
         for name in ("seed", "mixture_seed"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
-                raise HmmtxError(f"train config: {name} must be an integer >= 0, got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= SEED_MAX:
+                raise HmmtxError(f"train config: {name} must be an integer in [0, {SEED_MAX}], got {v!r}")
+
+    def estimated_bytes(self) -> float:
+        """Rough memory of training this config (float32 weights, gradients and two Adam moments; activations of
+        one batch through every layer; the evaluation batch), for the resource check before anything is built."""
+        d, L, f, V = self.d_model, self.n_layers, self.d_ff, self.vocab_size + 3
+        n = self.layout.length
+        params = L * (4 * d * d + 2 * d * f + 6 * d) + 2 * V * d + n * d
+        acts = max(self.batch_size, min(self.eval_contexts, 512)) * n * (L * (8 * d + 2 * f + 2 * self.n_heads * n) + V)
+        return 4.0 * (4 * params + 2 * acts)
 
     @property
     def layout(self) -> ContextLayout:
@@ -547,19 +557,40 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise HmmtxError(f"{path}: checkpoint not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise HmmtxError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    except Exception as exc:  # torch raises many types for corrupt files; keep its whole explanation, on one line
+        raise HmmtxError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {_one_line(exc)[:2000]})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise HmmtxError(f"{path}: not an hmmtx training checkpoint (expected format {CHECKPOINT_FORMAT!r})")
-    config = TrainConfig.from_dict(payload["config"])
+    missing = [k for k in ("config", "mixture", "state_dict") if k not in payload]
+    if missing:
+        raise HmmtxError(f"{path}: malformed checkpoint, missing key(s) {missing}")
+    if not isinstance(payload["config"], dict) or not isinstance(payload["state_dict"], dict):
+        raise HmmtxError(f"{path}: malformed checkpoint, 'config' and 'state_dict' must be dictionaries")
+    try:
+        config = TrainConfig.from_dict(payload["config"])
+    except HmmtxError as exc:
+        raise HmmtxError(f"{path}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise HmmtxError(f"{path}: malformed checkpoint config ({_one_line(exc)})") from None
+    from verify.cli_args import require_fits
+
+    require_fits(f"{path}: the checkpoint's model (d_model={config.d_model}, {config.n_layers} layers, d_ff="
+                 f"{config.d_ff})", config.estimated_bytes(), "the checkpoint config is implausibly large")
     mixture = mixture_from_dict(payload["mixture"], where=f"{path}: mixture")
     model = build_model(config)
     try:
         model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise HmmtxError(f"{path}: weights do not match the stored config ({str(exc).splitlines()[0][:200]})") from None
+    except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
+        raise HmmtxError(f"{path}: weights do not match the stored config ({_one_line(exc)[:200]})") from None
     model.eval()
-    return Checkpoint(model, config, mixture, dict(payload.get("metrics", {})), list(payload.get("losses", [])))
+    metrics, losses = payload.get("metrics", {}), payload.get("losses", [])
+    if not isinstance(metrics, dict) or not isinstance(losses, (list, tuple)):
+        raise HmmtxError(f"{path}: malformed checkpoint, 'metrics' must be a dictionary and 'losses' a list")
+    return Checkpoint(model, config, mixture, dict(metrics), list(losses))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 __all__ = [

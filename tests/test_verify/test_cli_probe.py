@@ -84,9 +84,9 @@ def test_probe_with_a_task_file(tmp_path, capsys):
         (["probe", "--model", "constructed:icl", "--lags", "a"], "is not an integer"),
         (["probe", "--model", "constructed:icl", "--contexts", "3"], "--contexts"),
         (["probe", "--model", "constructed:icl", "--json", "/nonexistent/x.json"], "does not exist"),
-        (["probe", "--model", "constructed:icl", "--demos", "-1"], "n_demos"),
+        (["probe", "--model", "constructed:icl", "--demos", "-1"], "--demos"),
         (["train", "--config", "huge"], "unknown training config"),
-        (["train", "--config", "tiny", "--steps", "0"], "steps must be a positive integer"),
+        (["train", "--config", "tiny", "--steps", "0"], "--steps"),
         (["train", "--config", "tiny", "--out", "/nonexistent/m.pt"], "does not exist"),
     ],
 )

@@ -77,7 +77,7 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
 @pytest.mark.parametrize("argv,msg", [
     (["--zoo", "mess3", "--r-max", "6", "--length", "6"], "must exceed --r-max"),
     (["--zoo", "nope", "--r-max", "3"], "unknown HMM family"),
-    (["--zoo", "mess3", "--r-max", "0"], "window length"),
+    (["--zoo", "mess3", "--r-max", "0"], "--r-max"),
     (["--zoo", "mess3", "--r-max", "3", "--prior", "1/2,1/2"], "expected 3"),
     (["--zoo", "mess3", "--r-max", "3", "--seqs", "0"], "--seqs"),
 ])
@@ -100,4 +100,4 @@ def test_run_window_reports_bounds(tmp_path, capsys):
         assert d["memory_error"][k] <= d["a_posteriori_bound"][k] <= d["a_priori_bound"][k]
     assert d["layers"] == 2 and d["parameters"]["readout"] == "lookup"
     assert main(["run", "window", "--hmm", str(f), "--tokens", toks, "--r", "0"]) == 2
-    assert "window length" in capsys.readouterr().err
+    assert "--r: 0 is out of range" in capsys.readouterr().err

@@ -52,7 +52,9 @@ def entry_parser(command: str, entry: Any, add_common: Callable[[argparse.Argume
             prm.add_to(g)  # type: ignore[arg-type]
         if entry.add_arguments is not None:
             entry.add_arguments(g)  # type: ignore[arg-type]
-    return p
+    from verify.cli_args import harden_parser
+
+    return harden_parser(p)
 
 
 def add_source_arguments(p: argparse.ArgumentParser, entry: Any) -> None:
@@ -81,7 +83,11 @@ def resolve(args: argparse.Namespace, add_common: Callable[[argparse.ArgumentPar
     if any(a in ("-h", "--help") for a in argv):
         parser.print_help(sys.stdout)
         return None
-    return entry, parser.parse_args(argv)
+    ns = parser.parse_args(argv)
+    from verify.cli_args import check_paths
+
+    check_paths(ns)
+    return entry, ns
 
 
 def load_source(entry: Any, ns: argparse.Namespace) -> Any:
@@ -94,19 +100,77 @@ def load_source(entry: Any, ns: argparse.Namespace) -> Any:
     return None
 
 
+def _stream_length(tokens: Any) -> int:
+    import numpy as np
+
+    if isinstance(tokens, (list, tuple)) and tokens and not np.isscalar(tokens[0]):
+        return sum(len(s) for s in tokens) + len(tokens) + 1  # segments + SEPs + BOS
+    arr = np.asarray(tokens) if tokens is not None else np.zeros(0)
+    return int(arr.shape[-1]) + 1 if arr.ndim else 1
+
+
+def estimate_bytes(name: str, source: Any, tokens: Any, params: dict, mode: str) -> float | None:
+    """Rough memory of building and running construction ``name`` (weights + recorded residual streams +
+    attention scores), from the sizes in the README's construction table; None for an unknown construction.
+    Exact mode stores Fractions (object arrays): counted at 12x."""
+    import math
+
+    T = max(_stream_length(tokens), int(params.get("max_len") or 0))
+    S = sum(getattr(source, "state_sizes", ())) or getattr(source, "num_states", 1) if source is not None else 1
+    V = getattr(source, "num_obs", 1) if source is not None else 1
+    r = int(params.get("r", 1) or 1)
+    if name in ("exact-filter", "bayes-multitask"):
+        D, L = 2 * S * S + 4 * S + 2 * V + 16, math.ceil(math.log2(T + 1)) + 2
+        F = 2 * D
+    elif name == "window":
+        D, L = S * S + (r + 1) * (V + 2) + 16, math.ceil(math.log2(r + 1)) + 2
+        F = 2 * float(V) ** r + 2 * S * S
+    elif name == "icl":
+        P = float(V) ** r if params.get("features", "pattern") == "pattern" else r * V
+        D, L = P * P + 4 * P * (V + 2) + 32, int(params.get("K", 4)) + 4 + math.ceil(math.log2(r + 1))
+        F = 2 * D
+    elif name == "memory-kernel":
+        H = int(params.get("heads", 8)) * (str(params.get("memories", "")).count(",") + 1)
+        N = T + int(params.get("prefix", 0) or 0) + 64
+        return 8.0 * (H * N * N * 3 + N * int(params.get("ffn_width", 32)) * 4 + N * (H + 8) * 4) * (12 if mode == "exact" else 1)
+    else:
+        return None
+    total = 8.0 * (L * (4 * D * D + 2 * D * F) + (L + 1) * T * (D + F) + L * T * T)
+    return total * (12 if mode == "exact" else 1)
+
+
+def check_size(entry: Any, source: Any, tokens: Any, params: dict, mode: str) -> None:
+    """Refuse (one line with the estimate and the limit) a construction that cannot fit in memory."""
+    from verify.cli_args import require_fits
+
+    est = estimate_bytes(entry.name, source, tokens, params, mode)
+    if est is not None:
+        require_fits(f"{entry.name} (mode {mode}, {_stream_length(tokens)} stream positions)", est,
+                     "use a smaller HMM / mixture, fewer tokens or smaller construction options")
+
+
 def add_attention_arguments(p: argparse.ArgumentParser, entry: Any) -> None:
     """``--attention`` / ``--beta`` with the construction's defaults (``entry.attention``, an
     :class:`~constructions.registry.AttentionDefaults`)."""
     att = entry.attention.attention
     beta = entry.attention.beta
+    from verify.cli_args import float_arg
+
     p.add_argument("--attention", default=att, choices=["hard", "softmax"], help=f"attention kind (default {att})")
-    p.add_argument("--beta", type=float, default=beta,
+    # --beta defaults to None; the construction's default beta is filled in only for softmax (check_beta), so
+    # `--attention hard` alone is never blamed on a --beta the user did not give
+    p.add_argument("--beta", type=float_arg(0, None, lo_open=True), default=None,
                    help="inverse temperature for --attention softmax" + (f" (default {beta:g})" if beta is not None else ""))
+    p.set_defaults(_default_beta=beta)
 
 
-def check_beta(attention: str, beta: Any) -> float | None:
+def check_beta(attention: str, beta: Any, default: Any = None) -> float | None:
+    """The beta to use: ``--beta`` if given, else the construction's default (softmax only); a --beta given with
+    --attention hard is refused (naming --beta, which is the flag at fault)."""
     from constructions.transformer import check_attention
 
+    if attention == "softmax" and beta is None:
+        beta = default
     if attention == "hard" and beta is not None:
         raise HmmtxError("--beta applies to --attention softmax only")
     return check_attention(attention, beta)
@@ -118,6 +182,8 @@ __all__ = [
     "entry_parser",
     "load_source",
     "check_beta",
+    "check_size",
+    "estimate_bytes",
     "add_attention_arguments",
     "constructions_listing",
 ]

@@ -65,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
         fmt = _row_float
 
     mode = "exact (Fractions)" if args.exact else "float64"
-    table = Table(title=f"{hmm.name or args.hmm}: S={hmm.num_states}, V={hmm.num_obs}, T={len(tokens)}, {mode}")
+    from rich.markup import escape
+
+    table = Table(title=f"{escape(hmm.name or args.hmm)}: S={hmm.num_states}, V={hmm.num_obs}, T={len(tokens)}, {mode}")
     table.add_column("t", justify="right")
     table.add_column("x_t", justify="right")
     table.add_column("P(z_t | x_0..t)", overflow="fold")
@@ -93,5 +95,5 @@ def run(args: argparse.Namespace) -> int:
         if args.exact:
             out["sequence_probability"] = fraction_to_str(sequence_probability_exact(hmm, tokens))
         atomic_write_json(args.json, out)
-        console.print(f"wrote {args.json}")
+        console.print(f"wrote {args.json}", markup=False)
     return 0

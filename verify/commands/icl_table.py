@@ -310,6 +310,14 @@ def run(args: argparse.Namespace) -> int:
         source = f"zoo mixture {args.zoo_mixture} x {args.tasks_count} (seed {args.seed})"
     if args.plot and not str(args.plot).lower().endswith(".png"):
         raise HmmtxError(f"--plot: expected a .png path, got {args.plot!r}")
+    from verify.cli_args import require_fits
+
+    V = mixture.num_obs
+    P = V ** args.r if args.features == "pattern" else args.r * V
+    length = 1 + max(demos) * (args.demo_length + 1) + max(tests)
+    require_fits(f"icl-table ({args.contexts} contexts of up to {length} positions, {P} features, K = {args.K})",
+                 8.0 * args.contexts * length * (P * (V + 4) + 64) * (args.K + 4) + 8.0 * P * P * length,
+                 "reduce --contexts, --r, --K or the lengths")
     import torch
 
     torch.set_num_threads(1)  # (N, P, D) element-wise work: one thread is faster on small shared machines
@@ -319,23 +327,35 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
     con = Console()
     s = table.spec
-    con.print(f"[bold]H4 in-context learner[/bold] on {source}: {mixture!r}")
+    from rich.markup import escape
+
+    con.print(f"[bold]H4 in-context learner[/bold] on {escape(source)}: {escape(repr(mixture))}")
     con.print(f"construction: {s['layers']} layers, width D = {s['width']}, FFN width {s['ffn_width']}, "
               f"d_x = {s['parameters']['d_x']}, r = {args.r}, K = {args.K}, eta = {table.params['eta']}, {args.features}, "
               f"prior mass {table.params['prior_mass']}")
     con.print(f"{args.contexts} contexts per cell, demonstrations of length {args.demo_length}; {elapsed:.1f} s")
     for tb in render_tables(table, ("tv_icl_bayes", "acc_icl_bayes", "acc_icl_next", "acc_bayes_next", "tv_bayes_true", "zero_mass")):
         con.print(tb)
+    check_failed = 0
     if not args.no_check:
-        con.print(f"construction vs closed-form learner: max |masses difference| = {table.metrics['check_max_abs'].max():.2e}")
+        import numpy as np
+
+        chk = np.asarray(table.metrics["check_max_abs"], dtype=float)
+        check_failed = int((~np.isfinite(chk)).sum())
+        if check_failed:  # never print nan and exit 0: a check that cannot be computed has failed
+            con.print(f"construction vs closed-form learner: the check is not finite (nan/inf) in {check_failed} of "
+                      f"{chk.size} cells (largest finite difference "
+                      f"{np.max(chk[np.isfinite(chk)], initial=0.0):.2e}); CHECK FAILED", markup=False)
+        else:
+            con.print(f"construction vs closed-form learner: max |masses difference| = {chk.max():.2e}")
     command = "hmmtx " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and sys.argv[0].endswith("hmmtx") else "hmmtx icl-table ..."
     if args.plot:
         plot_table(table, args.plot)
-        con.print(f"heatmap written to {args.plot}")
+        con.print(f"heatmap written to {args.plot}", markup=False)
     if args.json:
         atomic_write_json(args.json, table_json(table, command))
-        con.print(f"JSON written to {args.json}")
-    return 0
+        con.print(f"JSON written to {args.json}", markup=False)
+    return 1 if check_failed else 0
 
 
 __all__ = ["ICLTable", "METRICS", "icl_table", "render_tables", "markdown_table", "plot_table", "table_json", "register", "run"]

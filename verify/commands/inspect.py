@@ -51,11 +51,13 @@ def run(args: argparse.Namespace) -> int:
         raise HmmtxError(f"--max-rows and --max-cols must be positive, got {ns.max_rows} and {ns.max_cols}")
     if ns.plot is not None and not str(ns.plot).lower().endswith(".png"):
         raise HmmtxError(f"--plot: expected a .png path, got {ns.plot!r}")
-    beta = check_beta(ns.attention, ns.beta)
+    beta = check_beta(ns.attention, ns.beta, getattr(ns, "_default_beta", None))
     source = load_source(entry, ns)
     from constructions.runner import build_model, parse_tokens
+    from verify.commands._construction_cli import check_size
 
     tokens = parse_tokens(entry, ns.tokens if ns.tokens is not None else entry.default_tokens)
+    check_size(entry, source, tokens, entry.param_values(ns), getattr(ns, "mode", "float64"))
     model = build_model(entry, source, tokens, attention=ns.attention, beta=beta, params=entry.param_values(ns))
     tables = select_tables(model, ns.layer)
     show(model, tables, ns.max_rows, ns.max_cols)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from hmm.errors import HmmtxError
+from verify.cli_args import float_arg
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -37,12 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--spike-heads", type=_int_list, default=None, help="H values for the spike rows (default 8,16,32,64,128)")
     p.add_argument("--spike-lags", type=_int_list, default=None, help="spike lags T (default 2,4,8,16)")
     p.add_argument("--no-spikes", action="store_true", help="leave out the spike rows")
-    p.add_argument("--beta", type=float, default=0.1, help="exponent spacing of the head grids (default 0.1)")
-    p.add_argument("--p0-lin", type=float, default=0.1, help="lin-type base exponent (default 0.1)")
-    p.add_argument("--p0-log", type=float, default=2.0, help="log-type base exponent, > 1 (default 2)")
-    p.add_argument("--lam", type=float, default=0.35, help="light-tailed target e^(-lam s) (default 0.35)")
-    p.add_argument("--alpha", type=float, default=2.25, help="heavy-tailed target s^(-alpha), > 1 (default 2.25)")
-    p.add_argument("--eps", type=float, default=1e-2, help="error level for 'heads needed' (default 1e-2)")
+    p.add_argument("--beta", type=float_arg(0, 100, lo_open=True), default=0.1, help="exponent spacing of the head grids (default 0.1)")
+    p.add_argument("--p0-lin", type=float_arg(0, 1000, lo_open=True), default=0.1, help="lin-type base exponent (default 0.1)")
+    p.add_argument("--p0-log", type=float_arg(1, 1000, lo_open=True), default=2.0, help="log-type base exponent, > 1 (default 2)")
+    p.add_argument("--lam", type=float_arg(0, 700, lo_open=True), default=0.35, help="light-tailed target e^(-lam s) (default 0.35)")
+    p.add_argument("--alpha", type=float_arg(1, 1000, lo_open=True), default=2.25, help="heavy-tailed target s^(-alpha), > 1 (default 2.25)")
+    p.add_argument("--eps", type=float_arg(0, 1, lo_open=True, hi_open=True), default=1e-2, help="error level for 'heads needed' (default 1e-2)")
     p.add_argument("--gram-max-heads", type=int, default=16, help="Gram condition numbers up to this H (default 16)")
     p.add_argument("--json", metavar="OUT", default=None, help="write the results as JSON (atomic)")
     p.add_argument("--plot", metavar="PNG", default=None, help="log-log plot of error vs H (matplotlib Agg, atomic)")

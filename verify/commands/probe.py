@@ -45,7 +45,7 @@ def register(subparsers: Any) -> None:
                    help="window length r passed to the constructions' probe builders (icl default 2, window default 4)")
     p.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots (fig2/fig3 analogues) into DIR")
     p.add_argument("--json", default=None, metavar="OUT", help="write all numbers as JSON")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, _outputs={"json": "file", "plot": "folder"})
 
 
 # ---------------------------------------------------------------------------------------------- subjects
@@ -121,12 +121,13 @@ def _fmt(x: float, digits: int = 3) -> str:
 
 def _tables(results: list[dict], lags: list[int]) -> list[Any]:
     """One table per subject (rows = residual index), then a side-by-side summary of all subjects."""
+    from rich.markup import escape
     from rich.table import Table
 
     tables = []
     for r in results:
         rep, pi = r["report"], r.get("independence")
-        t = Table(title=f"{r['label']}: held-out probe accuracy / R^2 per residual index; attention position-independence per layer")
+        t = Table(title=f"{escape(r['label'])}: held-out probe accuracy / R^2 per residual index; attention position-independence per layer")
         t.add_column("i", justify="right")
         t.add_column("after layer")
         for k in lags:
@@ -155,7 +156,7 @@ def _tables(results: list[dict], lags: list[int]) -> list[Any]:
     s = Table(title="side by side: where each quantity becomes readable (residual index; - = never)")
     s.add_column("measurement")
     for r in results:
-        s.add_column(r["label"], justify="right")
+        s.add_column(escape(r["label"]), justify="right")
 
     def first(acc: Any, level: float) -> str:
         import numpy as np
@@ -233,16 +234,16 @@ def write_plots(results: list[dict], lags: list[int], folder: Any) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hmm.io import atomic_write_bytes
+    from hmm.io import write_file_set
 
     folder = Path(folder)
-    written = []
+    rendered: dict[str, bytes] = {}
 
     def save(fig: Any, name: str) -> None:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
-        written.append(str(atomic_write_bytes(folder / name, buf.getvalue())))
+        rendered[name] = buf.getvalue()
 
     n = len(results)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False, sharey=True)
@@ -294,7 +295,8 @@ def write_plots(results: list[dict], lags: list[int], folder: Any) -> list[str]:
         ax.legend(fontsize=8)
         ax.set_title("attention logits under demo permutations (cf. Hao et al. Fig. 2)", fontsize=10)
         save(fig, "fig2-independence.png")
-    return written
+    # all-or-nothing: a full disk or an interrupt never leaves part of the set
+    return [str(f) for f in write_file_set(folder, rendered, "--plot")]
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -314,14 +316,11 @@ def _check_args(args: argparse.Namespace) -> list[int]:
         raise HmmtxError(f"--perms must be >= 1, got {args.perms}")
     if args.r is not None and args.r < 1:
         raise HmmtxError(f"--r must be >= 1, got {args.r}")
-    for flag, path in (("--plot", args.plot), ("--json", args.json)):
-        if path is None:
-            continue
-        folder = Path(path) if flag == "--plot" else (Path(path).parent if str(Path(path).parent) else Path("."))
-        if flag == "--plot":
-            folder.mkdir(parents=True, exist_ok=True) if folder.parent.is_dir() else None
-        if not folder.is_dir():
-            raise HmmtxError(f"{flag} {path}: folder {folder} does not exist")
+    if args.json is not None:  # (the generic checks in verify.cli_args ran already; a checkpoint is an input too)
+        from hmm.io import check_output_path
+
+        check_output_path(args.json, "--json", [v for k, v in _parse_specs(args.model) if k == "checkpoint"]
+                          + [args.tasks])
     return lags
 
 
@@ -383,13 +382,14 @@ def _segment_tables(checkpoints: dict, mixture: Any, data: Any, layout: Any, res
     """Next-token quality by segment of each checkpoint (printed, and stored in its result)."""
     from pathlib import Path
 
+    from rich.markup import escape
     from rich.table import Table
 
     from verify.training import evaluate_segments
 
     for path, ck in checkpoints.items():
         seg = evaluate_segments(ck.model, mixture, data.batch)
-        t = Table(title=f"trained:{Path(path).name}: next-token quality by segment of the predicted token "
+        t = Table(title=f"trained:{escape(Path(path).name)}: next-token quality by segment of the predicted token "
                         f"({data.batch.tokens.shape[0]} probe contexts)")
         for c in ("segment", "TV model vs Bayes", "TV unigram vs Bayes", "TV segment-only Bayes vs Bayes", "CE model",
                   "CE Bayes", "Bayes max task post."):
@@ -423,6 +423,12 @@ def run(args: argparse.Namespace) -> int:
             checkpoints[val] = load_checkpoint(val)
     mixture, layout = _mixture_and_layout(args, checkpoints)
     console = Console() if sys.stdout.isatty() else Console(width=130)
+    from verify.cli_args import require_fits
+
+    width = max([256] + [c.config.d_model * 4 for c in checkpoints.values()])
+    require_fits(f"probe ({args.contexts} contexts of {layout.length} positions, {len(specs)} model(s))",
+                 8.0 * args.contexts * layout.length * width * 16 * (1 + args.perms / 4) * len(specs),
+                 "reduce --contexts, --perms or the context lengths")
     data = make_probe_data(mixture, layout, args.contexts, args.seed)
     single: list = []  # [task-0 mixture, its probe data] for constructions that read one sequence
     results = []
@@ -431,7 +437,7 @@ def run(args: argparse.Namespace) -> int:
             subj, d = TrainedSubject(checkpoints[val].model, name=f"trained:{Path(val).name}"), data
         else:
             subj, d = _subject(val, mixture, data, single, args)
-        console.print(f"probing {subj.name} ({len(subj.layer_names)} layers) ...", style="dim")
+        console.print(f"probing {subj.name} ({len(subj.layer_names)} layers) ...", style="dim", markup=False)
         results.append(_probe_one(subj, d, kind, lags, args))
 
     for t in _tables(results, lags):
@@ -439,11 +445,11 @@ def run(args: argparse.Namespace) -> int:
     _segment_tables(checkpoints, mixture, data, layout, results, console)
     if args.plot:
         for f in write_plots(results, lags, args.plot):
-            console.print(f"wrote {f}")
+            console.print(f"wrote {f}", markup=False)
     if args.json:
         payload = {"command": "probe", "models": args.model, "seed": args.seed, "contexts": args.contexts,
                    "lags": lags, "perms": args.perms, "mixture": mixture.to_dict(exact=False),
                    "subjects": [result_json(r) for r in results]}
         atomic_write_json(args.json, payload)
-        console.print(f"wrote {args.json}")
+        console.print(f"wrote {args.json}", markup=False)
     return 0

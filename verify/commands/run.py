@@ -19,6 +19,7 @@ from typing import Any
 from verify.commands._construction_cli import (
     add_attention_arguments,
     check_beta,
+    check_size,
     load_source,
     register_generic,
     resolve,
@@ -56,11 +57,12 @@ def run(args: argparse.Namespace) -> int:
     entry, ns = got
     if ns.rows < 1:
         raise HmmtxError(f"--rows must be positive, got {ns.rows}")
-    beta = check_beta(ns.attention, ns.beta)
+    beta = check_beta(ns.attention, ns.beta, getattr(ns, "_default_beta", None))
     source = load_source(entry, ns)
     from constructions.runner import parse_tokens, run_construction
 
     tokens = parse_tokens(entry, ns.tokens)
+    check_size(entry, source, tokens, entry.param_values(ns), ns.mode)
 
     res = run_construction(entry, source, tokens, mode=ns.mode, attention=ns.attention, beta=beta,
                            params=entry.param_values(ns), reference=ns.reference)

@@ -31,7 +31,11 @@ def run(args: argparse.Namespace) -> int:
     from constructions.memory.t5 import check_config, t5_table
     from hmm.io import atomic_write_json
 
+    from verify.cli_args import require_fits
+
     cfg = check_config(args.num_buckets, args.max_distance, args.bidirectional)
+    lags = (cfg.max_distance if args.max_lag is None else args.max_lag) + 1
+    require_fits(f"t5-table with {lags} rows", 600.0 * lags, "reduce --max-lag")
     rows = t5_table(args.max_lag, cfg.num_buckets, cfg.max_distance, cfg.bidirectional)
     per_side = cfg.num_buckets // 2 if cfg.bidirectional else cfg.num_buckets
     summary = {

@@ -50,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
         args.config, seed=args.seed, steps=args.steps, lr=args.lr, n_layers=args.n_layers, pos=args.pos,
         threads=args.threads, mixture_seed=args.mixture_seed,
     )
+    from verify.cli_args import require_fits
+
+    require_fits(f"training a {config.n_layers}-layer d={config.d_model} model", config.estimated_bytes(),
+                 "reduce --layers or use a smaller --config")
     console = Console(stderr=True)
     console.print(
         f"training {config.n_layers}-layer d={config.d_model} model ({config.pos} positions) for {config.steps} steps, "
@@ -67,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     table.add_row("unigram baseline", f"{m.tv_unigram:.4f}", f"{m.ce_unigram:.4f}")
     table.add_row("Bayes predictive", "0", f"{m.ce_bayes:.4f}")
     Console().print(table)
-    Console().print(
+    Console(markup=False).print(
         f"test-segment TV vs Bayes: {m.tv_model_test:.4f}; trained in {result.seconds:.1f} s; checkpoint: {out}"
     )
     if args.json:

@@ -184,6 +184,10 @@ def main(args: argparse.Namespace) -> int:
 
         results = suite.run_suite(selected, plan, progress=on_case, on_plan=on_plan, jobs=jobs)
     seconds = time.perf_counter() - t0
+    if not results:  # a filter that selects nothing is a usage error, never "all 0 cases within their bounds"
+        raise HmmtxError("the selection runs no case: " + " ".join(canonical_command(args)[1:])
+                         + " (check --construction, --dtype, --states and --lengths; `hmmtx verify --list` shows "
+                         "each construction's number modes)")
 
     reproducers = rep.write_reproducers(results, repro_dir) if results else {}
     info = {a.name: (a.summary, a.provenance) for a in selected}

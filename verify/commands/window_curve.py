@@ -61,7 +61,13 @@ def run(ns: argparse.Namespace) -> int:
     from hmm.io import atomic_write_json
     from hmm.window import parse_prior, window_curve
 
+    from verify.cli_args import require_fits
+
     hmm = _source(ns)
+    S, V = hmm.num_states, hmm.num_obs
+    require_fits(f"window-curve ({ns.seqs} sequences of length {ns.length}, r up to {ns.r_max})",
+                 8.0 * ns.seqs * ns.length * (S * S + 2 * S + V) * 4 + 8.0 * min(V ** ns.r_max, 2.0**62) * S,
+                 "reduce --seqs, --length or --r-max")
     curve = window_curve(hmm, ns.r_max, prior=parse_prior(ns.prior), num_sequences=ns.seqs, length=ns.length,
                          seed=ns.seed, exact_check=not ns.no_exact_check)
     name = ns.zoo if ns.zoo else ns.hmm
@@ -110,7 +116,9 @@ def _print(curve: Any, name: str) -> None:
     if not console.is_terminal and console.width < 132:
         console = Console(width=132)  # a table of 11 numeric columns; pipes default to 80 columns
     p = curve.params
-    console.print(f"[bold]window-curve[/bold]  {name}  S={p['S']} V={p['V']}  prior={p['prior']}  "
+    from rich.markup import escape
+
+    console.print(f"[bold]window-curve[/bold]  {escape(str(name))}  S={p['S']} V={p['V']}  prior={p['prior']}  "
                   f"{p['num_sequences']} sequences x {p['length']} tokens (seed {p['seed']})")
     console.print(f"Delta(A) = {_fmt(curve.Delta)}   tau(A) = {_fmt(curve.tau)}   delta_mu = {_fmt(curve.prior_distance)}"
                   f"   fitted decay rate of the mean error = {_fmt(curve.rate)}")

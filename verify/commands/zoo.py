@@ -91,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
                    rational=args.rational, **_params(args.param))
     s = summary(hmm)
     fmt = (lambda v: fraction_display(v, 12)) if hmm.exact else (lambda v: f"{float(v):.6g}")  # noqa: E731
-    console.print(f"[bold]{hmm.name}[/bold]: S={s.num_states}, V={s.num_obs}, {'exact' if s.exact else 'float64'}")
+    from rich.markup import escape
+
+    console.print(f"[bold]{escape(hmm.name)}[/bold]: S={s.num_states}, V={s.num_obs}, {'exact' if s.exact else 'float64'}")
     diag = Table(show_header=False)
     rows = [
         ("stationary distribution", "not unique" if s.stationary is None else "[" + ", ".join(fmt(v) for v in s.stationary) + "]"),
@@ -114,5 +116,5 @@ def run(args: argparse.Namespace) -> int:
             console.print(t)
     if args.out:
         save_hmm(hmm, args.out)
-        console.print(f"wrote {args.out}")
+        console.print(f"wrote {args.out}", markup=False)
     return 0
