@@ -557,8 +557,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise HmmtxError(f"{path}: checkpoint not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files; keep its whole explanation, on one line
-        raise HmmtxError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {_one_line(exc)[:2000]})") from None
+    except Exception as exc:  # torch raises many types for corrupt files; keep its explanation, on one line
+        text = _one_line(exc)
+        if "WeightsUnpickler error:" in text:  # an unsafe pickle: say so first, then torch's reason (never cut)
+            reason = text[text.index("WeightsUnpickler error:"):].split(" Please use")[0]
+            raise HmmtxError(f"{path}: refused, unsafe checkpoint: it holds objects that weights-only loading does "
+                             f"not allow, and it was not executed ({reason})") from None
+        raise HmmtxError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {text[:1000]})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise HmmtxError(f"{path}: not an hmmtx training checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     missing = [k for k in ("config", "mixture", "state_dict") if k not in payload]
@@ -590,7 +595,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch decorates some messages with terminal escapes
+    return " ".join(text.split()) or type(exc).__name__
 
 
 __all__ = [

@@ -49,7 +49,7 @@ def test_build_show_and_save(tmp_path, capsys):
     (["dirichlet", "--states", "x"], "--states: 'x' is not an integer"),
     (["mess3", "--states", "4"], "mess3 has num_states = 3"),
     (["sticky", "--out", "/nonexistent-dir/x.json"], "does not exist"),
-    (["sticky", "--seed", "-1"], "seed must be a non-negative integer"),
+    (["sticky", "--seed", "-1"], "--seed: -1 is out of range"),
 ])
 def test_bad_input_one_line_exit_2(capsys, argv, fragment):
     code, _, err = _run(capsys, *argv)

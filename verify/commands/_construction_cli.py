@@ -139,6 +139,19 @@ def estimate_bytes(name: str, source: Any, tokens: Any, params: dict, mode: str)
     return total * (12 if mode == "exact" else 1)
 
 
+def check_tokens(entry: Any, source: Any, tokens: Any) -> None:
+    """Token ids must lie in the source's alphabet ``0..V-1`` (``inspect`` only sizes the model with them, so
+    nothing else would catch an out-of-range id there). HmmtxError names --tokens and the position."""
+    from hmm.model import validate_tokens
+
+    V = getattr(source, "num_obs", None)
+    if V is None or tokens is None:
+        return
+    segments = tokens if entry.input_kind == "mixture" and isinstance(tokens, (list, tuple)) else [tokens]
+    for k, seg in enumerate(segments):
+        validate_tokens(seg, V, name="--tokens" + (f" segment {k}" if len(segments) > 1 else ""))
+
+
 def check_size(entry: Any, source: Any, tokens: Any, params: dict, mode: str) -> None:
     """Refuse (one line with the estimate and the limit) a construction that cannot fit in memory."""
     from verify.cli_args import require_fits
@@ -183,6 +196,7 @@ __all__ = [
     "load_source",
     "check_beta",
     "check_size",
+    "check_tokens",
     "estimate_bytes",
     "add_attention_arguments",
     "constructions_listing",

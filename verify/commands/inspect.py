@@ -54,9 +54,10 @@ def run(args: argparse.Namespace) -> int:
     beta = check_beta(ns.attention, ns.beta, getattr(ns, "_default_beta", None))
     source = load_source(entry, ns)
     from constructions.runner import build_model, parse_tokens
-    from verify.commands._construction_cli import check_size
+    from verify.commands._construction_cli import check_size, check_tokens
 
     tokens = parse_tokens(entry, ns.tokens if ns.tokens is not None else entry.default_tokens)
+    check_tokens(entry, source, tokens)
     check_size(entry, source, tokens, entry.param_values(ns), getattr(ns, "mode", "float64"))
     model = build_model(entry, source, tokens, attention=ns.attention, beta=beta, params=entry.param_values(ns))
     tables = select_tables(model, ns.layer)

@@ -23,7 +23,16 @@ The worst case of each construction is written as a reproducer to --reproducers 
 beside the --json file, or in the current folder)."""
 
 
+def max_jobs() -> int:
+    """Most worker processes accepted (4 per core, at least 8): more only thrash the machine."""
+    import os
+
+    return max(8, 4 * (os.cpu_count() or 1))
+
+
 def register(subparsers: Any) -> None:
+    from verify.cli_args import int_arg, seed_arg
+
     p = subparsers.add_parser(
         "verify",
         help="check every construction against its exact reference and bound over a sweep",
@@ -41,15 +50,15 @@ def register(subparsers: Any) -> None:
                    help="sequence lengths, e.g. --lengths 16,64")
     p.add_argument("--dtype", action="extend", nargs="+", metavar="MODE", default=None,
                    help="number modes among float64,float32,exact (default: all three)")
-    p.add_argument("--seed", type=str, default=None, metavar="N", help="base seed (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=None, metavar="N", help="base seed (default 0)")
     p.add_argument("--json", metavar="OUT", default=None, help="write the JSON report here (docs/report-format.md)")
     p.add_argument("--plots", metavar="DIR", default=None,
                    help="write error-and-bound plots against T and S (PNG) into DIR")
     p.add_argument("--reproducers", metavar="DIR", default=None,
                    help="folder for the worst case of each construction (default: hmmtx-reproducers/ beside --json,"
                    " else in the current folder)")
-    p.add_argument("--jobs", "-j", type=str, default=None, metavar="N",
-                   help="worker processes (default: 2, or 1 on a one-core machine)")
+    p.add_argument("--jobs", "-j", type=int_arg(1, max_jobs()), default=None, metavar="N",
+                   help=f"worker processes, 1..{max_jobs()} (default: 2, or 1 on a one-core machine)")
     p.add_argument("--list", action="store_true", help="list the registered constructions and exit")
     p.set_defaults(func=main)
 
@@ -100,8 +109,8 @@ def parse_jobs(text: str | None) -> int:
         n = int(text)
     except ValueError:
         raise HmmtxError(f"--jobs: {text!r} is not an integer") from None
-    if n < 1:
-        raise HmmtxError(f"--jobs: {n} must be >= 1")
+    if not 1 <= n <= max_jobs():
+        raise HmmtxError(f"--jobs: {n} is out of range, must be an integer in [1, {max_jobs()}]")
     return n
 
 

@@ -33,12 +33,17 @@ def register(subparsers: Any) -> None:
 def _int(text: str | None, flag: str) -> int | None:
     from hmm.errors import HmmtxError
 
+    import argparse
+
+    from verify.cli_args import RANGES, int_arg
+
     if text is None:
         return None
+    lo, hi = RANGES["seed"] if flag == "--seed" else RANGES["states"]
     try:
-        return int(text)
-    except ValueError:
-        raise HmmtxError(f"{flag}: {text!r} is not an integer") from None
+        return int_arg(lo, hi)(text)  # the shared range of every --seed / --states / --obs
+    except argparse.ArgumentTypeError as exc:
+        raise HmmtxError(f"{flag}: {exc}") from None
 
 
 def _value(text: str) -> Any:
