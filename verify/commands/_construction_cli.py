@@ -101,12 +101,17 @@ def load_source(entry: Any, ns: argparse.Namespace) -> Any:
 
 
 def _stream_length(tokens: Any) -> int:
+    """Stream positions of parsed tokens: a sequence (T,) or batch (N, T) -> T + 1 (BOS); a list of context
+    segments -> their tokens + SEPs + BOS; 1 for formats this rough estimate does not know."""
     import numpy as np
 
-    if isinstance(tokens, (list, tuple)) and tokens and not np.isscalar(tokens[0]):
-        return sum(len(s) for s in tokens) + len(tokens) + 1  # segments + SEPs + BOS
-    arr = np.asarray(tokens) if tokens is not None else np.zeros(0)
-    return int(arr.shape[-1]) + 1 if arr.ndim else 1
+    try:
+        if isinstance(tokens, (list, tuple)) and tokens and all(isinstance(s, np.ndarray) for s in tokens):
+            return sum(len(s) for s in tokens) + len(tokens) + 1
+        arr = np.asarray(tokens) if tokens is not None else np.zeros(0)
+        return int(arr.shape[-1]) + 1 if arr.ndim and arr.dtype != object else 1
+    except Exception:  # noqa: BLE001 - an unknown token format: no length estimate
+        return 1
 
 
 def estimate_bytes(name: str, source: Any, tokens: Any, params: dict, mode: str) -> float | None:
