@@ -133,13 +133,14 @@ print(json.dumps(out))
 """
 
 
-def hmmtx_batch(variants: Sequence[Sequence[str]], cwd: Path, timeout: float = 300) -> list[subprocess.CompletedProcess]:
+def hmmtx_batch(variants: Sequence[Sequence[str]], cwd: Path, timeout: float = 300,
+                **env: str) -> list[subprocess.CompletedProcess]:
     """Several invocations of the CLI's ``main()`` in ONE fresh subprocess (torch is started once, not per
     variant): each gets its own captured stdout/stderr and exit status; an exception escaping ``main()`` is
     printed as a traceback into that variant's stderr, so :func:`assert_refused` catches it. Used for variants
     that import torch; the cheap ones and the signal tests run one real process each (:func:`hmmtx`)."""
     res = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps([list(v) for v in variants])], cwd=cwd,
-                         env=cli_env(), capture_output=True, text=True, timeout=timeout)
+                         env=cli_env(**env), capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, res.stderr[-3000:]
     return [subprocess.CompletedProcess(["python", "-m", "verify.cli", *d["args"]], d["returncode"], d["stdout"],
                                         d["stderr"]) for d in json.loads(res.stdout.strip().splitlines()[-1])]
