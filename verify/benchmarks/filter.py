@@ -68,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
         raise HmmtxError("bench filter: hmmlearn is not installed (pip install 'hmmtx[test]')") from None
 
     N, T, S, V = args.sequences, args.length, args.states, args.obs
+    from verify.cli_args import require_fits
+
+    require_fits(f"bench filter ({N} sequences x T={T}, S={S}, V={V})", 8.0 * N * T * (4 * S + 2 * V + 4) * 3,
+                 "reduce --sequences, --length, --states or --obs")
     fam = zoo.FAMILIES.get(args.family)
     fixed = fam is not None and fam.fixed_size is not None
     hmm = zoo.make(args.family, None if fixed else S, None if fixed else V, seed=args.seed)

@@ -56,6 +56,14 @@ def bench_h1(S: int = 16, T: int = 2048, V: int = 4, seed: int = 0, mode: str = 
     for name, v, lo in (("--states", S, 1), ("--length", T, 1), ("--vocab", V, 1), ("--repeats", repeats, 1)):
         if v < lo:
             raise HmmtxError(f"{name} must be at least {lo}, got {v}")
+    from types import SimpleNamespace
+
+    from verify.cli_args import require_fits
+    from verify.commands._construction_cli import estimate_bytes
+
+    est = estimate_bytes("exact-filter", SimpleNamespace(num_states=S, num_obs=V), np.zeros(T, dtype=np.int64), {},
+                         mode)
+    require_fits(f"bench h1 (S={S}, T={T}, V={V})", est, "reduce --states or --length")
     hmm = make("dirichlet", S, V, seed=seed, concentration=2.0, rational=rational)
     x = sample(hmm, 1, T, seed=seed + 1).tokens[0]
     if rational:
