@@ -70,12 +70,19 @@ def test_the_flag_at_fault_is_named_and_reasons_are_whole(work):
     assert "import os" not in line or "not executed" in line
 
 
-def test_warnings_add_no_lines(work):
-    """A divergent in-context learner makes numpy warn (overflow / invalid value). By default the warnings are
-    silenced: test_hardening_silent asserts that this very command leaves stderr empty (its own stdout line says
-    the check failed). Here HMMTX_WARNINGS=1 shows them, which proves the command does warn, so that empty-stderr
-    assertion is not vacuous."""
+def test_warnings_add_no_lines(work, capsys, monkeypatch):
+    """A divergent in-context learner makes numpy warn (overflow / invalid value). The CLI silences warnings (they
+    would add lines; its own stdout line says the check failed): stderr stays empty, here and in the subprocess run
+    of test_hardening_silent. With HMMTX_WARNINGS=1 the same run does warn, so the empty stderr is not vacuous.
+    (In-process, to spare a third torch start; the CLI's main() is what the hmmtx entry point runs.)"""
     from tests.test_verify.test_hardening_silent import ICL_NAN
+    from verify.cli import main
 
-    loud = hmmtx_batch([ICL_NAN], work, HMMTX_WARNINGS="1")[0]
-    assert loud.returncode == 1 and "RuntimeWarning" in loud.stderr
+    monkeypatch.chdir(work)
+    capsys.readouterr()
+    assert main(ICL_NAN) == 1
+    out, err = capsys.readouterr()
+    assert err == "" and "CHECK FAILED" in out
+    monkeypatch.setenv("HMMTX_WARNINGS", "1")
+    with pytest.warns(RuntimeWarning):
+        assert main(ICL_NAN) == 1
