@@ -45,8 +45,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "seed": (0, SEED_MAX),
     "threads": (1, None),  # upper bound from the machine, see _range()
     "K": (1, 4096),
-    "r": (1, 64),
-    "r_max": (1, 64),
+    "r": (1, 1024),
+    "r_max": (1, 4096),
     "heads": (1, 64),
     "ffn_width": (1, 2**24),
     "max_len": (0, 2**24),
@@ -123,6 +123,7 @@ def int_arg(lo: int | None = None, hi: int | None = None) -> Callable[[str], int
         return v
 
     parse.__name__ = "int"
+    parse._hmmtx_checked = True  # type: ignore[attr-defined]
     return parse
 
 
@@ -147,6 +148,7 @@ def float_arg(lo: float | None = None, hi: float | None = None, *, lo_open: bool
         return v
 
     parse.__name__ = "float"
+    parse._hmmtx_checked = True  # type: ignore[attr-defined]
     return parse
 
 
@@ -168,7 +170,24 @@ def harden_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             action.type = int_arg(*(rng if rng else (None, None)))  # type: ignore[arg-type]
         elif action.type is float:
             action.type = float_arg(*(rng if rng else (None, None)))
+        elif rng is not None and callable(action.type) and not getattr(action.type, "_hmmtx_checked", False):
+            action.type = _with_range(action.type, *rng)  # a command's own type still gets the shared range
     return parser
+
+
+def _with_range(parse: Callable[[str], Any], lo: float | None, hi: float | None) -> Callable[[str], Any]:
+    """Wrap a command's own argparse type: its numeric results must also lie in ``[lo, hi]``."""
+
+    def checked(text: str) -> Any:
+        value = parse(text)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                raise argparse.ArgumentTypeError(f"{_clip(str(text))} is out of range: must be {_bounds_text(lo, hi)}")
+        return value
+
+    checked.__name__ = getattr(parse, "__name__", "value")
+    checked._hmmtx_checked = True  # type: ignore[attr-defined]
+    return checked
 
 
 def check_int(value: Any, flag: str, lo: int | None = None, hi: int | None = None) -> int:
@@ -183,7 +202,8 @@ def check_int(value: Any, flag: str, lo: int | None = None, hi: int | None = Non
 # ---------------------------------------------------------------------------------------------- paths
 #: Output flags (argparse dest -> "file" or "folder") checked before any work by :func:`check_paths`; a command
 #: overrides them with ``parser.set_defaults(_outputs={...})`` (e.g. probe's ``--plot DIR`` is a folder).
-OUTPUTS = {"json": "file", "out": "file", "plot": "file", "plots": "folder", "reproducers": "folder"}
+OUTPUTS = {"json": "file", "out": "file", "plot": "file", "plots": "folder", "reproducers": "folder",
+           "out_dir": "folder"}
 #: Input-file flags an output must never equal (extend with ``parser.set_defaults(_inputs=(...))``).
 INPUTS = ("hmm", "tasks", "plugin")
 

@@ -129,7 +129,8 @@ def estimate_bytes(name: str, source: Any, tokens: Any, params: dict, mode: str)
         F = 2 * D
     elif name == "window":
         D, L = S * S + (r + 1) * (V + 2) + 16, math.ceil(math.log2(r + 1)) + 2
-        F = 2 * float(V) ** r + 2 * S * S
+        lookup = str(params.get("readout", "lookup")) == "lookup"  # the product readout has no V^r table
+        F = (2 * float(V) ** r if lookup else 4.0 * S * S * r) + 2 * S * S
     elif name == "icl":
         P = float(V) ** r if params.get("features", "pattern") == "pattern" else r * V
         D, L = P * P + 4 * P * (V + 2) + 32, int(params.get("K", 4)) + 4 + math.ceil(math.log2(r + 1))
