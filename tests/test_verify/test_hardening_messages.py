@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from tests.test_verify.hardening_cli import EXAMPLES, assert_refused, hmmtx_batch, write_json
+from tests.test_verify.hardening_cli import EXAMPLES, assert_refused, hmmtx, hmmtx_batch, write_json
 
 
 @pytest.fixture
@@ -86,3 +86,10 @@ def test_warnings_add_no_lines(work, capsys, monkeypatch):
     monkeypatch.setenv("HMMTX_WARNINGS", "1")
     with pytest.warns(RuntimeWarning):
         assert main(ICL_NAN) == 1
+
+
+def test_markup_in_a_file_name_as_a_real_process(work):
+    """A real ``hmmtx`` process (the batches above run main() in one): Rich would eat ``[b]`` as a bold tag."""
+    res = hmmtx(["zoo", "mess3", "--out", "z[b]x.json"], work)
+    assert res.returncode == 0 and res.stderr == "" and "z[b]x.json" in res.stdout
+    assert (work / "z[b]x.json").is_file()
