@@ -559,10 +559,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files; keep its explanation, on one line
         text = _one_line(exc)
-        if "WeightsUnpickler error:" in text:  # an unsafe pickle: say so first, then torch's reason (never cut)
-            reason = text[text.index("WeightsUnpickler error:"):].split(" Please use")[0]
-            raise HmmtxError(f"{path}: refused, unsafe checkpoint: it holds objects that weights-only loading does "
-                             f"not allow, and it was not executed ({reason})") from None
+        if "WeightsUnpickler error:" in text:  # torch's reason, whole, without its advice to load unsafely
+            reason = text[text.index("WeightsUnpickler error:"):].split(" Please use")[0].split(" Check the doc")[0]
+            if "Unsupported global" in reason:  # code or arbitrary objects: refused, never executed
+                raise HmmtxError(f"{path}: refused, unsafe checkpoint: it holds objects that weights-only loading "
+                                 f"does not allow, and it was not executed ({reason})") from None
+            raise HmmtxError(f"{path}: not a readable checkpoint ({reason})") from None
         raise HmmtxError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {text[:1000]})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise HmmtxError(f"{path}: not an hmmtx training checkpoint (expected format {CHECKPOINT_FORMAT!r})")
