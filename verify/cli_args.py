@@ -160,11 +160,14 @@ def seed_arg(text: str) -> int:
 def harden_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Replace plain ``int`` / ``float`` types of ``parser`` (and its sub-parsers) by checked ones (see module
     docstring). Types that are already custom callables are kept: they are the command's own validation."""
+    kinds = {}
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 harden_parser(sub)
             continue
+        if action.dest in OUTPUTS:  # metavar DIR / FOLDER marks a folder output (e.g. probe --plot DIR)
+            kinds[action.dest] = "folder" if str(action.metavar or "").upper() in ("DIR", "FOLDER") else OUTPUTS[action.dest]
         rng = _range(action.dest)
         if action.type is int:
             action.type = int_arg(*(rng if rng else (None, None)))  # type: ignore[arg-type]
@@ -172,6 +175,8 @@ def harden_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             action.type = float_arg(*(rng if rng else (None, None)))
         elif rng is not None and callable(action.type) and not getattr(action.type, "_hmmtx_checked", False):
             action.type = _with_range(action.type, *rng)  # a command's own type still gets the shared range
+    if any(OUTPUTS[d] != k for d, k in kinds.items()) and parser.get_default("_outputs") is None:
+        parser.set_defaults(_outputs={**OUTPUTS, **kinds})
     return parser
 
 
@@ -200,8 +205,9 @@ def check_int(value: Any, flag: str, lo: int | None = None, hi: int | None = Non
 
 
 # ---------------------------------------------------------------------------------------------- paths
-#: Output flags (argparse dest -> "file" or "folder") checked before any work by :func:`check_paths`; a command
-#: overrides them with ``parser.set_defaults(_outputs={...})`` (e.g. probe's ``--plot DIR`` is a folder).
+#: Output flags (argparse dest -> "file" or "folder") checked before any work by :func:`check_paths`. A flag with
+#: ``metavar="DIR"`` is a folder (e.g. probe's ``--plot DIR``, experiment grid's ``--out DIR``); a command can also
+#: override with ``parser.set_defaults(_outputs={...})``.
 OUTPUTS = {"json": "file", "out": "file", "plot": "file", "plots": "folder", "reproducers": "folder",
            "out_dir": "folder"}
 #: Input-file flags an output must never equal (extend with ``parser.set_defaults(_inputs=(...))``).
