@@ -5,8 +5,8 @@
 per-block ``W_Q/W_K/W_V/W_O`` with biases, gated MLP ``W_gate/W_in/W_out``, ``W_U``), no attention scaling, no
 layer norms. The substitutions, each with its error in exact arithmetic (derivations in ``docs/export.md``):
 
-* **relative-position bias -> learned absolute positions.** Hard models whose heads all use unit tents
-  ``-|lag - c|`` get the quadratic code ``(p, p^2)`` (block ``std.pos2``, see :func:`_position_coo`: exact hard
+* **relative-position bias -> learned absolute positions.** Hard models whose positional heads all use unit tents
+  ``-|lag - c|`` and have no content term (content heads: no position bias) get the quadratic code ``(p, p^2)`` (block ``std.pos2``, see :func:`_position_coo`: exact hard
   selection, 2 coordinates); otherwise ``W_pos`` writes a one-hot of the position into a new residual block
   ``std.pos`` (``n_ctx`` coordinates). A head's score ``q.k + b(u - v)`` becomes one dot product
   ``[q; R_u] . [k; e_v]`` with ``R_u[v] = b(u - v)``: the query reads its own position and emits the row of the bias
@@ -334,7 +334,10 @@ def compile_standard(
     if beta is None:
         beta = HARD_BETA if model.attention == "hard" else float(model.beta)
     n_ctx = int(model.max_positions)
-    quad = model.attention == "hard" and all(_tent_centre(h.rel_bias[:n_ctx]) is not None for l in model.layers for h in l.heads)
+    # the quadratic code keeps the argmax of a unit tent only when the score has no content term
+    quad = model.attention == "hard" and all(
+        _tent_centre(h.rel_bias[:n_ctx]) == -1 or (h.positional and _tent_centre(h.rel_bias[:n_ctx]) is not None)
+        for l in model.layers for h in l.heads)
     if not quad and n_ctx > 1 << 14:
         raise HmmtxError(f"construction '{model.spec.name}': {n_ctx} positions is too many for one-hot position embeddings")
     lay = Layout()
@@ -585,6 +588,9 @@ def _assemble(model: ConstructedTransformer, lay: Layout, plans: list[_Plan], n_
     for b, c in scale.items():
         W_E[:, lay[b]] *= float(c)
     W_pos = np.zeros((n_ctx, D))
+    if getattr(model.embedding, "W_pos", None) is not None:  # the construction's own absolute positional embedding
+        own = _dense(model.embedding.W_pos)[:n_ctx]
+        W_pos[: own.shape[0], : own.shape[1]] = own
     W_pos[:, lay.index(ONE_BLOCK)] = 1.0
     if QUAD_BLOCK in lay:  # quadratic code (p, p^2)
         p0 = lay[QUAD_BLOCK].start

@@ -1,14 +1,15 @@
 """The standard-block variants, registered like any construction: ``exact-filter-std``, ``window-std``,
-``bayes-multitask-std``, ``icl-std``, ``memory-kernel-std``.
+``bayes-multitask-std``, ``icl-std``, ``adaptive-memory-std``, ``memory-kernel-std``.
 
 Each builds the idealised construction (hard attention; memory-kernel: its own softmax) and compiles it with
 :func:`constructions.standard.compile_standard`. Its claimed bound (:func:`standard_bound`) is the idealised
 model's bound on the same tokens plus the substitution errors:
 
 * one-hot positions, gated MLP units, ReLU units through the constant coordinate: exact (no term);
-* hard attention as softmax at ``beta = 4096``: the off-target weight of a query is at most ``(P - 1) e^{-4096}``;
-  in float32/float64 it underflows to exactly 0, so the float computation is the hard one (no term; the note
-  states the exact-arithmetic leakage);
+* hard attention as softmax at ``beta = 4096``: the off-target weight of a query is at most
+  ``(P - 1) e^{-4096 gap}``; in float32/float64 it underflows to exactly 0 when ``4096 gap`` exceeds ~104/~745, so
+  the float computation is the hard one. Checked a posteriori (:func:`_pattern_mismatch`: the variant's patterns
+  must equal the idealised hard patterns exactly), else only the trivial bound is claimed;
 * dropped projective normalisation (H1, H3, window ``--readout product``): the unnormalised products are
   non-negative, so each float product has entrywise relative error at most ``gamma_{n+1}`` on top of its factors'
   (first-order model, no cancellation after the move-head rewrite); a position's output involves at most
@@ -29,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from constructions import bayes_multitask, exact_filter, icl, memory_kernel, window_filter
+from constructions import adaptive_memory, bayes_multitask, exact_filter, icl, memory_kernel, window_filter
 from constructions.registry import AttentionDefaults, ConstructionEntry, CustomSweep, Param, SweepPoint, VerifySweep, register
 from constructions.standard import ACTIVATIONS, HARD_BETA, StandardTransformer, compile_standard
 from constructions.types import BoundReport, check_bound
@@ -79,6 +80,24 @@ def _mass_check(std: StandardTransformer, tokens: Any, mode: str) -> tuple[bool,
     return ok, lo, hi
 
 
+def _pattern_mismatch(std: StandardTransformer, ideal: Any, ids: Any, mode: str) -> str:
+    """'' when the variant's softmax patterns equal the idealised hard patterns exactly (one-hot rows, equal weights
+    on ties) for every idealised head in ``mode``; else where they first differ. This checks the large-beta argument
+    a posteriori: it needs every hard score gap to exceed ~745 / beta (float64) or ~104 / beta (float32)."""
+    dt = torch.float64 if mode == "float64" else torch.float32
+    s = std if std.dtype == dt else std.materialise(dt)
+    i = ideal if ideal.dtype == dt else ideal.materialise(dt)
+    with torch.no_grad():
+        ts = s.forward(ids, record="all")
+        ti = i.forward(ids, attention="hard", record="all")
+    for l, w in enumerate(ti.attn_weights):
+        if w is None:
+            continue
+        if not torch.equal(ts.attn_weights[l][:, : w.shape[1]], w):
+            return f"block {l}"
+    return ""
+
+
 def standard_bound(std: StandardTransformer, tokens: Any, mode: str = "float64") -> BoundReport:
     """The idealised bound on the same tokens plus the substitution terms (module docstring)."""
     if mode not in ("float64", "float32"):
@@ -88,13 +107,18 @@ def standard_bound(std: StandardTransformer, tokens: Any, mode: str = "float64")
     P, L = ids.shape[1], std.config.n_layers
     note = ""
     if ideal.attention == "hard":
-        note = (f"hard -> softmax at beta={std.beta:g}: off-target weight <= {P - 1} e^-{std.beta:g} "
-                f"(exactly 0 in {mode})")
+        note = (f"hard -> softmax at beta={std.beta:g}: patterns equal to the hard ones in {mode} (checked); "
+                f"exact-arithmetic off-target weight <= {P - 1} e^(-beta gap)")
     from constructions.standard import QUAD_BLOCK
 
     if QUAD_BLOCK in std.layout and mode == "float32" and 2 * P * P >= 2**24:
         return BoundReport(1.0, 1.0, 0.0, 1.0, note + f"; {P} positions: the quadratic position scores are not exact "
                            "in float32 beyond 2896 positions (trivial bound only)")
+    if ideal.attention == "hard":
+        bad = _pattern_mismatch(std, ideal, ids, mode)
+        if bad:
+            return BoundReport(1.0, 1.0, 0.0, 1.0, note + f"; {bad}: hard attention not reproduced (score gap below "
+                               f"~{745 if mode == 'float64' else 104}/beta), trivial bound only")
     if not std.info.dropped_norms:
         base = check_bound(ideal.claimed_bound(tokens, mode), ideal.spec.name)
         return BoundReport(base.value, base.leakage, base.roundoff, base.trivial,
@@ -207,6 +231,7 @@ VARIANTS = (
     Variant(window_filter.ENTRY, drop_norms=lambda p: p.get("readout", "lookup") == "product"),
     Variant(bayes_multitask.ENTRY, drop_norms=lambda p: True, mass_scale=_op_scale),
     Variant(icl.ENTRY),
+    Variant(adaptive_memory.ENTRY, head_blocks=("y",), verify=adaptive_memory.ENTRY.verify),
     Variant(memory_kernel.ENTRY, head_blocks=("y", "mem"),
             verify=VerifySweep(betas=(), custom=CustomSweep(_memory_points, _memory_inputs))),
 )

@@ -74,7 +74,7 @@ def test_exact_filter_round_trip_within_bound(data):
         torch.testing.assert_close(cache[f"blocks.{l}.hook_resid_mid"], own.after_attn[l], rtol=1e-12, atol=1e-14)
 
 
-def test_window_bayes_icl_memory_round_trips_within_bound():
+def test_window_bayes_icl_memory_adaptive_round_trips_within_bound():
     from hmm.sampling import sample, sample_contexts
     from hmm.zoo import make, make_mixture
 
@@ -89,6 +89,8 @@ def test_window_bayes_icl_memory_round_trips_within_bound():
         _within_bound(name, mix, registry.get(name).parse_tokens(text), **over)
     entry = registry.get("memory-kernel-std")
     _within_bound("memory-kernel-std", None, entry.parse_tokens("0.5 -1 0.25 0"), prefix=4, heads=2)
+    entry = registry.get("adaptive-memory-std")
+    _within_bound("adaptive-memory-std", None, entry.parse_tokens(entry.default_tokens), kind="type2")
 
 
 def test_gelu_and_silu_gates_round_trip(tmp_path):

@@ -101,6 +101,17 @@ def test_icl_std_within_bound(mix, seed, K):
     _check("icl-std", mix, _context("icl-std", ctx), r=1, K=K)
 
 
+@pytest.mark.parametrize("kind, rpe", [("type1", "log"), ("type2", "lin")])
+def test_adaptive_memory_std_within_bound(kind, rpe):
+    entry = registry.get("adaptive-memory-std")
+    x = entry.parse_tokens(entry.default_tokens)
+    p = _params(entry, kind=kind, rpe=rpe)
+    for mode in ("float64", "float32"):
+        r = run_construction(entry, None, x, mode=mode, params=p)
+        assert r.max_abs_error <= r.bound.value < 1e-3, (mode, r.max_abs_error, r.bound)
+        assert "patterns equal to the hard ones" in r.bound.notes
+
+
 def test_memory_kernel_std_matches_the_idealised_model_and_its_bound():
     entry = registry.get("memory-kernel-std")
     x = entry.parse_tokens("0.5 -1 0.25 0 1 -0.5 0.75")
@@ -174,6 +185,16 @@ def test_positions_reproduce_arbitrary_relative_bias_tables_exactly():
     tr = std.forward(ids)
     for h in range(len(ideal.layers[0].heads)):
         torch.testing.assert_close(tr.attn_weights[0][:, h], ti.attn_weights[0][:, h], rtol=1e-14, atol=1e-300)
+
+
+def test_a_too_small_beta_is_caught_by_the_pattern_check():
+    from constructions.exact_filter import build
+    from constructions.standard_variants import standard_bound
+
+    h, x = _h1(T=7)
+    std = compile_standard(build(h, len(x)), drop_norms=True, beta=2.0, bound_fn=standard_bound)
+    b = std.claimed_bound(x, "float64")
+    assert b.value == 1.0 and "hard attention not reproduced" in b.notes
 
 
 def test_what_cannot_be_compiled_is_a_clear_error():
