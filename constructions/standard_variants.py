@@ -220,6 +220,22 @@ def _memory_points(lengths: tuple[int, ...]) -> list[SweepPoint]:
     return out
 
 
+def _hard_float_sweep(sweep: VerifySweep) -> VerifySweep:
+    """The base construction's custom sweep restricted to what a hard-compiled variant runs: hard attention, float
+    modes."""
+    base = sweep.custom
+
+    def points(lengths: tuple[int, ...]) -> list[SweepPoint]:
+        out = []
+        for p in base.points(lengths):
+            modes = tuple(m for m in p.modes if m != "exact")
+            if p.attention == "hard" and modes:
+                out.append(SweepPoint(p.label, p.length, modes, "hard", None, p.params))
+        return out
+
+    return VerifySweep(betas=(), custom=CustomSweep(points, base.inputs))
+
+
 def _memory_inputs(point: SweepPoint, seed: int) -> Any:
     from constructions.memory.sweep import inputs
 
@@ -231,7 +247,7 @@ VARIANTS = (
     Variant(window_filter.ENTRY, drop_norms=lambda p: p.get("readout", "lookup") == "product"),
     Variant(bayes_multitask.ENTRY, drop_norms=lambda p: True, mass_scale=_op_scale),
     Variant(icl.ENTRY),
-    Variant(adaptive_memory.ENTRY, head_blocks=("y",), verify=adaptive_memory.ENTRY.verify),
+    Variant(adaptive_memory.ENTRY, head_blocks=("y",), verify=_hard_float_sweep(adaptive_memory.ENTRY.verify)),
     Variant(memory_kernel.ENTRY, head_blocks=("y", "mem"),
             verify=VerifySweep(betas=(), custom=CustomSweep(_memory_points, _memory_inputs))),
 )
