@@ -127,7 +127,10 @@ def _print(tr) -> None:
     if floor is not None:
         con.print(f"Bayes floor of the LM stand-in (exact, same validation texts): {floor:.4f} nats")
     if c:
-        con.print(f"construction ({c['name']}): {c.get('what', c.get('note', ''))}")
+        from verify.experiments.wang_e import construction_summary
+
+        extra = construction_summary(c)
+        con.print(f"construction ({c['name']}): {c['what']}" + (f"\n  {extra}" if extra else ""))
     for v in tr.verdicts:
         colour = {"reproduced": "green", "not reproduced": "red"}.get(v.verdict, "yellow")
         con.print(f"Insight {v.insight}: {v.claim} -> [{colour}]{v.verdict}[/{colour}] ({v.reason})")
