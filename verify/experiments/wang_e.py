@@ -102,8 +102,13 @@ def separated(a: CellResult, b: CellResult) -> bool:
     return abs(a.mean - b.mean) > 2 * se
 
 
+def fmt_loss(mean: float, std: float | None) -> str:
+    """``mean +- std`` with 5 significant digits for the mean (losses range from ~1e-6 to ~3) and 2 for the std."""
+    return f"{mean:.5g}" + ("" if std is None or math.isnan(std) else f" +- {std:.2g}")
+
+
 def _fmt(r: CellResult) -> str:
-    return f"{r.mean:.4f}" + ("" if math.isnan(r.std) else f"+-{r.std:.4f}")
+    return fmt_loss(r.mean, r.std)
 
 
 def _find(results: dict, **coords: Any) -> CellResult:
@@ -608,9 +613,8 @@ def to_markdown(data: dict) -> str:
     extra = "construction l1 / rel. MSE" if "by_cell" in con else ("construction attention l1" if "by_H" in con else None)
     lines = ["| " + " | ".join(head + ([extra] if extra else [])) + " |", "|" + "---|" * (len(head) + bool(extra))]
     for c in data["cells"]:
-        std = "" if c["std"] is None else f" +- {c['std']:.4f}"
-        row = [str(c["coords"][k]) for k in coords] + [str(c["n_params"]), f"{np.mean(c['initial_val']):.4f}",
-                                                        f"{c['mean']:.4f}{std}"]
+        row = [str(c["coords"][k]) for k in coords] + [str(c["n_params"]), f"{np.mean(c['initial_val']):.4g}",
+                                                        fmt_loss(c["mean"], c["std"])]
         if extra == "construction attention l1":
             v = con["by_H"].get(str(c["coords"]["H"]))
             row.append("-" if v is None else f"{v:.2e}")
@@ -682,4 +686,4 @@ def plot(tr: TableResult, path: str | Path) -> Path:
 
 __all__ = ["SPECS", "SIZES", "TABLES", "TableSpec", "Size", "Cell", "CellResult", "Verdict", "TableResult",
            "table_spec", "resolve_size", "run_table", "separated", "to_json", "to_markdown", "plot", "bayes_floor",
-           "spike_attention_error", "kernel_construction", "adaptive_depth", "adaptive_dp", "construction_summary"]
+           "spike_attention_error", "kernel_construction", "fmt_loss", "adaptive_depth", "adaptive_dp", "construction_summary"]

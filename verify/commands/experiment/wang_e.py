@@ -11,7 +11,6 @@ every finished run is checkpointed and a rerun reuses it (loaded with weights_on
 from __future__ import annotations
 
 import argparse
-import math
 
 from hmm.errors import HmmtxError
 
@@ -91,7 +90,7 @@ def _print(tr) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from verify.experiments.wang_e import bayes_floor
+    from verify.experiments.wang_e import bayes_floor, fmt_loss
 
     con = Console(width=160)
     spec = tr.spec
@@ -116,9 +115,8 @@ def _print(tr) -> None:
     if col:
         t.add_column(col, justify="right")
     for r in tr.results.values():
-        std = "" if math.isnan(r.std) else f" +- {r.std:.4f}"
-        row = [str(v) for v in r.cell.coords.values()] + [str(r.n_params), f"{sum(r.initial) / len(r.initial):.4f}",
-                                                          f"{r.mean:.4f}{std}"]
+        row = [str(v) for v in r.cell.coords.values()] + [str(r.n_params), f"{sum(r.initial) / len(r.initial):.4g}",
+                                                          fmt_loss(r.mean, r.std)]
         if col:
             row.append(_construction_cell(tr, r))
         t.add_row(*row)
