@@ -222,6 +222,12 @@ def _cell(values):
     return CellResult(Cell({"x": 0}, {}), 1, list(range(len(values))), list(values), [1.0] * len(values), [], [])
 
 
+def test_a_still_falling_loss_is_flagged():
+    falling = CellResult(Cell({"x": 0}, {}), 1, [0, 1], [0.5, 0.5], [1, 1], [[[0, 8, 10], [1.0, 0.8, 0.5]]] * 2, [])
+    flat = CellResult(Cell({"x": 0}, {}), 1, [0, 1], [0.5, 0.5], [1, 1], [[[0, 8, 10], [1.0, 0.52, 0.5]]] * 2, [])
+    assert wang_e.still_improving(falling) and not wang_e.still_improving(flat)
+
+
 def test_cells_differ_only_beyond_two_standard_errors():
     assert separated(_cell([0.10, 0.11, 0.12]), _cell([0.50, 0.52, 0.51]))
     assert not separated(_cell([0.10, 0.30, 0.50]), _cell([0.20, 0.40, 0.60]))  # a trend inside seed noise
