@@ -684,15 +684,15 @@ def plot(tr: TableResult, path: str | Path) -> Path:
         ys = [r.mean for r in rs]
         es = [0.0 if math.isnan(r.std) else r.std for r in rs]
         label = " ".join(f"{a}={v}" for a, v in key) or "models"
-        ax.errorbar([str(x) for x in xs], ys, yerr=es, marker="o", capsize=3, label=label)
-    if tr.construction and "by_cell" in tr.construction:
-        for key, rs in groups.items():
-            d = dict(key)
+        bars = ax.errorbar([str(x) for x in xs], ys, yerr=es, marker="o", capsize=3, label=label)
+        d = dict(key)
+        if tr.construction and "by_cell" in tr.construction:  # the construction's relative MSE, same colour, dotted
             vals = [tr.construction["by_cell"].get(f"{d.get('kernel')} {d.get('rpe')} H={r.cell.coords[x_axis]}")
                     for r in rs]
             if all(v is not None for v in vals):
-                ax.plot([str(r.cell.coords[x_axis]) for r in rs], [max(v["relative_mse"], 1e-12) for v in vals], ":",
-                        color="gray", alpha=0.6)
+                ax.plot([str(r.cell.coords[x_axis]) for r in rs], [max(v["relative_mse"], 1e-22) for v in vals], ":",
+                        color=bars[0].get_color(), alpha=0.7,
+                        label="memory-kernel construction (fixed grid), rel. MSE" if key == next(iter(groups)) else None)
     floor = bayes_floor(tr)
     if floor is not None:
         ax.axhline(floor, color="k", ls="--", lw=1, label="Bayes floor")
