@@ -302,61 +302,23 @@ def _no_construction(results: dict, size: Size) -> dict | None:
     return None
 
 
-def _adaptive_inputs(spec: Any, n: int, T: int, seed: int = 0):
-    from constructions.adaptive_memory import make_tokens, reference
+def _adaptive_evidence(insight: str, size: Size) -> dict:
+    """The adaptive-memory construction's evidence for Insight 1a (depth vs nesting) or 3b (DP vs DP-free), from
+    :func:`constructions.adaptive.necessity.insight_evidence` (issue 16); a construction beside the trained LM
+    stand-in, not the same task."""
+    from constructions.adaptive.necessity import insight_evidence
 
-    rng = np.random.default_rng([seed, 3])
-    tok = make_tokens(rng.integers(0, spec.V, (n, T)), rng.integers(-4, 5, (n, T)) / 4)
-    return tok, np.asarray(reference(spec, tok, exact=False).y, dtype=float)
-
-
-def adaptive_depth(n: int = 16, T: int = 24, M: int = 3) -> dict:
-    """Insight 1a beside the adaptive-memory construction: a nested (Type II) target with ``M`` memories (V = 3
-    symbols, random lag tables up to 5, identity readout ``y = sum of the fetched values``), built with its
-    ``M + 1`` layers and with fewer (the construction's greedy shallow models, which claim no bound); hard attention,
-    float64. Returns the mean and max ``|y - reference|`` per depth on ``n`` random sequences of length ``T``."""
-    from constructions.adaptive_memory import build, make_spec
-
-    spec = make_spec(kind="type2", V=3, lags="random", M=M, lag_range=5, lag_seed=0, rpe="log", readout="identity")
-    tok, ref = _adaptive_inputs(spec, n, T)
-    out = {}
-    for L in range(M + 1, 1, -1):
-        y = np.asarray(build(spec, tokens=tok, attention="hard", layers=L).run(tok, mode="float64").outputs["y"])
-        out[str(L)] = {"mean_abs_error": float(np.abs(y - ref).mean()), "max_abs_error": float(np.abs(y - ref).max())}
+    out = insight_evidence(insight, sequences=2 if size.run.steps < 100 else 8)
+    out["note"] = "a construction beside the trained LM stand-in, not the same task"
     return out
 
 
-def adaptive_dp(n: int = 16, T: int = 24, beta: float = 4.0) -> dict:
-    """Insight 3b beside the adaptive-memory construction: a Type I target (M = 2 memories whose lags depend on the
-    current symbol, V = 3, lags up to 6, identity readout) fetched by DP attention cooperating with a log-type RPE
-    (2 layers), softmax at inverse temperature ``beta``, float64: measured max error and the claimed bound."""
-    from constructions.adaptive_memory import build, make_spec
-
-    spec = make_spec(kind="type1", V=3, lags="random", M=2, lag_range=6, lag_seed=0, rpe="log", readout="identity")
-    tok, ref = _adaptive_inputs(spec, n, T)
-    model = build(spec, tokens=tok, attention="softmax", beta=beta)
-    y = np.asarray(model.run(tok, mode="float64").outputs["y"])
-    return {"beta": beta, "max_abs_error": float(np.abs(y - ref).max()),
-            "claimed_bound": float(model.claimed_bound(tok, "float64").value)}
-
-
 def _adaptive_t2(results: dict, size: Size) -> dict:
-    small = size.run.steps < 100
-    return {"name": "adaptive-memory (nested Type II, depth)",
-            "what": "|y - reference| of the construction with M + 1 = 4 layers and of its greedy shallow models "
-                    "(3, 2 layers; no bound claimed) on a nested 3-memory target, hard attention; a construction "
-                    "beside the trained LM stand-in, not the same task",
-            "by_layers": adaptive_depth(n=4 if small else 16, T=16 if small else 24)}
+    return _adaptive_evidence("1a", size)
 
 
 def _adaptive_t7(results: dict, size: Size) -> dict:
-    small = size.run.steps < 100
-    return {"name": "adaptive-memory (Type I, DP + log-RPE)",
-            "what": "max |y - reference| and the claimed bound of the 2-layer DP + log-type-RPE construction on a "
-                    "Type I target (lags chosen by the current symbol), softmax beta = 4; the DP-free side (a "
-                    "DP-free head cannot follow a query-dependent lag) is argued in docs/constructions/"
-                    "adaptive_memory.md, not measured here; a construction beside the LM stand-in, not the same task",
-            "dp_construction": adaptive_dp(n=4 if small else 16, T=16 if small else 24)}
+    return _adaptive_evidence("3b", size)
 
 
 def _spike_construction(results: dict, size: Size) -> dict:
@@ -621,15 +583,16 @@ def to_json(tr: TableResult) -> dict:
 
 
 def construction_summary(con: dict | None) -> str:
-    """One line for the adaptive-memory results (Tables 2 and 7); empty for the per-cell constructions."""
+    """One line for the adaptive-memory evidence (Tables 2 and 7); empty for the per-cell constructions."""
     if not con:
         return ""
-    if "by_layers" in con:
-        return "; ".join(f"L = {L}: mean |error| {v['mean_abs_error']:.3g}, max {v['max_abs_error']:.3g}"
-                         for L, v in con["by_layers"].items())
-    if "dp_construction" in con:
-        d = con["dp_construction"]
-        return f"max |error| {d['max_abs_error']:.3g} <= claimed bound {d['claimed_bound']:.3g} (beta = {d['beta']:g})"
+    if "by_M" in con:
+        return "; ".join(f"M = {M} nested memories: " + ", ".join(f"L = {L}: max |y - f| {e:.3g}" for L, e in d.items())
+                         for M, d in con["by_M"].items())
+    if "by_T" in con:
+        return "; ".join(f"lags 1..{T}: DP + log-RPE (1 head) {d['dp_rpe_one_head']:.3g}, DP-free with H < {T} heads "
+                         f">= {d['dp_free_lower_bound_H_lt_T']:.3g} (proved), lin-RPE + DP one channel "
+                         f"{d['lin_rpe_dp_one_channel_best']:.3g}" for T, d in con["by_T"].items())
     return ""
 
 
@@ -656,7 +619,8 @@ def to_markdown(data: dict) -> str:
         lines.append(f"\nBayes floor (exact) on the same validation texts: {data['bayes_floor']:.4f} nats.")
     summary = construction_summary(con)
     if summary:
-        lines.append(f"\nConstruction beside it ({con['name']}): {summary}. {con['what']}.")
+        note = f" ({con['note']})" if con.get("note") else ""
+        lines.append(f"\nConstruction beside it ({con['name']}{note}): {summary}. {con['what']}.")
     lines.append("")
     for v in data["verdicts"]:
         lines.append(f"* Insight {v['insight']}: {v['claim']}: **{v['verdict']}** ({v['reason']}).")
@@ -715,4 +679,4 @@ def plot(tr: TableResult, path: str | Path) -> Path:
 
 __all__ = ["still_improving", "SPECS", "SIZES", "TABLES", "TableSpec", "Size", "Cell", "CellResult", "Verdict", "TableResult",
            "table_spec", "resolve_size", "run_table", "separated", "to_json", "to_markdown", "plot", "bayes_floor",
-           "spike_attention_error", "kernel_construction", "fmt_loss", "adaptive_depth", "adaptive_dp", "construction_summary"]
+           "spike_attention_error", "kernel_construction", "fmt_loss", "construction_summary"]
