@@ -282,7 +282,8 @@ def test_cli_writes_json_and_plot_and_rejects_bad_input(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Insight 3a" in text and "Table 6" in text
     assert json.loads(out.read_text())["run"]["steps"] == 5 and png.stat().st_size > 1000
-    bad = [["--table", "9"], ["--table", "3", "--seeds", "0,x"], ["--table", "3", "--json", str(tmp_path / "no/x.json")]]
+    bad = [["--table", "9"], ["--table", "3", "--seeds", "0,x"], ["--table", "3", "--seeds", str(2**70)],
+           ["--table", "3", "--steps", "0"], ["--table", "3", "--json", str(tmp_path / "no/x.json")]]
     for args in bad:
         r = subprocess.run([sys.executable, "-m", "verify.cli", "experiment", "wang-e", *args],
                            capture_output=True, text=True)

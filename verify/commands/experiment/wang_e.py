@@ -18,10 +18,15 @@ from hmm.errors import HmmtxError
 def _int_list(text: str) -> tuple[int, ...]:
     from hmm.io import parse_int_list
 
+    from verify.cli_args import SEED_MAX
+
     try:
-        return tuple(parse_int_list(text, "--seeds", minimum=0, unique=True))
+        seeds = tuple(parse_int_list(text, "--seeds", minimum=0, unique=True))
     except HmmtxError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if any(s > SEED_MAX for s in seeds):
+        raise argparse.ArgumentTypeError(f"--seeds: values must be <= {SEED_MAX}")
+    return seeds
 
 
 def _positive(text: str) -> int:
