@@ -111,9 +111,15 @@ def test_interrupted_writes_leave_nothing(tmp_path, monkeypatch, exc):
     assert [p.read_bytes() for p in written] == [b"a", b"b"]
 
 
+def _default_sigint() -> None:
+    # as in a terminal: a test runner started in the background inherits SIGINT ignored, which the child would keep
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "verify.cli", *args], cwd=cwd, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for(cond, timeout: float) -> bool:

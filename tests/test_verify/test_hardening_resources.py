@@ -31,6 +31,7 @@ def test_oversized_requests_are_refused_with_estimate_and_limit(work):
     variants = [
         (["run", "exact-filter", "--hmm", "s500.json", "--tokens", "0 1"], ["exact-filter", "estimate", "limit"]),
         (["run", "bayes-multitask", "--tasks", "mix200.json", "--tokens", ctx], ["bayes-multitask", "estimate"]),
+        (["run", "exact-filter-std", "--hmm", "s500.json", "--tokens", "0 1"], ["exact-filter-std", "estimate"]),
         (["run", "icl", "--tasks", "tasks.json", "--tokens", ctx, "--max-len", "1000000"], ["icl", "estimate"]),
         (["run", "icl", "--tasks", "tasks.json", "--tokens", ctx, "--r", "12"], ["icl", "estimate"]),
         (["run", "memory-kernel", "--tokens", "1 0", "--ffn-width", "10000000"], ["memory-kernel", "estimate"]),

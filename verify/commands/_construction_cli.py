@@ -116,10 +116,13 @@ def _stream_length(tokens: Any) -> int:
 
 def estimate_bytes(name: str, source: Any, tokens: Any, params: dict, mode: str) -> float | None:
     """Rough memory of building and running construction ``name`` (weights + recorded residual streams +
-    attention scores), from the sizes in the README's construction table; None for an unknown construction.
+    attention scores), from the sizes in the README's construction table (``NAME-std`` standard-block variants:
+    the same plus one-hot absolute positions); None for an unknown construction.
     Exact mode stores Fractions (object arrays): counted at 12x."""
     import math
 
+    std = name.endswith("-std")  # standard-block variant: the same sizes plus one-hot absolute positions
+    name = name[:-4] if std else name
     T = max(_stream_length(tokens), int(params.get("max_len") or 0))
     S = sum(getattr(source, "state_sizes", ())) or getattr(source, "num_states", 1) if source is not None else 1
     V = getattr(source, "num_obs", 1) if source is not None else 1
@@ -141,6 +144,7 @@ def estimate_bytes(name: str, source: Any, tokens: Any, params: dict, mode: str)
         return 8.0 * (H * N * N * 3 + N * int(params.get("ffn_width", 32)) * 4 + N * (H + 8) * 4) * (12 if mode == "exact" else 1)
     else:
         return None
+    D = D + T if std else D
     total = 8.0 * (L * (4 * D * D + 2 * D * F) + (L + 1) * T * (D + F) + L * T * T)
     return total * (12 if mode == "exact" else 1)
 
