@@ -32,16 +32,16 @@ def _lens_probs(std, tokens, dtype):
     return tl, ids, logits, cache
 
 
-def _within_bound(name, source, tokens, **over):
-    """TransformerLens outputs (decoded with the construction's codec) vs the exact reference, in float64 and
-    float32, against the variant's claimed bound; and equal to hmmtx's own run to round-off."""
+def _within_bound(name, source, tokens, dtypes=("float64", "float32"), **over):
+    """TransformerLens outputs (decoded with the construction's codec) vs the exact reference, in each of ``dtypes``,
+    against the variant's claimed bound; and equal to hmmtx's own run to round-off."""
     entry = registry.get(name)
     p = _params(entry, **over)
     std = entry.build(source, tokens, attention=entry.attention.attention, beta=entry.attention.beta, **p)
     exact = entry.exact_reference
     ref = entry.reference(source, tokens, exact=exact, **p)
     caches = {}
-    for dtype in ("float64", "float32"):
+    for dtype in dtypes:
         tl, ids, logits, cache = _lens_probs(std, tokens, dtype)
         caches[dtype] = cache
         own = std.materialise(getattr(torch, dtype)).forward(ids.numpy())
@@ -80,17 +80,18 @@ def test_window_bayes_icl_memory_adaptive_round_trips_within_bound():
 
     h = make("dirichlet", 2, 3, seed=5, rational=True)
     x = sample(h, 1, 6, seed=6).tokens[0]
-    _within_bound("window-std", h, x, r=2)
-    _within_bound("window-std", h, x, r=2, readout="product")
+    # float64 here (float32 is covered by the exact-filter tests), to keep the suite short
+    _within_bound("window-std", h, x, dtypes=("float64",), r=2)
+    _within_bound("window-std", h, x, dtypes=("float64",), r=2, readout="product")
     mix = make_mixture("dirichlet", 2, 2, 2, seed=7, rational=True)
     ctx = sample_contexts(mix, 1, 2, 3, 2, seed=8)
     for name, over in (("bayes-multitask-std", {}), ("icl-std", {"r": 1, "K": 2})):
         text = " | ".join(" ".join(str(int(v)) for v in seg) for seg in ctx.segments(0))
-        _within_bound(name, mix, registry.get(name).parse_tokens(text), **over)
+        _within_bound(name, mix, registry.get(name).parse_tokens(text), dtypes=("float64",), **over)
     entry = registry.get("memory-kernel-std")
-    _within_bound("memory-kernel-std", None, entry.parse_tokens("0.5 -1 0.25 0"), prefix=4, heads=2)
+    _within_bound("memory-kernel-std", None, entry.parse_tokens("0.5 -1 0.25 0"), dtypes=("float64",), prefix=4, heads=2)
     entry = registry.get("adaptive-memory-std")
-    _within_bound("adaptive-memory-std", None, entry.parse_tokens(entry.default_tokens), kind="type2")
+    _within_bound("adaptive-memory-std", None, entry.parse_tokens(entry.default_tokens), dtypes=("float64",), kind="type2")
 
 
 def test_gelu_and_silu_gates_round_trip(tmp_path):
