@@ -80,3 +80,35 @@ def test_targets_are_discovered_without_editing_the_registry(tmp_path, monkeypat
 def test_bench_without_target_prints_help(capsys):
     code, out, _ = _run(capsys)
     assert code == 2 and "TARGET" in out and "filter" in out
+
+
+def test_scale_target_tiny_run_agrees_and_records(tmp_path, capsys, monkeypatch):
+    """`bench scale` on tiny workloads: hmmtx rows and hmmlearn agree, a missing peer is skipped with a note."""
+    import verify.benchmarks.scale as scale
+
+    def missing(hmm, x):
+        raise ImportError("no module", name="pomegranate")
+
+    monkeypatch.setattr(scale, "pomegranate_impls", missing)
+    out_json = tmp_path / "scale.json"
+    code, out, err = _run(capsys, "scale", "--scale", "0.002", "--rounds", "2", "--peers", "hmmlearn,pomegranate",
+                          "--json", str(out_json))
+    assert code == 0, err
+    data = json.loads(out_json.read_text())
+    assert data["agreement_ok"] is True and [w["workload"]["name"] for w in data["workloads"]] == ["small", "large", "long"]
+    for w in data["workloads"]:
+        assert set(w["times_s"]) >= {"hmmtx fast (numba)", "hmmtx numpy streaming", "hmmlearn score(X, lengths) (scaling)"}
+        assert all(len(v) == 2 for v in w["times_s"].values())
+        assert w["ratios_peer_over_ours"]["hmmlearn"] > 0 and "pomegranate" not in w["ratios_peer_over_ours"]
+        assert any("pomegranate skipped: not installed" in n for n in w["notes"])
+        assert all(a["max_abs_diff"] <= 1e-10 for a in w["agreement"].values())
+        assert w["floor"]["flops"] > 0 and w["traced_peak_bytes_fast"] >= 0
+    assert data["machine"]["limits"]["matmul_flops_per_s_1thread"] > 0 and data["machine"]["numba"]
+    assert "pomegranate skipped" in out and "no GPU used" in out
+
+
+def test_scale_target_rejects_unknown_workload_and_peer(capsys):
+    code, _, err = _run(capsys, "scale", "--workloads", "huge")
+    assert code == 2 and "unknown workload 'huge'" in err
+    code, _, err = _run(capsys, "scale", "--peers", "nope", "--scale", "0.001")
+    assert code == 2 and "unknown peer 'nope'" in err
