@@ -112,3 +112,15 @@ def test_scale_target_rejects_unknown_workload_and_peer(capsys):
     assert code == 2 and "unknown workload 'huge'" in err
     code, _, err = _run(capsys, "scale", "--peers", "nope", "--scale", "0.001")
     assert code == 2 and "unknown peer 'nope'" in err
+
+
+def test_h1_target_times_the_structured_executor(tmp_path, capsys):
+    out_json = tmp_path / "h1.json"
+    code, out, err = _run(capsys, "h1", "--states", "3", "--length", "20", "--repeats", "1", "--no-exact-reference",
+                          "--json", str(out_json))
+    assert code == 0, err
+    data = json.loads(out_json.read_text())
+    assert data["structured_max_abs_error_vs_float64_filter"] <= data["claimed_bound"]
+    assert data["structured_vs_module_max_abs_diff"] <= 1e-12
+    assert data["structured_over_numpy_filter"] > 0 and data["torch_threads"] == 1
+    assert set(data["seconds_all_rounds"]) == {"structured", "numpy", "fast", "module"}
