@@ -406,6 +406,8 @@ class StructuredExecutor:
         dt, dev = self.dtype, self.device
         lay = model.layout
         self.W_E = model.W_E.to(dtype=dt, device=dev)
+        W_pos = getattr(model, "W_pos", None)
+        self.W_pos = None if W_pos is None else W_pos.to(dtype=dt, device=dev)
         self.plans = []
         for layer in model.layers:
             ffn = None
@@ -429,13 +431,16 @@ class StructuredExecutor:
 
     def embed(self, ids: Any) -> torch.Tensor:
         ids = torch.as_tensor(self.model.check_input_ids(ids), device=self.device)
-        return self.W_E[ids]
+        x = self.W_E[ids]
+        if self.W_pos is not None:
+            x = x + self.W_pos[: ids.shape[1]]  # absolute positional embedding (constructions that declare one)
+        return x
 
     def layer(self, li: int, x: torch.Tensor, mode: str, beta: float | None, *,
               snapshots: bool = True, inplace: bool = False) -> tuple[Any, Any, torch.Tensor]:
         """Layer ``li`` on residual ``x`` (modified only when ``inplace``): (after attention, after FFN, after the
         norms); the first two are None unless ``snapshots``."""
-        from constructions.transformer import _norm_error
+        from constructions.types import norm_error
 
         plan, layer = self.plans[li], self.model.layers[li]
         N, P, _ = x.shape
@@ -461,14 +466,14 @@ class StructuredExecutor:
             bad = ~(den != 0) | ~torch.isfinite(den)
             if bool(bad.any()):
                 n, u, _ = (int(i) for i in torch.nonzero(bad)[0])
-                raise _norm_error(nrm, layer.name, n, u, N, float(den[n, u, 0]), str(x.dtype).replace("torch.", ""))
+                raise norm_error(nrm, layer.name, n, u, N, float(den[n, u, 0]), str(x.dtype).replace("torch.", ""))
             x[..., blk] /= den
         return a, f, x
 
     def forward(self, input_ids: Any, *, attention: str | None = None, beta: float | None = None,
                 record: str = "residuals") -> Any:
         """Like :meth:`ConstructedTransformer.forward` (attention maps are never recorded: None)."""
-        from constructions.transformer import RECORD_LEVELS, Trace, check_attention
+        from constructions.types import RECORD_LEVELS, Trace, check_attention
 
         if record not in RECORD_LEVELS:
             raise HmmtxError(f"record must be one of {RECORD_LEVELS}, got {record!r}")
@@ -493,7 +498,7 @@ class StructuredExecutor:
 
     def run(self, tokens: Any, *, record: str = "final") -> Any:
         """Encode with the model's codec, execute, decode: a :class:`~constructions.transformer.RunResult`."""
-        from constructions.transformer import RunResult
+        from constructions.types import RunResult
 
         ids = self.model.check_input_ids(self.model.codec.encode(tokens))
         trace = self.forward(ids, record=record)
