@@ -339,6 +339,14 @@ class BilinearPlan:
             return torch.baddbmm(acc.reshape(N * P, *t.z_shape), a3, b3, alpha=t.coef).reshape(N, P, -1)
         if t.coef != 1.0:  # scale the smaller operand
             a, b = (a * t.coef, b) if a.numel() <= b.numel() else (a, b * t.coef)
+        ins, out = t.spec.split("->")
+        la, lb = ins.split(",")
+        if len(la) == 1 and t.a_shape == (1,) and out == lb:  # a scalar coordinate (e.g. the constant one) times a block
+            r = b * a.reshape((N, P) + (1,) * len(lb))
+            return (r.reshape(N, P, -1) if acc is None else acc + r.reshape(N, P, -1))
+        if len(lb) == 1 and t.b_shape == (1,) and out == la:
+            r = a * b.reshape((N, P) + (1,) * len(la))
+            return (r.reshape(N, P, -1) if acc is None else acc + r.reshape(N, P, -1))
         r = torch.einsum("..." + t.spec.replace(",", ",...").replace("->", "->..."), a, b).reshape(N, P, -1)
         return r if acc is None else acc + r
 

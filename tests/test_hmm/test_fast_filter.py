@@ -107,9 +107,20 @@ def test_fast_equals_readable_over_S_V_T_batch_dtype(data):
         _check_same(fast, ref, dtype, outputs, x.shape[1], hmm.num_states)
 
 
-@settings(max_examples=15)
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The torch loop's per-step ops are tiny: one intra-op thread (OpenMP barriers stall on a busy machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@settings(max_examples=10)
 @given(data=st.data())
-def test_torch_backend_equals_readable(data):
+def test_torch_backend_equals_readable(one_torch_thread, data):
     hmm = data.draw(float_hmms(max_states=4, max_obs=3))
     x = data.draw(tokens_for(hmm, max_len=12, max_seqs=3))
     outputs = data.draw(st.sampled_from(["loglik", "last", "all"]))
@@ -129,6 +140,37 @@ def test_specialised_kernel_equals_generic_and_reference(S):
     for spec in (True, False):
         got = forward_filter_fast(hmm, x, outputs="all", specialise=spec)
         _check_same(got, ref, np.float64, "all", 300, S)
+
+
+@pytest.mark.parametrize("S, N, dtypes", [(3, 100, (np.float64, np.float32)), (8, 33, (np.float64,))])
+def test_lanes_kernel_equals_reference(S, N, dtypes):
+    """The specialised loop over blocks of LANES sequences side by side (a partial last block included)."""
+    from hmm.fast import LANES
+
+    assert N >= LANES // 2
+    hmm = zoo.make("dirichlet", S, 4, seed=S)
+    x = sample(hmm, N, 50, seed=2).tokens
+    ref = forward_filter(hmm, x)
+    for dtype in dtypes:
+        r = forward_filter(hmm, x, dtype)
+        _check_same(forward_filter_fast(hmm, x, dtype, outputs="last", specialise=True), r, dtype, "last", 50, S)
+    assert ref.marginal_loglik.shape == (N,)
+
+
+def test_lanes_kernel_reports_the_first_zero_probability_position():
+    """State 1 is absorbing and emits only 1, states 0 and 2 emit only 0: a 0 after a 1 is impossible."""
+    hmm = HMM.from_arrays([0.5, 0.5, 0.0], [[0.9, 0.1, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+                          [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    x = np.zeros((70, 12), dtype=np.int64)
+    x[65, 1], x[50, 2], x[40, 2] = 1, 1, 1  # impossible at positions 2 (seq 65), 3 (seqs 40 and 50)
+    with pytest.raises(HmmtxError) as ref:
+        forward_filter(hmm, x)
+    with pytest.raises(HmmtxError) as got:
+        forward_filter_fast(hmm, x, specialise=True)
+    assert str(got.value) == str(ref.value) and "position 2 of sequence 65" in str(got.value)
+    x[65, 2:] = 1  # now sequences 40 and 50 fail first, at position 3: the smaller index is named
+    with pytest.raises(HmmtxError, match="position 3 of sequence 40"):
+        forward_filter_fast(hmm, x, specialise=True)
 
 
 def test_long_sequence_loglik_is_accurate():

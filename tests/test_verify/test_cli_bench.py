@@ -91,7 +91,8 @@ def test_scale_target_tiny_run_agrees_and_records(tmp_path, capsys, monkeypatch)
 
     monkeypatch.setattr(scale, "pomegranate_impls", missing)
     out_json = tmp_path / "scale.json"
-    code, out, err = _run(capsys, "scale", "--scale", "0.002", "--rounds", "2", "--peers", "hmmlearn,pomegranate",
+    code, out, err = _run(capsys, "scale", "--scale", "0.002", "--rounds", "2", "--rounds-large", "2",
+                          "--peers", "hmmlearn,pomegranate",
                           "--json", str(out_json))
     assert code == 0, err
     data = json.loads(out_json.read_text())
@@ -100,6 +101,7 @@ def test_scale_target_tiny_run_agrees_and_records(tmp_path, capsys, monkeypatch)
         assert set(w["times_s"]) >= {"hmmtx fast (numba)", "hmmtx numpy streaming", "hmmlearn score(X, lengths) (scaling)"}
         assert all(len(v) == 2 for v in w["times_s"].values())
         assert w["ratios_peer_over_ours"]["hmmlearn"] > 0 and "pomegranate" not in w["ratios_peer_over_ours"]
+        assert set(w["cpu_ratios_peer_over_ours"]) == {"hmmlearn"} and w["rounds"] == 2
         assert any("pomegranate skipped: not installed" in n for n in w["notes"])
         assert all(a["max_abs_diff"] <= 1e-10 for a in w["agreement"].values())
         assert w["floor"]["flops"] > 0 and w["traced_peak_bytes_fast"] >= 0
@@ -124,3 +126,21 @@ def test_h1_target_times_the_structured_executor(tmp_path, capsys):
     assert data["structured_vs_module_max_abs_diff"] <= 1e-12
     assert data["structured_over_numpy_filter"] > 0 and data["torch_threads"] == 1
     assert set(data["seconds_all_rounds"]) == {"structured", "numpy", "fast", "module"}
+
+
+def test_scale_interleaved_rounds_and_budget():
+    """Rounds interleave implementations; one over the time budget runs once; ratios are per-round medians."""
+    import time
+
+    from verify.benchmarks.scale import Impl, _ratios, interleaved
+
+    calls = []
+    impls = [Impl("ours", "hmmtx", lambda: calls.append("ours")),
+             Impl("slow", "peer", lambda: (calls.append("slow"), time.sleep(0.02))),
+             Impl("quick", "peer", lambda: calls.append("quick"))]
+    times, cpu, _ = interleaved(impls, 3, budget=0.01)
+    assert calls == ["ours", "slow", "quick", "ours", "quick", "ours", "quick"]
+    assert [len(times[k]) for k in ("ours", "slow", "quick")] == [3, 1, 3]
+    assert [len(cpu[k]) for k in ("ours", "slow", "quick")] == [3, 1, 3] and all(v >= 0 for v in cpu["slow"])
+    ratios = _ratios({"ours": [1.0, 2.0, 4.0], "slow": [9.0], "quick": [3.0, 3.0, 3.0]}, impls, "ours")
+    assert ratios == {"peer": 1.5}  # per round min(peer) / ours: 3/1, 3/2, 3/4 -> median 1.5

@@ -15,10 +15,11 @@ Every implementation computes the log-likelihood of every sequence (what the pee
   ``hmm_filter`` (jit + vmap over chunks of sequences, float64, compile excluded); pomegranate ``DenseHMM.forward``
   (torch float64, chunks of sequences, the emission lookup included).
 
-Timing: ``--rounds`` interleaved rounds (each implementation once per round, in the same order), medians over
-rounds; ratio = median over rounds of (time of the peer's faster implementation / hmmtx fast) in the same round,
-so load changes on a shared machine hit both. Agreement: max |loglik difference| of every implementation against
-the hmmtx reference (or the fast filter where the reference was skipped), absolute and relative to |loglik|.
+Timing: ``--rounds`` interleaved rounds (each implementation once per round, in the same order; one whose first
+round exceeded ``--budget`` seconds is not repeated), medians over rounds; ratio = median over rounds of (time of
+the peer's faster implementation / hmmtx fast) in the same round, so load changes on a shared machine hit both.
+Agreement: max |loglik difference| of every implementation against the hmmtx reference (or the fast filter where
+the reference was skipped), absolute and relative to |loglik|.
 Memory: the peak of Python-traced allocations (tracemalloc; numpy registers its buffers there) during one fast
 call on each workload, and the process's peak RSS. Machine limit: measured 1-thread dense matmul rate and copy
 bandwidth, and the floor max(flops / rate, bytes / bandwidth) of each workload.
@@ -59,13 +60,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--workloads", default="small,large,long", help="comma-separated subset of small,large,long")
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply every workload's number of sequences and length by this (e.g. 0.01 for a smoke run)")
-    p.add_argument("--rounds", type=positive_int, default=3, help="interleaved rounds (3); medians are reported")
+    p.add_argument("--rounds", type=positive_int, default=11,
+                   help="interleaved rounds on small and long (11); medians are reported")
+    p.add_argument("--rounds-large", type=positive_int, default=3, help="interleaved rounds on large (3)")
     p.add_argument("--peers", default=",".join(PEERS), help="comma-separated peers to try (all)")
+    p.add_argument("--budget", type=float, default=60.0,
+                   help="seconds: an implementation whose first round took longer is not repeated (60)")
     p.add_argument("--reference-large", action="store_true", help="also time the readable reference on 'large'")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64", help="hmmtx dtype (float64)")
     p.add_argument("--blas-threads", type=positive_int, default=1,
-                   help="BLAS threads for the whole run (1: a second OpenBLAS thread on small per-step matmuls made "
-                        "the numpy filter 4x slower on a 2-core machine)")
+                   help="BLAS, torch and XLA threads for the whole run (1: every implementation on one core; a second "
+                        "OpenBLAS thread on small per-step matmuls made the numpy filter 4x slower on a 2-core machine)")
     p.add_argument("--seed", type=int, default=0, help="seed of the HMMs and samples (0)")
     p.add_argument("--json", metavar="OUT", default=None, help="write every figure as JSON here")
     p.set_defaults(func=run)
@@ -128,6 +133,12 @@ def hmmlearn_impls(hmm: Any, x: Any) -> list[Impl]:
 
 
 def dynamax_impls(hmm: Any, x: Any, chunk: int = 500) -> list[Impl]:
+    import os
+    import sys
+
+    if "jax" not in sys.modules:  # one XLA thread, like every other implementation here (see one_thread_each)
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                                   "intra_op_parallelism_threads=1").strip()
     import jax
     import numpy as np
 
@@ -191,16 +202,22 @@ def peer_impls(name: str, hmm: Any, x: Any) -> tuple[list[Impl], str | None]:
 
 
 # ---------------------------------------------------------------------------------------------- measuring
-def interleaved(impls: list[Impl], rounds: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
-    """Each implementation once per round, in order; returns all times and the last results."""
-    times: dict[str, list[float]] = {i.name: [] for i in impls}
+def interleaved(impls: list[Impl], rounds: int, budget: float = float("inf")) -> tuple[dict, dict, dict[str, Any]]:
+    """Each implementation once per round, in order; returns wall-clock times, CPU times (this process, all its
+    threads) and the last results. An implementation whose first round took longer than ``budget`` seconds (wall)
+    is not repeated (its lists have one entry)."""
+    wall: dict[str, list[float]] = {i.name: [] for i in impls}
+    cpu: dict[str, list[float]] = {i.name: [] for i in impls}
     results: dict[str, Any] = {}
-    for _ in range(rounds):
+    for r in range(rounds):
         for i in impls:
-            t0 = time.perf_counter()
+            if r > 0 and wall[i.name][0] > budget:
+                continue
+            c0, t0 = time.process_time(), time.perf_counter()
             results[i.name] = i.fn()
-            times[i.name].append(time.perf_counter() - t0)
-    return times, results
+            wall[i.name].append(time.perf_counter() - t0)
+            cpu[i.name].append(time.process_time() - c0)
+    return wall, cpu, results
 
 
 def _agreement(results: dict[str, Any], impls: list[Impl], ref_name: str, rtol: float) -> dict[str, dict]:
@@ -218,13 +235,15 @@ def _agreement(results: dict[str, Any], impls: list[Impl], ref_name: str, rtol: 
 
 
 def _ratios(times: dict[str, list[float]], impls: list[Impl], ours: str) -> dict[str, float]:
-    """Per peer: median over rounds of (faster implementation of the peer in that round / ours in that round)."""
+    """Per peer: median over rounds of (faster implementation of the peer in that round / ours in that round); a
+    round where the peer was not repeated (over the time budget) compares its first time with ours of that round."""
     import numpy as np
 
     out = {}
     for g in sorted({i.group for i in impls} - {"hmmtx"}):
         names = [i.name for i in impls if i.group == g]
-        per_round = [min(times[n][r] for n in names) / times[ours][r] for r in range(len(times[ours]))]
+        per_round = [min(times[n][min(r, len(times[n]) - 1)] for n in names) / times[ours][r]
+                     for r in range(len(times[ours]))]
         out[g] = float(np.median(per_round))
     return out
 
@@ -292,7 +311,8 @@ def bench_workload(name: str, size: tuple[int, int, int], args: argparse.Namespa
         impls += got
         if note:
             notes.append(note)
-    times, results = interleaved(impls, args.rounds)
+    rounds = args.rounds_large if name == "large" else args.rounds
+    times, cpu, results = interleaved(impls, rounds, args.budget)
     ours = impls[0].name
     ref = "hmmtx reference (numpy)" if "hmmtx reference (numpy)" in results else ours
     mem = traced_peak(lambda: forward_filter_fast(hmm, x, dtype))
@@ -300,8 +320,12 @@ def bench_workload(name: str, size: tuple[int, int, int], args: argparse.Namespa
         "workload": {"name": name, "sequences": N, "length": T, "states": S, "obs": OBS, "seed": args.seed},
         "ours": ours,
         "times_s": times,
+        "cpu_times_s": cpu,
         "median_s": {k: float(np.median(v)) for k, v in times.items()},
+        "median_cpu_s": {k: float(np.median(v)) for k, v in cpu.items()},
         "ratios_peer_over_ours": _ratios(times, impls, ours),
+        "cpu_ratios_peer_over_ours": _ratios(cpu, impls, ours),
+        "rounds": rounds,
         "agreement_vs": ref,
         "agreement": _agreement(results, impls, ref, LL_RTOL if dtype == np.float64 else LL_RTOL_F32),
         "traced_peak_bytes_fast": mem,
@@ -335,16 +359,19 @@ def print_workload(console: Any, res: dict) -> None:
 
     w = res["workload"]
     tab = Table(title=f"{w['name']}: {w['sequences']} x {w['length']} x {w['states']} (V={w['obs']})")
-    for col in ("implementation", "median s", "time / ours", "max |dll|", "agrees"):
+    for col in ("implementation", "median s", "time / ours", "CPU s", "CPU / ours", "max |dll|", "agrees"):
         tab.add_column(col, justify="left" if col == "implementation" else "right")
-    base = res["median_s"][res["ours"]]
+    base, cbase = res["median_s"][res["ours"]], res["median_cpu_s"][res["ours"]]
     for k, v in res["median_s"].items():
-        a = res["agreement"][k]
-        tab.add_row(k, f"{v:.4f}", f"{v / base:.2f}", f"{a['max_abs_diff']:.1e}", "OK" if a["ok"] else "MISMATCH")
+        a, c = res["agreement"][k], res["median_cpu_s"][k]
+        tab.add_row(k, f"{v:.4f}", f"{v / base:.2f}", f"{c:.4f}", f"{c / cbase:.2f}", f"{a['max_abs_diff']:.1e}",
+                    "OK" if a["ok"] else "MISMATCH")
     console.print(tab)
-    rat = ", ".join(f"{g} {r:.1f}x" for g, r in res["ratios_peer_over_ours"].items()) or "no peer measured"
+    rat = ", ".join(f"{g} {r:.1f}x (CPU {res['cpu_ratios_peer_over_ours'][g]:.1f}x)"
+                    for g, r in res["ratios_peer_over_ours"].items()) or "no peer measured"
     fl = res["floor"]
-    console.print(f"  ratios (peer's faster implementation / ours, median of rounds): {rat}")
+    console.print(f"  ratios (peer's faster implementation / ours, median of {res['rounds']} rounds; wall clock, and "
+                  f"CPU time of all threads): {rat}")
     console.print(f"  floor {fl['floor_s']:.4f} s ({fl['flops']:.3g} flop, {fl['bytes']:.3g} B); ours / floor "
                   f"{base / fl['floor_s']:.1f}; traced peak of one fast call {res['traced_peak_bytes_fast'] / 1e6:.2f} MB "
                   f"(tokens {res['token_bytes'] / 1e6:.1f} MB)")
@@ -352,7 +379,18 @@ def print_workload(console: Any, res: dict) -> None:
         console.print(f"  note: {n}")
 
 
+def one_thread_each(threads: int) -> int:
+    """Every implementation on ``threads`` threads: torch intra-op threads (pomegranate; idle OpenMP workers spin
+    after each parallel region and steal the next implementation's core on a 2-core machine), BLAS (set by the
+    caller), XLA (dynamax, set before jax is imported). The compiled hmmtx filter is single-threaded."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def run(args: argparse.Namespace) -> int:
+    import os
     import resource
 
     from rich.console import Console
@@ -369,13 +407,22 @@ def run(args: argparse.Namespace) -> int:
         raise HmmtxError(f"--peers: unknown peer {bad[0]!r} (choose from {', '.join(PEERS)})")
     from threadpoolctl import threadpool_limits
 
+    import torch
+
     console = Console(width=120)
-    with threadpool_limits(args.blas_threads, user_api="blas"):
-        limits = machine_limits()
-        res = [bench_workload(n, s, args, peers, limits) for n, s in sizes.items()]
-    for r in res:
-        print_workload(console, r)
+    before = torch.get_num_threads()
+    torch_threads = one_thread_each(args.blas_threads)
+    try:
+        with threadpool_limits(args.blas_threads, user_api="blas"):
+            limits = machine_limits()
+            res = []
+            for n, s in sizes.items():  # printed as each workload completes
+                res.append(bench_workload(n, s, args, peers, limits))
+                print_workload(console, res[-1])
+    finally:
+        torch.set_num_threads(before)
     machine = {**machine_info(), **_versions(), "blas": _blas(), "blas_threads_during_run": args.blas_threads,
+               "torch_threads_during_run": torch_threads, "xla_flags": os.environ.get("XLA_FLAGS"),
                "limits": limits,
                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     console.print(f"machine: {machine['nproc']} CPUs, {machine['cpu_model']}, load {machine['loadavg_1min']}, "
@@ -386,6 +433,7 @@ def run(args: argparse.Namespace) -> int:
     ok = all(a["ok"] for r in res for a in r["agreement"].values())
     if args.json:
         atomic_write_json(args.json, {"benchmark": "scale", "dtype": args.dtype, "rounds": args.rounds,
+                                      "rounds_large": args.rounds_large,
                                       "workloads": res, "machine": machine, "agreement_ok": ok})
         console.print(f"wrote {args.json}")
     return 0 if ok else 1
