@@ -71,9 +71,14 @@ def _entry_model(name: str, attention: str, seed: int):
 
 
 def _cases():
+    """Every registered construction built as a ConstructedTransformer (the exact weights by layout). The compiled
+    standard-block variants (``*-std``, :mod:`constructions.standard_variants`) are dense float TransformerLens-style
+    models compiled *from* these constructions; the structured executor runs the constructions themselves."""
     registry.discover()
     out = []
     for name, e in sorted(registry.entries().items()):
+        if e.build.__module__ == "constructions.standard_variants":
+            continue
         atts = [e.attention.attention] if e.attention.attention == "softmax" else ["hard", "softmax"]
         out += [(name, a) for a in atts]
     return out
