@@ -417,12 +417,13 @@ class StructuredExecutor:
         W_pos = getattr(model, "W_pos", None)
         self.W_pos = None if W_pos is None else W_pos.to(dtype=dt, device=dev)
         self.plans = []
+        shared: dict[int, Any] = {}  # layers sharing one FFN object (e.g. every prefix doubling layer) share its plan
         for layer in model.layers:
-            ffn = None
-            if isinstance(layer.ffn, BilinearFFN):
-                ffn = BilinearPlan(layer.ffn, lay, dt, dev)
-            elif isinstance(layer.ffn, ReLUFFN):
-                ffn = ReLUPlan(layer.ffn, dt, dev)
+            ffn = shared.get(id(layer.ffn))
+            if ffn is None and isinstance(layer.ffn, BilinearFFN):
+                ffn = shared[id(layer.ffn)] = BilinearPlan(layer.ffn, lay, dt, dev)
+            elif ffn is None and isinstance(layer.ffn, ReLUFFN):
+                ffn = shared[id(layer.ffn)] = ReLUPlan(layer.ffn, dt, dev)
             norms = [(lay[n.block], lay[n.denominator], n) for n in layer.norms]
             self.plans.append(LayerPlan([HeadPlan(h, dt, dev) for h in layer.heads], ffn, norms))
         self.readouts = {name: (SupportMap.of(r.W_U, dt, dev), r.shape) for name, r in model.readouts.items()}
