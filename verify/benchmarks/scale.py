@@ -64,6 +64,9 @@ def register(subparsers: Any) -> None:
                    help="interleaved rounds on small and long (11); medians are reported")
     p.add_argument("--rounds-large", type=positive_int, default=3, help="interleaved rounds on large (3)")
     p.add_argument("--peers", default=",".join(PEERS), help="comma-separated peers to try (all)")
+    p.add_argument("--pause", type=float, default=0.25,
+                   help="seconds of sleep before each timed call (idle worker threads of the previous implementation "
+                        "stop spinning; 0.25)")
     p.add_argument("--budget", type=float, default=60.0,
                    help="seconds: an implementation whose first round took longer is not repeated (60)")
     p.add_argument("--reference-large", action="store_true", help="also time the readable reference on 'large'")
@@ -202,10 +205,12 @@ def peer_impls(name: str, hmm: Any, x: Any) -> tuple[list[Impl], str | None]:
 
 
 # ---------------------------------------------------------------------------------------------- measuring
-def interleaved(impls: list[Impl], rounds: int, budget: float = float("inf")) -> tuple[dict, dict, dict[str, Any]]:
+def interleaved(impls: list[Impl], rounds: int, budget: float = float("inf"),
+                pause: float = 0.0) -> tuple[dict, dict, dict[str, Any]]:
     """Each implementation once per round, in order; returns wall-clock times, CPU times (this process, all its
     threads) and the last results. An implementation whose first round took longer than ``budget`` seconds (wall)
-    is not repeated (its lists have one entry)."""
+    is not repeated (its lists have one entry). ``pause`` seconds of sleep before each timed call let the previous
+    implementation's idle worker threads (OpenMP, XLA) stop spinning, which otherwise bills their CPU to the next."""
     wall: dict[str, list[float]] = {i.name: [] for i in impls}
     cpu: dict[str, list[float]] = {i.name: [] for i in impls}
     results: dict[str, Any] = {}
@@ -213,6 +218,7 @@ def interleaved(impls: list[Impl], rounds: int, budget: float = float("inf")) ->
         for i in impls:
             if r > 0 and wall[i.name][0] > budget:
                 continue
+            time.sleep(pause)
             c0, t0 = time.process_time(), time.perf_counter()
             results[i.name] = i.fn()
             wall[i.name].append(time.perf_counter() - t0)
@@ -312,7 +318,7 @@ def bench_workload(name: str, size: tuple[int, int, int], args: argparse.Namespa
         if note:
             notes.append(note)
     rounds = args.rounds_large if name == "large" else args.rounds
-    times, cpu, results = interleaved(impls, rounds, args.budget)
+    times, cpu, results = interleaved(impls, rounds, args.budget, args.pause)
     ours = impls[0].name
     ref = "hmmtx reference (numpy)" if "hmmtx reference (numpy)" in results else ours
     mem = traced_peak(lambda: forward_filter_fast(hmm, x, dtype))
