@@ -25,7 +25,8 @@ def summary_markdown(results: Sequence[dict], keys: Sequence[str], seconds: bool
 def cell_markdown(cell) -> str:
     cur = layer_curves(cell)
     head = ["i", *cur]
-    lines = [f"**{cell.kind} {cell.setting}** (seeds {cell.seeds}); rows: residual index i (pi: attention layer i-1)",
+    setting = ", ".join(f"{n}={v}" for n in cell.setting if (v := setting_text(cell, n)) != ".")
+    lines = [f"**{cell.kind} {setting}** (seeds {cell.seeds}); rows: residual index i (pi: attention layer i-1)",
              "", _row(head), _row(["---"] * len(head))]
     n = max(len(v) for v in cur.values())
     for i in range(n):
