@@ -90,6 +90,26 @@ def _size(source: Any, tokens: Any) -> ProblemSize:
     return ProblemSize(None, int(np.asarray(tokens.symbols).shape[-1]))
 
 
+def estimate_bytes(source: Any, tokens: Any, *, mode: str = "float64", **params: Any) -> float:
+    """Rough memory (bytes) of building and running the model for ``tokens`` (N sequences of T; None: one of
+    ``max_len``), without building it: ``P = pad + max(max_len or 16, T)`` positions, width ``D`` (the layout),
+    ``L`` layers, ``M`` heads, FFN width ``F <= max(m, 2 sum_k |table_k|)``::
+
+        8 bytes x [P D + 2 L F D  (weights)  +  N ((L + 1) P (D + F)  (residuals, FFN)  +  2 M P^2  (scores))]
+
+    times 12 in exact mode (Fraction object arrays). The registry's ``estimate_bytes`` hook."""
+    from constructions.adaptive.model import make_layout, schedule
+
+    spec, max_len = spec_from_params(params)
+    shape = (1, 0) if tokens is None else np.asarray(tokens.symbols).reshape(-1, np.asarray(tokens.symbols).shape[-1]).shape
+    N, T = int(shape[0]), int(shape[1])
+    P = spec.padding + max(max_len or 16, T)
+    D, L = make_layout(spec).width, schedule(spec).layers
+    F = max(spec.ffn_width, 2 * sum(len(g.table) for g in spec.lags))
+    total = 8.0 * (P * D + 2 * L * F * D + N * ((L + 1) * P * (D + F) + 2 * spec.M * P * P))
+    return total * (12 if mode == "exact" else 1)
+
+
 def _register() -> ConstructionEntry:
     from constructions.adaptive.sweep import SWEEP
 
@@ -109,6 +129,7 @@ def _register() -> ConstructionEntry:
               "error + round-off allowance",
         bound_covers=("y", "memory", "lag"),
         size=_size,
+        estimate_bytes=estimate_bytes,
         verify=VerifySweep(betas=(), custom=SWEEP),
     ))
 
@@ -116,4 +137,4 @@ def _register() -> ConstructionEntry:
 ENTRY = _register()
 
 __all__ = ["ENTRY", "build", "reference", "make_spec", "make_tokens", "parse_tokens", "claimed_bound", "spec_from_params",
-           "AdaptiveSpec"]
+           "estimate_bytes", "AdaptiveSpec"]

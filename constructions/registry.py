@@ -242,6 +242,11 @@ class ConstructionEntry:
         attention:       :class:`AttentionDefaults` of ``run``/``inspect``
         report:          optional ``report(source, tokens, *, exact, **params) -> dict`` of extra JSON keys for
                          ``hmmtx run`` (e.g. the window construction's memory-error bounds)
+        estimate_bytes:  optional ``estimate_bytes(source, tokens, *, mode, **params) -> float``: rough memory (bytes)
+                         of building and running the model (weights + recorded residual streams + attention scores;
+                         exact mode's Fraction object arrays at about 12x); ``hmmtx run/inspect`` refuse a request
+                         over the memory limit before building (``verify.cli_args.require_fits``). It must be cheap
+                         (no model build). ``tokens`` is None for ``inspect`` without ``--tokens``.
         verify:          :class:`VerifySweep` (how ``hmmtx verify`` sweeps it)
         probe:           :class:`ProbeHooks`, or None (not a ``hmmtx probe`` subject)
         extra:           deprecated free-form dict (former contract); known keys are mapped onto the fields above
@@ -266,6 +271,7 @@ class ConstructionEntry:
     size: Callable[[Any, Any], ProblemSize] | None = None
     attention: AttentionDefaults = AttentionDefaults()
     report: Callable[..., dict] | None = None
+    estimate_bytes: Callable[..., float] | None = None
     verify: VerifySweep = VerifySweep()
     probe: ProbeHooks | None = None
     extra: dict = field(default_factory=dict)
@@ -310,6 +316,9 @@ class ConstructionEntry:
         for f in ("build", "reference", "parse_tokens"):
             if not callable(getattr(self, f)):
                 raise HmmtxError(f"{who}: {f} must be callable")
+        for f in ("size", "report", "estimate_bytes"):
+            if getattr(self, f) is not None and not callable(getattr(self, f)):
+                raise HmmtxError(f"{who}: {f} must be callable or None")
         if not self.outputs or not all(isinstance(o, str) for o in self.outputs):
             raise HmmtxError(f"{who}: outputs must name at least one output")
         if not self.modes or any(m not in ALL_MODES for m in self.modes):

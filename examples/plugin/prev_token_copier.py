@@ -134,6 +134,20 @@ def _build_entry(hmm: Any, tokens: Any, *, attention: str = "hard", beta: float 
     return build(hmm.num_obs, k, max(T, 1), attention, beta)
 
 
+def estimate_bytes(hmm: Any, tokens: Any, *, mode: str = "float64", k: int = 1) -> float:
+    """Rough memory (bytes) of building and running the copier on ``tokens`` (N sequences of T; None: 8 tokens),
+    without building it: ``P = T + 1`` positions, width ``D = 2 (V + 1)``, one head::
+
+        8 bytes x [(V + 1 + P) D  (weights, bias)  +  N (3 P D  (residuals)  +  2 P^2  (scores, weights))]
+
+    times 12 in exact mode (Fraction object arrays). Lets ``hmmtx run/inspect`` refuse an oversized request."""
+    x = np.zeros((1, 8)) if tokens is None else np.asarray(tokens)
+    N, T = (int(np.prod(x.shape[:-1])) if x.ndim > 1 else 1), int(x.shape[-1]) if x.ndim else 1
+    P, D = T + 1, 2 * (hmm.num_obs + 1)
+    total = 8.0 * ((hmm.num_obs + 1 + P) * D + N * (3 * P * D + 2 * P * P))
+    return total * (12 if mode == "exact" else 1)
+
+
 def _parse_tokens(text: str) -> np.ndarray:
     from hmm.io import parse_tokens
 
@@ -158,5 +172,6 @@ ENTRY = register(ConstructionEntry(
     default_tokens="0 1 1 0",
     bound="exact under hard attention; softmax leakage max_u (1 - 1/Z_u) + heuristic round-off allowance",
     verify=VerifySweep(betas=(4.0,)),
+    estimate_bytes=estimate_bytes,  # memory estimate: run/inspect refuse what cannot fit, before building
     probe=ProbeHooks("sequence", _probe_build),
 ))

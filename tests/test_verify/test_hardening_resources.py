@@ -81,3 +81,24 @@ def test_the_memory_limit_flag_is_honoured(work):
     assert ok.returncode == 0 and ok.stderr == ""
     assert_refused(hmmtx(["--max-memory-gb", "-1", *args], work), "--max-memory-gb")
     assert_untouched(before, work)
+
+
+def test_construction_estimate_hook_refuses_and_the_limit_raises_it(work):
+    """The contract's ``estimate_bytes`` hook: adaptive-memory (packaged) and the example plugin have one, so
+    ``run``/``inspect`` refuse an oversized request before building, and the limit is what decides."""
+    plugin = str(EXAMPLES / "plugin" / "prev_token_copier.py")
+    small = ["run", "adaptive-memory", "--tokens", "0:1/2 0:-1 0:1/4"]
+    huge = ["run", "adaptive-memory", "--mode", "exact", "--lag-range", "4096", "--max-len", "4096", "--tokens", "0:1"]
+    copier = ["--plugin", plugin, "inspect", "prev-token-copier", "--hmm", "hmm.json"]
+    before = snapshot(work)
+    wide = ["inspect", "adaptive-memory", "--memories", "16", "--lag-range", "4096", "--max-len", "4096"]  # float64
+    res = hmmtx_batch([huge, wide, ["--max-memory-gb", "1e-5", *small], ["--max-memory-gb", "1", *small],
+                       ["--max-memory-gb", "1e-6", *copier], copier], work)
+    for r, mode in zip(res[:2], ("exact", "float64")):  # 8192 positions: ~20 GiB of scores
+        line = assert_refused(r, "adaptive-memory", f"mode {mode}", "estimate", "limit of 8 GiB", "--max-memory-gb")
+        assert "GiB (estimate)" in line
+    assert_refused(res[2], "adaptive-memory", "estimate", "limit of 10.5 KiB")
+    assert res[3].returncode == 0 and res[3].stderr == "", res[3].stderr  # the same request under a higher limit
+    assert_refused(res[4], "prev-token-copier", "estimate", "limit of 1.05 KiB")
+    assert res[5].returncode == 0 and res[5].stderr == "", res[5].stderr
+    assert_untouched(before, work)

@@ -162,13 +162,33 @@ def check_tokens(entry: Any, source: Any, tokens: Any) -> None:
         validate_tokens(seg, V, name="--tokens" + (f" segment {k}" if len(segments) > 1 else ""))
 
 
+def entry_estimate(entry: Any, source: Any, tokens: Any, params: dict, mode: str) -> float | None:
+    """The construction's memory estimate (bytes): its ``estimate_bytes`` hook (the contract field) when it has
+    one, else the built-in formula of :func:`estimate_bytes` (None: no estimate, the model is built unchecked).
+    A hook that raises something other than HmmtxError or returns no number is a ConstructionError."""
+    from constructions.runner import ConstructionError
+
+    hook = getattr(entry, "estimate_bytes", None)
+    if hook is None:
+        return estimate_bytes(entry.name, source, tokens, params, mode)
+    try:
+        est = hook(source, tokens, mode=mode, **params)
+        return float(est)
+    except HmmtxError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a construction's bug is one line, not a traceback
+        raise ConstructionError(f"construction '{entry.name}': estimate_bytes raised {type(exc).__name__}: {exc}") from exc
+
+
 def check_size(entry: Any, source: Any, tokens: Any, params: dict, mode: str) -> None:
     """Refuse (one line with the estimate and the limit) a construction that cannot fit in memory."""
     from verify.cli_args import require_fits
 
-    est = estimate_bytes(entry.name, source, tokens, params, mode)
+    est = entry_estimate(entry, source, tokens, params, mode)
     if est is not None:
-        require_fits(f"{entry.name} (mode {mode}, {_stream_length(tokens)} stream positions)", est,
+        # a hook's token format may be anything: the stream length is shown for the built-in formulas only
+        where = f"mode {mode}" if getattr(entry, "estimate_bytes", None) else f"mode {mode}, {_stream_length(tokens)} stream positions"
+        require_fits(f"{entry.name} ({where})", est,
                      "use a smaller HMM / mixture, fewer tokens or smaller construction options")
 
 
@@ -208,6 +228,7 @@ __all__ = [
     "check_size",
     "check_tokens",
     "estimate_bytes",
+    "entry_estimate",
     "add_attention_arguments",
     "constructions_listing",
 ]
