@@ -178,3 +178,41 @@ def test_verify_leaves_no_worker_after_it_exits(tmp_path):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and "cases within their bounds" in out and "[2 worker(s)]" in out, err[-3000:]
     assert _wait_for(lambda: not session_members(proc.pid), 5), "worker processes left after exit"
+
+
+def test_interrupting_experiment_grid_then_rerun_completes(tmp_path):
+    """``experiment grid`` with a worker process: SIGINT to the process group (Ctrl-C) after the first finished
+    run, then SIGTERM to the parent of the rerun after the second: one line and 130 / 143 each time, only complete
+    results (no temporary or failed file), no process left; a final rerun computes just the missing run."""
+    import json
+
+    base = {"num_tasks": 2, "num_states": 2, "vocab_size": 3, "n_demos": 2, "demo_len": 4, "test_len": 4,
+            "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "steps": 30, "batch_size": 8, "lr": 1e-2,
+            "warmup": 2, "eval_contexts": 30, "concentration": 0.3}
+    grid = {"name": "tiny", "seeds": [0, 1, 2], "base": base, "axes": {}, "constructions": [],
+            "probe": {"contexts": 20, "perms": 1, "lags": [1, 2]}}
+    (tmp_path / "g.json").write_text(json.dumps(grid))
+    args = ["experiment", "grid", "g.json", "--out", "out", "--workers", "1", "--no-progress"]
+    runs = tmp_path / "out" / "runs"
+
+    def files() -> list[str]:
+        return sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
+
+    for sig, status, word, n_done in ((signal.SIGINT, 130, "interrupted", 1), (signal.SIGTERM, 143, "terminated", 2)):
+        proc = _start(args, tmp_path)
+        assert _wait_for(lambda: runs.is_dir() and len(list(runs.glob("*.json"))) >= n_done, 120), "no run finished"
+        assert children_of(proc.pid), "the worker process is gone before the signal"
+        os.killpg(proc.pid, sig) if sig == signal.SIGINT else os.kill(proc.pid, sig)
+        out, err = proc.communicate(timeout=60)
+        lines = [ln for ln in err.strip().splitlines() if not ln.startswith("done L=")]  # the per-run log lines
+        assert proc.returncode == status and len(lines) == 1 and word in lines[0] and "Traceback" not in err, err[-3000:]
+        assert _wait_for(lambda: not session_members(proc.pid), 10), "child processes left behind"
+        got = files()
+        assert all(f.startswith("runs/") and f.endswith(".json") and not f.startswith("runs/.") for f in got), got
+        assert len(got) in (n_done, n_done + 1) and len(got) < 3, got  # a run may land while the signal travels
+        for f in got:  # every result file is complete
+            assert json.loads((tmp_path / "out" / f).read_text())["key"] == Path(f).stem
+    rerun = subprocess.run([sys.executable, "-m", "verify.cli", *args], cwd=tmp_path, env=cli_env(),
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0 and f"already finished {len(got)}" in rerun.stderr, rerun.stderr[-3000:]
+    assert len(list(runs.glob("*.json"))) == 3 and not list((tmp_path / "out" / "failed").iterdir())

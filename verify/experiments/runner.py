@@ -326,7 +326,8 @@ def run_grid(grid: GridSpec, out: str | Path, *, workers: int = 1, cluster: str 
     """Compute every run of ``grid`` that has no finished result in ``out`` (see the module docstring).
 
     ``workers`` local processes (0: inside this process, one run at a time), or the Dask scheduler at ``cluster``. SIGTERM is handled like Ctrl-C: the workers
-    are stopped, finished results stay, and KeyboardInterrupt propagates. ``log(text)`` receives one line per
+    are stopped, finished results stay, and KeyboardInterrupt propagates (unless the caller installed its own
+    SIGTERM handler, as ``hmmtx`` does: its exception propagates then, exit 143). ``log(text)`` receives one line per
     finished or failed run.
     """
     if cluster is None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
@@ -351,7 +352,10 @@ def run_grid(grid: GridSpec, out: str | Path, *, workers: int = 1, cluster: str 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_term)
+    # a caller's own SIGTERM handler (the CLI's raises verify.cli.Terminated: one line, exit 143) is kept; only the
+    # default action (which would kill the driver without stopping the workers) is replaced
+    if old_term in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, on_term)
     bars = _Bars(progress, grid.name, len(grid.runs), len(skipped))
     abort = True
     try:
