@@ -18,7 +18,7 @@ API overview (import from the submodules; this package imports nothing heavy its
     ``frac_zeros``, ``as_frac_array``.
 ``constructions.types`` (no torch; shared by the executors, the runner and ``verify``)
     ``Trace`` (residuals, after_attn, after_ffn, attn_scores, attn_weights, readouts), ``RunResult``,
-    ``BoundReport(value, leakage, roundoff, trivial, notes)`` and ``check_bound``, ``ConstructionSpec`` (layers,
+    ``BoundReport(value, leakage, roundoff, trivial, notes, roundoff_kind)`` and ``check_bound``, ``ConstructionSpec`` (layers,
     heads, width, ffn_width, max_positions, attention, beta, provenance, parameters), ``Codec`` protocol,
     ``ModelInfo`` (base of each construction's typed model metadata), ``MODES``, ``check_attention``.
 ``constructions.transformer``
@@ -32,7 +32,9 @@ API overview (import from the submodules; this package imports nothing heavy its
 ``constructions.prefix``
     Shared parallel-prefix operator-product machinery (H1, H3): ``prefix_layout``, ``embed_operators``,
     ``doubling_layer``, ``colsum_readout``, ``num_doubling_layers``, ``prefix_lambda`` / ``prefix_claimed_bound``
-    (certified softmax leakage), ``required_beta`` (smallest beta for a target leakage), ``roundoff_allowance``.
+    (certified softmax leakage), ``required_beta`` (smallest beta for a target leakage), ``op_block``.
+``constructions.roundoff``
+    The derived (relative, per layer, propagated) float round-off bound of the prefix constructions.
 ``constructions.registry``
     The typed construction contract: ``ConstructionEntry`` (build, reference, parse_tokens, params, outputs,
     bound_covers, bound, exact_reference, attention defaults, report, ``VerifySweep``, ``ProbeHooks``), ``Param``,

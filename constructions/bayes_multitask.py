@@ -34,6 +34,7 @@ from constructions.prefix import (
     doubling_layer,
     embed_operators,
     num_doubling_layers,
+    op_block,
     prefix_claimed_bound,
     prefix_layout,
 )
@@ -118,7 +119,7 @@ def build(
 ) -> ConstructedTransformer:
     """Build H3 for streams (observations and SEPs, BOS excluded) of up to ``max_len`` items.
 
-    Size: ``L = ceil(log2(max_len + 1))`` layers, 1 head each, width ``2 n^2 + V + 4`` (n = sum_k S_k), FFN width
+    Size: ``L = ceil(log2(max_len + 1))`` layers, 1 head each, width ``3 n^2 + V + 4`` (n = sum_k S_k), FFN width
     ``n^3 + 2 n^2``.
     """
     import torch
@@ -170,9 +171,12 @@ def build(
             task_ind[j, k] = Fraction(1)
     joint_labels = [f"k={k},z={i}" for k in range(K) for i in range(mixture.state_sizes[k])]
     readouts = [
-        colsum_readout(lay, "next_token", B_stack, [f"x={v}" for v in range(V)], description="Bayes next-token masses"),
-        colsum_readout(lay, "task_posterior", task_ind, [f"task {k}" for k in range(K)], description="task block masses"),
-        colsum_readout(lay, "state_predicted", eye, joint_labels, description="(task, next state) masses"),
+        colsum_readout(lay, "next_token", B_stack, [f"x={v}" for v in range(V)], description="Bayes next-token masses",
+                       block=op_block(L)),
+        colsum_readout(lay, "task_posterior", task_ind, [f"task {k}" for k in range(K)], description="task block masses",
+                       block=op_block(L)),
+        colsum_readout(lay, "state_predicted", eye, joint_labels, description="(task, next state) masses",
+                       block=op_block(L)),
     ]
     spec = spec_for(NAME, lay, layers, max_positions=P, attention=attention, beta=beta, provenance=PROVENANCE,
                     parameters={"K": K, "state_sizes": list(mixture.state_sizes), "n": n, "V": V, "max_len": int(max_len)})
@@ -186,7 +190,8 @@ def build(
 
 def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float64") -> BoundReport:
     """Same bound as H1's next-token bound (every H3 output is a ``1^T Q M`` readout): 0 exact; round-off
-    allowance in float; plus the certified softmax leakage (capped at 1)."""
+    bound in float (:func:`constructions.roundoff.prefix_roundoff`: derived for hard attention); plus the certified
+    softmax leakage (capped at 1)."""
     return prefix_claimed_bound(model, tokens, mode, first_output=2)
 
 
@@ -251,7 +256,7 @@ ENTRY = register(
         families=FAMILIES,
         outputs=("next_token_probs", "task_posterior", "state_predicted"),
         default_tokens="0 1 | 1 0 | 0",
-        bound="certified softmax leakage (a posteriori from the hard run) + stated round-off allowance",
+        bound="certified softmax leakage (a posteriori from the hard run) + derived relative round-off bound (hard attention)",
         probe=ProbeHooks("contexts", _probe_build, _probe_tokens),
     )
 )

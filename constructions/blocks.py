@@ -327,15 +327,20 @@ def lag_bias(target_lag: int, n_lags: int, slope: int | Fraction = 1) -> np.ndar
 
 def positional_targets(bias: np.ndarray, P: int) -> tuple[np.ndarray, bool]:
     """THE hard target of a positional head: for every query ``u < P`` the key ``argmax_{v <= u} b(u - v)`` (the
-    first maximum), from the bias table ``bias`` (float64, at least ``P`` lags); and whether every query's maximum
-    is unique (tied maxima are averaged by hard attention, so a single target then does not describe it).
+    first maximum in key order, i.e. the largest lag among tied ones), from the bias table ``bias`` (at least ``P``
+    lags); and whether every query's maximum is unique (tied maxima are averaged by hard attention, so a single
+    target then does not describe it).
 
-    Returns ``(targets (P,) int, unique)``. Used by the torch module's fast hard heads and the leakage bounds.
+    Returns ``(targets (P,) int, unique)``. O(P) time and memory (a running argmax over lags, no (P, P) score map:
+    long inputs, C5 of the certified-verdicts issue). Used by the torch module's fast hard heads, the leakage
+    bounds and the fast exact executor.
     """
-    lag = np.arange(P)[:, None] - np.arange(P)[None, :]  # (P, P): u - v
-    sc = np.where(lag >= 0, np.asarray(bias, dtype=np.float64)[np.clip(lag, 0, P - 1)], -np.inf)
-    hits = sc == sc.max(axis=1, keepdims=True)
-    return hits.argmax(axis=1), bool((hits.sum(axis=1) == 1).all())
+    b = np.array([float(v) for v in bias[:P]], dtype=np.float64)
+    prev = np.concatenate([[-np.inf], np.maximum.accumulate(b)[:-1]])
+    new = b > prev  # lag k starts a strictly larger maximum
+    tie = b == prev  # lag k ties the maximum so far
+    last = np.maximum.accumulate(np.where(new | tie, np.arange(P), -1))  # largest lag <= u at the running max
+    return np.arange(P) - last, not bool(tie[last].any())
 
 
 def copy_head(

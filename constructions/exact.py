@@ -180,22 +180,24 @@ def _run_one(model: Any, cache: dict, ids: list, record: str) -> dict:
     if cache["W_pos"] is not None:  # absolute positional embedding
         xs = [[a + b for a, b in zip(x, cache["W_pos"][p])] for p, x in enumerate(xs)]
     out = {"res": [None] * (L + 1), "attn": [None] * L, "ffn": [None] * L, "scores": [None] * L, "weights": [None] * L}
-    out["res"][0] = _obj(xs) if record != "final" else None
+    keep_res = record in ("all", "residuals")
+    keep_states = record in ("all", "states")
+    out["res"][0] = _obj(xs) if keep_res else None
     for li, (layer, heads, ffn, norms) in enumerate(cache["layers"]):
         if heads:
             xs, sc_all, w_all = _exact_attention(heads, xs, record == "all")
             if record == "all":
                 out["scores"][li] = np.stack(sc_all)
                 out["weights"][li] = np.stack(w_all)
-        if record == "all":
+        if keep_states:
             out["attn"][li] = _obj(xs)
         if ffn is not None:
             xs = [_exact_ffn(ffn, x) for x in xs]
-        if record == "all":
+        if keep_states:
             out["ffn"][li] = _obj(xs)
         if norms:
             xs = [_exact_norms(norms, layer.name, u, x) for u, x in enumerate(xs)]
-        if record != "final" or li == L - 1:
+        if keep_res or li == L - 1:
             out["res"][li + 1] = _obj(xs)
     out["readouts"] = {}
     for n, (W, shape) in cache["readouts"].items():

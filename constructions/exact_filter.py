@@ -33,6 +33,7 @@ from constructions.prefix import (
     embed_operators,
     num_doubling_layers,
     as_float_array,
+    op_block,
     prefix_claimed_bound,
     prefix_layout,
     target_weights,
@@ -97,7 +98,7 @@ def build(
     """Build H1 for sequences of up to ``max_len`` observations.
 
     Size: ``L = ceil(log2(max_len + 1))`` doubling layers (+1 filtered layer), 1 head per layer, width
-    ``D = 2 S^2 + V + 3`` (+ ``2 S`` with ``filtered``), FFN width ``S^3 + 2 S^2``.
+    ``D = 3 S^2 + V + 3`` (+ ``2 S`` with ``filtered``), FFN width ``S^3 + 2 S^2``.
     """
     import torch
 
@@ -131,7 +132,8 @@ def build(
 
     layers = [doubling_layer(lay, l, P) for l in range(L)]
     if filtered:
-        head = copy_head(lay, "op", "fetched_op", lag_bias(1, P), name="lag1",
+        final = op_block(L)
+        head = copy_head(lay, final, "fetched_op", lag_bias(1, P), name="lag1",
                          description="fetch the previous position's final product 1 alpha_pred(t)^T")
         ffn = BilinearBuilder(lay)
         # Proof: filtered[j] = sum_i F[i,j] * B[j, x_t] = (column sum of F)_j B[j, x_t] ∝ predicted_t[j] B[j, x_t].
@@ -145,9 +147,10 @@ def build(
 
     state_labels = [f"z={j}" for j in range(S)]
     readouts = [
-        colsum_readout(lay, "next_token", B, [f"x={v}" for v in range(V)], description="1^T Q B: next-token masses"),
+        colsum_readout(lay, "next_token", B, [f"x={v}" for v in range(V)], description="1^T Q B: next-token masses",
+                       block=op_block(L)),
         colsum_readout(lay, "predicted", eye, state_labels,
-                       description="1^T Q: predicted-state masses"),
+                       description="1^T Q: predicted-state masses", block=op_block(L)),
     ]
     if filtered:
         readouts.append(readout(lay, "filtered", [(j, ("filtered", j), 1) for j in range(S)], (S,),
@@ -166,13 +169,35 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
     """Bound on the max-abs error of every output (next_token_probs, predicted_probs, filtered_probs) in ``mode``.
 
     * exact mode (hard attention): 0 (bit-identical).
-    * float modes: the stated round-off allowance :func:`~constructions.prefix.roundoff_allowance` (depth, S, eps).
+    * float modes: the round-off bound :func:`~constructions.roundoff.prefix_roundoff` (relative per output;
+      derived for hard attention, its softmax mixing term heuristic); the filtered belief adds the lag-1 layer
+      (``osc + 2 (S + 1) ub``: emission rounding, product, S - 1 additions).
     * softmax attention: plus the certified leakage bound :func:`~constructions.prefix.prefix_lambda` (computed
       from a hard float64 run on the same tokens) and, for the filtered belief, the lag-1 layer's extension
       (:func:`_filtered_leakage`); capped at the trivial bound 1.
     """
-    extra = _filtered_leakage if "filtered" in model.readouts else None
-    return prefix_claimed_bound(model, tokens, mode, first_output=1, extra=extra)
+    from constructions.roundoff import unit_log
+
+    if "filtered" not in model.readouts:
+        return prefix_claimed_bound(model, tokens, mode, first_output=1)
+    S = model.info.n
+    extra_osc = None
+    if mode != "exact":
+        ub = unit_log(mode)
+        extra_osc = {"filtered": lambda osc: osc + 2.0 * (S + 1) * ub}
+    return prefix_claimed_bound(model, tokens, mode, first_output=1, extra=_filtered_leakage, extra_osc=extra_osc,
+                                extra_underflow=_filtered_underflow)
+
+
+def _filtered_underflow(model: ConstructedTransformer, tr: Any) -> list:
+    """Underflow-check pairs of the filtered layer: products ``F[i,j] * B[j, x_t]``."""
+    from constructions.roundoff import min_positive
+
+    lay = model.layout
+    li = len(model.layers) - 1
+    F = as_float_array(tr.after_attn[li][..., lay["fetched_op"]])
+    emis = as_float_array(tr.after_attn[li][..., lay["emis"]])
+    return [("filtered layer", min_positive(F, (-1,)), min_positive(emis, (-1,)))]
 
 
 def required_beta(model: ConstructedTransformer, tokens: Any, target: float) -> float:
@@ -196,7 +221,7 @@ def _filtered_leakage(model: ConstructedTransformer, tr: Any, lam: np.ndarray, i
     head = model.layers[li].heads[0]
     F = as_float_array(tr.after_attn[li][..., lay["fetched_op"]])
     filt = as_float_array(tr.after_ffn[li][..., lay["filtered"]])
-    emis = as_float_array(tr.residuals[0][..., lay["emis"]])
+    emis = as_float_array(tr.after_attn[li][..., lay["emis"]])
     d_star = filt.sum(axis=-1) / F.sum(axis=-1)
     b_max = emis.max(axis=-1)
     bias = np.array([float(v) for v in head.rel_bias[:P]])
@@ -258,7 +283,7 @@ ENTRY = register(
         families=FAMILIES,
         outputs=("next_token_probs", "predicted_probs", "filtered_probs"),
         default_tokens="0 1 0 1",
-        bound="certified softmax leakage (a posteriori from the hard run) + stated round-off allowance",
+        bound="certified softmax leakage (a posteriori from the hard run) + derived relative round-off bound (hard attention)",
         probe=ProbeHooks("sequence", _probe_build),
     )
 )

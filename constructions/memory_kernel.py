@@ -134,9 +134,11 @@ def _spec_from_params(memories: str, rpe: str, heads: int, grid_beta: float, p0_
 
 
 def _lag_bias(fit_rpe: str, p: float, n_lags: int, beta: float) -> np.ndarray:
-    """Exact table ``b(s)`` for lags ``0..n_lags-1``: LAG0_MASK, then ``p phi(s) / beta`` (float64 value, exactly)."""
+    """Exact table ``b(s)`` for lags ``0..n_lags-1``: ``LAG0_MASK / beta``, then ``p phi(s) / beta`` (float64 values,
+    exactly). Every entry is divided by beta, the mask included, so the score ``beta b(s)`` and the kernel do not
+    depend on beta (an undivided mask let the current token leak into every head at small beta)."""
     out = np.empty(n_lags, dtype=object)
-    out[0] = Fraction(LAG0_MASK)
+    out[0] = Fraction(LAG0_MASK / beta)
     for s in range(1, n_lags):
         v = -p * rpe_kind(fit_rpe).phi_scalar(s) / beta
         out[s] = Fraction(v)
@@ -328,9 +330,12 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
     allow = roundoff_allowance(model, T, mode, max(xmax, 1e-300))
     csum = sum(float(np.sum(np.abs(f.weights))) for f in model.info.fits)
     trivial = float(np.max(model.info.net.lipschitz)) * (1 + csum) * 2 + model.info.net.ffn_error + 2
-    return BoundReport(leak + allow, leak, allow, max(trivial, leak + allow),
-                       f"exact finite-window l1 kernel errors (max_t E_k(t) = {pb.kernel.max():.3e}) x Lipschitz + FFN "
-                       f"error {model.info.net.ffn_error:.2e}; round-off allowance {allow:.2e} ({mode})")
+    note = (f"exact finite-window l1 kernel errors (max_t E_k(t) = {pb.kernel.max():.3e}) x Lipschitz + FFN "
+            f"error {model.info.net.ffn_error:.2e}; heuristic round-off allowance {allow:.2e} ({mode})")
+    if leak + allow >= trivial:
+        note = (f"VACUOUS: the claimed bound {leak + allow:.3g} is not below the trivial bound {trivial:.3g} "
+                f"(Lipschitz x (1 + sum |c|) x 2 + FFN error + 2); " + note)
+    return BoundReport(leak + allow, leak, allow, max(trivial, leak + allow), note)
 
 
 # ---------------------------------------------------------------------------------------------- registry hooks

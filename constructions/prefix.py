@@ -3,17 +3,20 @@ whose positions hold matrices to be multiplied left to right).
 
 Positions: 0 = NULL sink holding the identity, then one operator per position. After the doubling layers
 ``l = 0 .. L-1`` position ``u`` holds (up to a positive scale) the ordered product of the operators at positions
-``1 .. u`` (``2^L >= u``). Layer l:
+``1 .. u`` (``2^L >= u``). The held product lives in two ping-pong blocks, ``op`` (before even layers) and
+``op_alt`` (before odd layers): :func:`op_block` names the block that holds it before layer ``l``. Layer l:
 
 * one purely positional head, tent bias ``b(lag) = -|lag - 2^l|``: hard attention fetches position ``u - 2^l``
   (which holds the product over ``(u - 2^{l+1}, u - 2^l]``) into ``fetched_op``; when ``u < 2^l`` the largest
   available lag ``u`` (position 0, the NULL identity) wins automatically;
-* a bilinear FFN (width ``n^3 + 2 n^2``) writes ``F Q - Q`` into ``op`` (so ``op`` becomes ``F Q``) and ``-F`` into
-  ``fetched_op`` (clearing it for the next layer); the ``-Q``/``-F`` terms are products with the constant ``one``;
-* **projective normalisation (non-standard)** of ``op`` by its entry sum.
+* a bilinear FFN (width ``n^3 + 2 n^2``) writes ``F Q`` into the **fresh** block ``op_block(l + 1)`` (zero
+  before), ``-Q`` into ``op_block(l)`` and ``-F`` into ``fetched_op``: in IEEE arithmetic ``0 + y = y`` and
+  ``x + (-x) = 0`` exactly, so the residual update adds no rounding and no cancellation (the earlier single-block
+  update ``Q + (F Q - Q)`` cancelled when the product's mass was small);
+* **projective normalisation (non-standard)** of ``op_block(l + 1)`` by its entry sum.
 
-The module also computes the softmax-leakage bound (see ``docs/constructions/exact_filter.md``) and the stated
-floating-point allowance shared by the prefix constructions.
+The module also computes the softmax-leakage bound (see ``docs/constructions/exact_filter.md``); the float
+round-off bound is :mod:`constructions.roundoff`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from constructions.blocks import (
     readout,
 )
 from constructions.layout import Layout
+from constructions.roundoff import min_positive, prefix_roundoff, underflow_check
 from constructions.types import ModelInfo
 from hmm.errors import HmmtxError
 from hmm.model import HMM
@@ -57,8 +61,6 @@ class PrefixInfo(ModelInfo):
     prefix_layers: tuple[int, ...]
     n: int
 
-#: Multiplier of the stated round-off allowance (see :func:`roundoff_allowance`).
-ROUNDOFF_C = 16
 
 
 def num_doubling_layers(max_positions: int) -> int:
@@ -68,11 +70,19 @@ def num_doubling_layers(max_positions: int) -> int:
     return max(1, math.ceil(math.log2(max_positions - 1)))
 
 
+def op_block(l: int) -> str:
+    """The block that holds the operator product before doubling layer ``l`` (``op`` for even l, ``op_alt`` for odd
+    l); after ``L`` layers the product is in ``op_block(L)``."""
+    return "op" if l % 2 == 0 else "op_alt"
+
+
 def prefix_layout(n: int, V: int, *, op_desc: str, flags: Sequence[str] = ("is_null", "is_bos")) -> Layout:
-    """The shared blocks (not frozen, so a construction can append its own): ``op`` (n,n), ``fetched_op`` (n,n),
+    """The shared blocks (not frozen, so a construction can append its own): ``op``, ``op_alt`` (n,n) (ping-pong
+    blocks of the held product, see :func:`op_block`), ``fetched_op`` (n,n),
     ``one``, the given 0/1 flags, and ``token`` (V one-hot of the observation at that position)."""
     lay = Layout()
-    lay.add("op", (n, n), op_desc)
+    lay.add("op", (n, n), op_desc + " (held before even layers)")
+    lay.add("op_alt", (n, n), "the held product before odd layers (ping-pong partner of op; 0 while op holds it)")
     lay.add("fetched_op", (n, n), "operator fetched by this layer's head (cleared by the FFN)")
     lay.add("one", 1, "constant 1 (linear terms of bilinear units)")
     flag_desc = {
@@ -113,55 +123,65 @@ def embed_operators(layout: Layout, rows: Sequence[dict]) -> Embedding:
     return Embedding(W_E, tuple(r["name"] for r in rows))
 
 
-def product_ffn(layout: Layout) -> Any:
-    """The bilinear FFN of a doubling layer (the same for every layer; built once per layout and shared)."""
-    cached = _FFN_CACHE.get(id(layout))
+def product_ffn(layout: Layout, l: int = 0) -> Any:
+    """The bilinear FFN of doubling layer ``l`` (two variants by the parity of l; built once per layout and shared).
+
+    ``new[i,j] = sum_k F[i,k] Q[k,j]`` into the fresh block ``op_block(l + 1)`` (0 before), ``-Q`` into
+    ``op_block(l)``, ``-F`` into ``fetched_op``.
+    """
+    src, dst = op_block(l), op_block(l + 1)
+    key = (id(layout), src)
+    cached = _FFN_CACHE.get(key)
     if cached is not None and cached[0] is layout:
         return cached[1]
     n = layout.block("op").shape[0]
     ffn = BilinearBuilder(layout)
-    # Proof: the new op[i,j] = Q[i,j] + (sum_k F[i,k] Q[k,j] - Q[i,j]) = (F Q)[i,j]; fetched becomes F - F = 0.
+    # Proof: dst[i,j] = 0 + sum_k F[i,k] Q[k,j] = (F Q)[i,j]; src becomes Q - Q = 0 and fetched F - F = 0 (each an
+    # exact operation in IEEE arithmetic: adding to an exact zero, subtracting a value from itself).
     for i in range(n):
         for j in range(n):
             for k in range(n):
-                ffn.unit(("fetched_op", i, k), ("op", k, j), [(("op", i, j), 1)], label=f"F[{i},{k}]*Q[{k},{j}]")
+                ffn.unit(("fetched_op", i, k), (src, k, j), [((dst, i, j), 1)], label=f"F[{i},{k}]*Q[{k},{j}]")
     for i in range(n):
         for j in range(n):
-            ffn.unit("one", ("op", i, j), [(("op", i, j), -1)], label=f"-Q[{i},{j}]")
+            ffn.unit("one", (src, i, j), [((src, i, j), -1)], label=f"-Q[{i},{j}]")
     for i in range(n):
         for j in range(n):
             ffn.unit("one", ("fetched_op", i, j), [(("fetched_op", i, j), -1)], label=f"-F[{i},{j}]")
     built = ffn.build()
-    _FFN_CACHE.clear()
-    _FFN_CACHE[id(layout)] = (layout, built)
+    for k in [k for k, v in _FFN_CACHE.items() if v[0] is not layout]:
+        del _FFN_CACHE[k]
+    _FFN_CACHE[key] = (layout, built)
     return built
 
 
-_FFN_CACHE: dict[int, tuple[Layout, Any]] = {}
+_FFN_CACHE: dict[tuple[int, str], tuple[Layout, Any]] = {}
 
 
 def doubling_layer(layout: Layout, l: int, max_positions: int) -> Layer:
     """Layer ``l`` of the parallel prefix product (see module docstring)."""
+    src, dst = op_block(l), op_block(l + 1)
     head = copy_head(
-        layout, "op", "fetched_op", lag_bias(2**l, max_positions),
+        layout, src, "fetched_op", lag_bias(2**l, max_positions),
         name=f"lag{2**l}",
-        description=f"fetch op at u-{2**l} (NULL when u < {2**l}); tent bias -|lag-{2**l}|",
+        description=f"fetch {src} at u-{2**l} (NULL when u < {2**l}); tent bias -|lag-{2**l}|",
     )
     return Layer(
         name=f"layer{l}",
         heads=(head,),
-        ffn=product_ffn(layout),
-        norms=(ProjectiveNorm("op"),),
-        description=f"doubling step {l}: op <- normalise(op[u-{2**l}] @ op[u])",
+        ffn=product_ffn(layout, l),
+        norms=(ProjectiveNorm(dst),),
+        description=f"doubling step {l}: {dst} <- normalise({src}[u-{2**l}] @ {src}[u]); {src} <- 0",
     )
 
 
 def colsum_readout(layout: Layout, name: str, M: np.ndarray, labels: Sequence[str], *, shape: tuple | None = None,
-                   description: str = "") -> Readout:
-    """Readout ``z_c = sum_{i,j} op[i,j] M[j,c]`` (= ``1^T Q M``); total mass ``1^T Q 1`` when rows of M sum to 1."""
-    n = layout.block("op").shape[0]
+                   description: str = "", block: str = "op") -> Readout:
+    """Readout ``z_c = sum_{i,j} Q[i,j] M[j,c]`` (= ``1^T Q M``) of the product held in ``block`` (the final
+    ``op_block(L)``); total mass ``1^T Q 1`` when rows of M sum to 1."""
+    n = layout.block(block).shape[0]
     k = M.shape[1]
-    terms = [(c, ("op", i, j), M[j, c]) for c in range(k) for i in range(n) for j in range(n) if M[j, c] != 0]
+    terms = [(c, (block, i, j), M[j, c]) for c in range(k) for i in range(n) for j in range(n) if M[j, c] != 0]
     return readout(layout, name, terms, shape or (k,), description=description, labels=labels)
 
 
@@ -175,38 +195,6 @@ def exact_hmm_arrays(hmm: HMM) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             as_frac_array(hmm.emission_probs, "emission_probs"))
 
 
-def roundoff_allowance(layers: float, n: int, positions: int, eps: float) -> float:
-    """Stated floating-point allowance for the max-abs output error of a prefix construction:
-    ``ROUNDOFF_C * (layers + 1) * (n + log2(positions) + 4) * eps``. ``layers`` may be an *effective* layer count
-    that weights each layer by its cancellation factor (see :func:`cancellation_layers`).
-
-    Reasoning (a heuristic allowance, not a proof): each layer's product of two non-negative matrices has entrywise
-    relative error <= ``n eps`` (dot products of n non-negative terms), the normalisation and the residual update
-    ``Q + (FQ - Q)`` add a few eps, softmax mixing sums up to ``positions`` terms (``log2`` growth for pairwise sums
-    is what torch uses in practice), and relative errors of a product add along the ``layers`` levels. The constant
-    ROUNDOFF_C = 16 is a safety factor; the tests check measured <= allowance on mixing HMMs.
-    """
-    return float(ROUNDOFF_C * (layers + 1) * (n + math.log2(max(positions, 2)) + 4) * eps)
-
-
-def cancellation_layers(model: Any, hard_trace: Any, n: int) -> tuple[float, float]:
-    """``(effective layers, worst factor)`` for :func:`roundoff_allowance` from the hard float64 run.
-
-    The residual update ``Q + (F Q - Q)`` cancels: with ``Q`` and ``F`` normalised to entry sum 1, the product has
-    mass ``m* <= 1`` and the update's rounding error is ``~ eps (1 + m*)`` against a result of mass ``m*``, a
-    relative error amplified by ``(1 + 1/m*) / 2 >= 1``. Each prefix layer counts with its worst factor over
-    positions; the other layers count 1. Ill-conditioned HMMs (near-deterministic A and B read against their grain)
-    have ``m*`` as small as the smallest transition or emission probability, and the allowance grows accordingly.
-    """
-    prefix_layers = list(model.info.prefix_layers)
-    ins = prefix_bound_inputs(model, hard_trace, prefix_layers, n)
-    factors = []
-    for d in ins:
-        m = np.asarray(d["m_star"], dtype=np.float64)
-        m = m[np.isfinite(m)]
-        factors.append(float(((1.0 + 1.0 / np.maximum(m, 1e-300)) / 2.0).max()) if m.size else 1.0)
-    eff = float(sum(factors)) + (len(model.layers) - len(prefix_layers))
-    return eff, max(factors, default=1.0)
 
 
 def prefix_lambda(model: Any, hard_trace: Any, beta: float, prefix_layers: Sequence[int], n: int) -> np.ndarray:
@@ -226,19 +214,20 @@ def prefix_lambda(model: Any, hard_trace: Any, beta: float, prefix_layers: Seque
 
 
 def prefix_bound_inputs(model: Any, hard_trace: Any, prefix_layers: Sequence[int], n: int) -> list[dict]:
-    """Per prefix layer, what the leakage recursion needs from the hard run: hard targets ``t`` (P,), the score
-    gaps of each query (to get softmax weights for any beta), and ``m*``, ``R*``, ``C*`` (N, P)."""
+    """Per prefix layer, what the leakage recursion needs from the hard run: hard targets ``t`` (P,), the bias
+    table (softmax weights for any beta) and ``m*``, ``R*``, ``C*`` (N, P). Memory O(N P n^2) per layer: no
+    (P, P) attention map is formed."""
     lay = model.layout
-    op_sl, f_sl = lay["op"], lay["fetched_op"]
-    N, P = hard_trace.residuals[0].shape[:2]
+    f_sl = lay["fetched_op"]
+    N, P = hard_trace.after_attn[prefix_layers[0]].shape[:2] if prefix_layers else (1, 1)
     out = []
     for l in prefix_layers:
         head = model.layers[l].heads[0]
         if not head.positional:
             raise HmmtxError(f"leakage bound: head of {model.layers[l].name} is not purely positional")
-        Q = as_float_array(hard_trace.residuals[l][..., op_sl]).reshape(N, P, n, n)
+        Q = as_float_array(hard_trace.after_attn[l][..., lay[op_block(l)]]).reshape(N, P, n, n)
         F = as_float_array(hard_trace.after_attn[l][..., f_sl]).reshape(N, P, n, n)
-        X = as_float_array(hard_trace.after_ffn[l][..., op_sl])
+        X = as_float_array(hard_trace.after_ffn[l][..., lay[op_block(l + 1)]])
         Q_mass = Q.sum(axis=(-1, -2))
         F_mass = F.sum(axis=(-1, -2))
         bias = np.array([float(v) for v in head.rel_bias[:P]])
@@ -253,18 +242,20 @@ def prefix_bound_inputs(model: Any, hard_trace: Any, prefix_layers: Sequence[int
             "m_star": X.sum(axis=-1) / (Q_mass * F_mass),  # mass of the product of the normalised matrices
             "R_star": Q.sum(axis=-1).max(axis=-1) / Q_mass,  # max row sum of normalised Q*
             "C_star": np.minimum(1.0, F.sum(axis=-2).max(axis=-1) / F_mass),  # max column sum of normalised F*
+            "F_min": min_positive(F, (-1, -2)),  # smallest positive entries (underflow check)
+            "Q_min": min_positive(Q, (-1, -2)),
         })
     return out
 
 
 def target_weights(bias: np.ndarray, targets: np.ndarray, beta: float) -> np.ndarray:
-    """Softmax weight on the hard target of every query u < P: ``1 / sum_{v<=u} exp(beta (b(u-v) - b(u-t)))``."""
+    """Softmax weight on the hard target of every query u < P: ``1 / sum_{v<=u} exp(beta (b(u-v) - b(u-t)))``,
+    in O(P) memory: ``log sum_{lag<=u} exp(beta b(lag))`` is a running log-sum-exp over lags."""
     P = len(targets)
-    lag = np.arange(P)[:, None] - np.arange(P)[None, :]
-    sc = np.where(lag >= 0, bias[np.clip(lag, 0, P - 1)], -np.inf)
-    top = sc[np.arange(P), targets][:, None]
-    with np.errstate(over="ignore"):
-        return 1.0 / np.exp(beta * (sc - top)).sum(axis=1)
+    b = np.asarray(bias[:P], dtype=np.float64)
+    lse = np.logaddexp.accumulate(beta * b)
+    top = beta * b[np.arange(P) - np.asarray(targets)]
+    return np.exp(np.minimum(0.0, top - lse))
 
 
 def lambda_from_inputs(inputs: list[dict], beta: float) -> np.ndarray:
@@ -288,7 +279,7 @@ def required_beta(model: Any, tokens: Any, target: float, *, first_output: int =
     outputs (positions ``first_output..``, plus ``extra`` as in :func:`prefix_claimed_bound`) is at most ``target``
     for these tokens: the answer to "which beta do I need for error ``target``". Bisection on log beta; the
     leakage bound decreases monotonically with beta.
-    The round-off allowance comes on top (see :func:`roundoff_allowance`)."""
+    The round-off bound comes on top (see :func:`constructions.roundoff.prefix_roundoff`)."""
     if not (0 < target < 1):
         raise HmmtxError(f"target error must lie in (0, 1), got {target!r}")
     ids = model.check_input_ids(model.codec.encode(tokens))
@@ -325,59 +316,76 @@ def as_float_array(a: Any) -> np.ndarray:
 
 
 def hard_trace_for_bound(model: Any, ids: np.ndarray) -> Any:
-    """The hard-attention float64 trace (record="all") of ``model``'s weights on ``ids`` (for the leakage bound)."""
+    """The hard-attention float64 trace (``record="states"``: every layer's states, no (P, P) attention maps) of
+    ``model``'s weights on ``ids`` (for the leakage bound and the underflow check)."""
     import torch
 
     hard = model if model.dtype == torch.float64 else model.materialise(torch.float64, model.device)
     with torch.no_grad():
-        return hard.forward(ids, attention="hard", record="all")
+        return hard.forward(ids, attention="hard", record="states")
 
 
-def prefix_claimed_bound(model: Any, tokens: Any, mode: str, *, first_output: int = 2, extra: Any = None) -> Any:
-    """Generic claimed bound of a prefix construction whose outputs are ``1^T Q M``-type readouts of ``op`` at
-    positions ``first_output..`` after the layers in ``model.info.prefix_layers``:
+def prefix_underflow(model: Any, inputs: list[dict], hard_trace: Any, mode: str, extra_pairs: Sequence = ()) -> str:
+    """The no-underflow condition of the derived round-off bound (:func:`constructions.roundoff.underflow_check`)
+    for the doubling products ``F[i,k] Q[k,j]``, the embedded weights and the readout terms ``Q[i,j] M[j,c]``."""
+    from constructions.blocks import nonzeros
+
+    pairs = [(f"layer{l}", d["F_min"], d["Q_min"]) for l, d in zip(model.info.prefix_layers, inputs)]
+    emb = [abs(float(v)) for _, _, v in nonzeros(model.embedding.W_E)]
+    pairs.append(("embedding", np.array([min(emb, default=np.inf)]), np.array([1.0])))
+    L = len(model.info.prefix_layers)
+    fin = as_float_array(hard_trace.residuals[-1][..., model.layout[op_block(L)]]) if L else None
+    if fin is not None:
+        qmin = min_positive(fin, (-1,))
+        for name, r in model.readouts.items():
+            vals = [abs(float(v)) for _, _, v in nonzeros(r.W_U)]
+            pairs.append((f"readout {name}", qmin, np.array(min(vals, default=np.inf))))
+    return underflow_check(list(pairs) + list(extra_pairs), mode)
+
+
+def prefix_claimed_bound(model: Any, tokens: Any, mode: str, *, first_output: int = 2, extra: Any = None,
+                         extra_osc: dict | None = None, extra_underflow: Any = None) -> Any:
+    """Generic claimed bound of a prefix construction whose outputs are ``1^T Q M``-type readouts of the final
+    product at positions ``first_output..`` after the layers in ``model.info.prefix_layers``:
 
     * exact mode (hard attention): 0;
-    * float modes: :func:`roundoff_allowance` (+ leakage for softmax: ``max_u 1 - lambda_u`` of
-      :func:`prefix_lambda`), capped at the trivial bound 1.
+    * float modes: the round-off bound :func:`constructions.roundoff.prefix_roundoff` (derived for hard
+      attention when the no-underflow check passes; its softmax mixing term is heuristic), plus for softmax the
+      certified leakage ``max_u 1 - lambda_u`` of :func:`prefix_lambda`; capped at the trivial bound 1.
 
     ``extra(model, hard_trace, lam, ids, beta) -> (leakage, note)`` lets a construction add outputs of another form
-    (H1's filtered belief); the larger leakage is reported.
+    (H1's filtered belief); the larger leakage is reported. ``extra_osc`` / ``extra_underflow(model, trace)`` extend
+    the round-off bound and its underflow check for those outputs.
     """
-    import torch
-
-    from constructions.transformer import MODES, BoundReport
+    from constructions.types import MODES, BoundReport
 
     if mode not in MODES:
         raise HmmtxError(f"mode must be one of {MODES}, got {mode!r}")
     ids = model.check_input_ids(model.codec.encode(tokens))
     P = ids.shape[1]
     n = model.info.n
-    L = len(model.layers)
     if mode == "exact":
         if model.attention != "hard":
             raise HmmtxError("exact mode runs hard attention only (softmax weights are not rational)")
-        return BoundReport(0.0, 0.0, 0.0, 1.0, "exact rational arithmetic, hard attention: bit-identical")
-    eps = float(torch.finfo(torch.float64 if mode == "float64" else torch.float32).eps)
+        return BoundReport(0.0, 0.0, 0.0, 1.0, "exact rational arithmetic, hard attention: bit-identical", "exact")
     tr = hard_trace_for_bound(model, ids)
-    L_eff, worst = cancellation_layers(model, tr, n)
-    rnd = roundoff_allowance(L_eff, n, P, eps)
+    ins = prefix_bound_inputs(model, tr, model.info.prefix_layers, n)
+    why = prefix_underflow(model, ins, tr, mode, extra_underflow(model, tr) if extra_underflow else ())
+    rb = prefix_roundoff(model, P, mode, extra_osc=extra_osc, valid=not why, why=why)
     leak = 0.0
-    note = (f"round-off allowance {rnd:.3g} (L={L}, cancellation-weighted {L_eff:.3g}, worst factor {worst:.3g}, "
-            f"n={n}, P={P}, eps={eps:.3g})")
+    note = rb.note
     if model.attention == "softmax":
-        lam = prefix_lambda(model, tr, model.beta, model.info.prefix_layers, n)
+        lam = lambda_from_inputs(ins, model.beta)
         leak = float((1.0 - lam[:, first_output:]).max())
         note += f"; certified softmax leakage {leak:.3g} at beta={model.beta:g} (from the hard run)"
         if extra is not None:
             leak2, note2 = extra(model, tr, lam, ids, model.beta)
             leak = max(leak, leak2)
             note += "; " + note2
-    return BoundReport(min(1.0, leak + rnd), leak, rnd, 1.0, note)
+    return BoundReport(min(1.0, leak + rb.value), leak, rb.value, 1.0, note, rb.kind if rb.valid else "trivial")
 
 
 __all__ = [
-    "ROUNDOFF_C",
     "num_doubling_layers",
     "prefix_layout",
     "normalised",
@@ -385,8 +393,9 @@ __all__ = [
     "doubling_layer",
     "product_ffn",
     "colsum_readout",
-    "roundoff_allowance",
-    "cancellation_layers",
+    "op_block",
+    "positional_targets",
+    "prefix_underflow",
     "exact_hmm_arrays",
     "prefix_lambda",
     "prefix_bound_inputs",

@@ -163,7 +163,9 @@ def compare_outputs(entry: ConstructionEntry, outputs: dict, ref: dict, mode: st
         raise ConstructionError(
             f"construction '{entry.name}': the model's outputs {sorted(outputs)} and the reference's {sorted(ref)} "
             f"share none of the bound-covered outputs {list(covered)}")
-    return errors, compared, max(errors[n] for n in compared), all(equal[n] for n in compared)
+    errs = [errors[n] for n in compared]
+    worst = float("nan") if any(e != e for e in errs) else max(errs)  # a NaN error is never hidden by max()
+    return errors, compared, worst, all(equal[n] for n in compared)
 
 
 def parse_tokens(entry: ConstructionEntry, text: str) -> Any:

@@ -61,7 +61,7 @@ class _Lin(torch.nn.Module):
     than a dense matmul would use, which is still a correct floating-point evaluation of the same linear map.
     """
 
-    def __init__(self, W: Any, dtype: torch.dtype, device: Any) -> None:
+    def __init__(self, W: Any, dtype: torch.dtype, device: Any, *, batch_invariant: bool = False) -> None:
         super().__init__()
         out_dim, in_dim = W.shape
         self.out_dim, self.in_dim = int(out_dim), int(in_dim)
@@ -79,8 +79,10 @@ class _Lin(torch.nn.Module):
             self.register_buffer("idx", torch.as_tensor(idx, device=device))
             self.register_buffer("scale", torch.as_tensor(scale, dtype=dtype, device=device))
             self.unit_scale = bool(np.all(scale == 1.0))
-        elif cols_nnz.max(initial=0) <= 1:
-            self.kind = "scatter"
+        elif cols_nnz.max(initial=0) <= 1 or batch_invariant:
+            # batch_invariant (readouts): every output is the CSR row sum of its few inputs, in the same order
+            # whatever the batch size (a dense BLAS matmul may block differently for different batch shapes)
+            self.kind = "scatter" if cols_nnz.max(initial=0) <= 1 else "csr"
             self.register_buffer("cols", torch.as_tensor(c, device=device))
             self.register_buffer("rows", torch.as_tensor(r, device=device))
             self.register_buffer("scale", torch.as_tensor(v, dtype=dtype, device=device))
@@ -107,7 +109,7 @@ class _Lin(torch.nn.Module):
                 return xT.new_zeros((self.out_dim, xT.shape[1]))
             y = xT.index_select(0, self.idx)
             return y if self.unit_scale else y * self.scale[:, None]
-        if self.kind == "scatter":
+        if self.kind in ("scatter", "csr"):
             return self.csr @ xT
         return self.W @ xT
 
@@ -120,6 +122,9 @@ class _Lin(torch.nn.Module):
         if self.kind == "scatter":
             y = x.new_zeros(x.shape[:-1] + (self.out_dim,))
             return y.index_add_(-1, self.rows, x[..., self.cols] * self.scale if not self.identity_cols else x * self.scale)
+        if self.kind == "csr":
+            flat = x.reshape(-1, self.in_dim)
+            return (self.csr @ flat.T.contiguous()).T.reshape(x.shape[:-1] + (self.out_dim,))
         return x @ self.W.T
 
 
@@ -363,7 +368,8 @@ class ConstructedTransformer(torch.nn.Module):
         self.register_buffer("W_E", _dense_float(embedding.W_E, dtype, device))
         self.register_buffer("W_pos", None if embedding.W_pos is None else _dense_float(embedding.W_pos, dtype, device))
         self.t_layers = torch.nn.ModuleList([_TorchLayer(l, layout, dtype, device) for l in self.layers])
-        self.t_readouts = torch.nn.ModuleDict({n: _Lin(r.W_U, dtype, device) for n, r in self.readouts.items()})
+        self.t_readouts = torch.nn.ModuleDict({n: _Lin(r.W_U, dtype, device, batch_invariant=True)
+                                               for n, r in self.readouts.items()})
 
     # -------------------------------------------------------------- construction helpers
     def materialise(self, dtype: torch.dtype = torch.float64, device: Any = None) -> "ConstructedTransformer":
@@ -427,7 +433,9 @@ class ConstructedTransformer(torch.nn.Module):
         if self.W_pos is not None:
             x = x + self.W_pos[:P]  # absolute positional embedding (only constructions that declare one)
         L = len(self.layers)
-        residuals: list = [x if record != "final" or L == 0 else None] + [None] * L
+        keep_res = record in ("all", "residuals")
+        keep_states = record in ("all", "states")
+        residuals: list = [x if keep_res or L == 0 else None] + [None] * L
         after_attn: list = [None] * L
         after_ffn: list = [None] * L
         scores_l: list = [None] * L
@@ -440,27 +448,29 @@ class ConstructedTransformer(torch.nn.Module):
                 if record == "all":
                     scores_l[li] = torch.stack(sc_all, dim=1)
                     weights_l[li] = torch.stack(w_all, dim=1)
-            if record == "all":
+            if keep_states:
                 after_attn[li] = x
             if tl.ffn_kind is not None:
                 x = x + _ffn_chunked(tl, x)
-            if record == "all":
+            if keep_states:
                 after_ffn[li] = x
             if tl.norms:
                 x = _normalise(tl, layer.name, x)
-            if record != "final" or li == L - 1:
+            if keep_res or li == L - 1:
                 residuals[li + 1] = x
         readouts = {name: lin(x).reshape(N, P, *self.readouts[name].shape) for name, lin in self.t_readouts.items()}
         return Trace(residuals, after_attn, after_ffn, scores_l, weights_l, readouts)
 
     # -------------------------------------------------------------- high level
-    def run(self, tokens: Any, mode: str = "float64", *, record: str = "all") -> RunResult:
+    def run(self, tokens: Any, mode: str = "float64", *, record: str = "all", exact_backend: str = "auto") -> RunResult:
         """Encode ``tokens`` with the codec, execute in ``mode`` ("exact", "float64", "float32"), decode outputs.
 
         ``float32``/``float64`` run this module rebuilt in that dtype (if it is not already); ``exact`` runs the
         exact executor (hard attention only). Returns :class:`RunResult`: ``outputs`` name -> array of the codec's
         shape (e.g. (T, V) for one sequence of T tokens, (N, T, V) for N; torch tensors in float modes, object
-        arrays of Fractions in exact mode), ``trace``, ``input_ids`` (N, P), ``mode``.
+        arrays of Fractions in exact mode), ``trace``, ``input_ids`` (N, P), ``mode`` With ``record="final"`` and python-flint installed, exact mode runs the fast
+        executor (:mod:`constructions.exact_fast`; readouts and decoded outputs bit-identical) unless
+        ``exact_backend="fraction"``; otherwise the readable Fraction executor :func:`constructions.exact.run_exact`.
         """
         if mode not in MODES:
             raise HmmtxError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -468,7 +478,12 @@ class ConstructedTransformer(torch.nn.Module):
         if mode == "exact":
             if self.attention != "hard":
                 raise HmmtxError("exact mode runs hard attention only (softmax weights are not rational): use --attention hard")
-            trace = run_exact(self, ids, record=record)
+            if record == "final" and exact_backend != "fraction" and _flint_available():
+                from constructions.exact_fast import run_exact_fast
+
+                trace = run_exact_fast(self, ids)  # FLINT rationals: decoded outputs bit-identical to run_exact's
+            else:
+                trace = run_exact(self, ids, record=record)
         else:
             dt = torch_dtype(mode)
             model = self if self.dtype == dt else self.materialise(dt, self.device)
@@ -496,8 +511,16 @@ class ConstructedTransformer(torch.nn.Module):
                 raise HmmtxError(f"readout '{name}': zero total mass at position index {tuple(int(i) for i in torch.nonzero(bad)[0][:-1])} (probability-zero input)")
             return z / s
         out = np.empty(z.shape, dtype=object)
+        from hmm.fastq import normalised_fractions
+
         for idx in np.ndindex(z.shape[:-1]):
-            s = sum(z[idx], Fraction(0))
+            row = list(z[idx])
+            if row and isinstance(row[0], Fraction):
+                fast = normalised_fractions(row)  # FLINT gcds: the same Fractions, much faster on huge numbers
+                if fast is not None:
+                    out[idx] = fast
+                    continue
+            s = sum(row[1:], row[0]) if row else Fraction(0)  # exact for Fractions; arb balls work too
             if not s > 0:
                 raise HmmtxError(f"readout '{name}': zero total mass at position index {idx} (probability-zero input)")
             out[idx] = [v / s for v in z[idx]]
@@ -548,6 +571,12 @@ class ConstructedTransformer(torch.nn.Module):
 
 #: Former private name, kept for code written against it.
 _norm_error = norm_error
+
+
+def _flint_available() -> bool:
+    from hmm.fastq import available
+
+    return available()
 
 
 def spec_for(

@@ -19,7 +19,7 @@ from hmm.errors import HmmtxError
 
 ATTENTION_MODES = ("hard", "softmax")
 MODES = ("exact", "float64", "float32")
-RECORD_LEVELS = ("all", "residuals", "final")
+RECORD_LEVELS = ("all", "residuals", "states", "final")
 
 
 # ---------------------------------------------------------------------------------------------- result types
@@ -29,7 +29,8 @@ class Trace(NamedTuple):
     Fields (N sequences, P positions, D residual width, H heads of that layer, L layers):
         residuals:    L+1 entries (N, P, D): ``[0]`` = embedding, ``[l+1]`` = after layer l (after its norms);
                       with ``record="final"`` only ``[L]`` is kept (the others are None)
-        after_attn:   L entries (N, P, D): residual after layer l's attention (None unless ``record="all"``)
+        after_attn:   L entries (N, P, D): residual after layer l's attention (None unless ``record`` is
+                      ``"all"`` or ``"states"``; after_ffn likewise)
         after_ffn:    L entries (N, P, D): after the FFN, before the projective norms (None unless ``"all"``)
         attn_scores:  L entries (N, H, P, P): the bracket ``q.k + b(u-v)`` (before beta); masked (v > u) entries
                       are -inf (torch) / None (exact); None for layers without heads or when not recorded
@@ -63,6 +64,9 @@ class BoundReport(NamedTuple):
         roundoff: the stated floating-point allowance (0 in exact mode)
         trivial:  the trivial bound (1 for a max-abs difference of probability vectors)
         notes:    how it was computed (one line)
+        roundoff_kind: what the round-off part is: ``"heuristic"`` (a stated allowance, not proved),
+                  ``"derived"`` (proved under the IEEE rounding model, its conditions checked), ``"exact"`` (0 in
+                  exact mode) or ``"trivial"`` (no applicable bound: the trivial one)
     """
 
     value: float
@@ -70,6 +74,7 @@ class BoundReport(NamedTuple):
     roundoff: float
     trivial: float
     notes: str
+    roundoff_kind: str = "heuristic"
 
 
 class Codec(Protocol):

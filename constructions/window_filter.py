@@ -181,7 +181,8 @@ class WindowInfo(ModelInfo):
         readout:        ``"lookup"`` or ``"product"``
         gather:         the :class:`~constructions.gather.Gather` plan of the gather layers
         mu:             (S,) exact prior of the window's first state
-        operator_ratio: ``(K, K_prior)`` of :func:`operator_ratio` (product readout), else None
+        operator_ratio: ``(log K, log K_prior)`` of :func:`operator_ratio` (product readout), else None
+        min_log_entry:  log of the smallest positive entry of pi, mu, A, B (product readout's underflow check)
     """
 
     hmm: Any
@@ -192,6 +193,7 @@ class WindowInfo(ModelInfo):
     gather: Gather
     mu: tuple
     operator_ratio: tuple[float, float] | None
+    min_log_entry: float | None = None
 
 
 def build(
@@ -283,7 +285,8 @@ def build(
                     "max_len": max_len, "gather_layers": plan.depth},
     )
     info = WindowInfo(hmm=hmm, n=S, r=r, prior=prior, readout=readout, gather=plan, mu=tuple(mu),
-                      operator_ratio=operator_ratio(hmm, prior) if readout == "product" else None)
+                      operator_ratio=operator_ratio(hmm, prior) if readout == "product" else None,
+                      min_log_entry=_min_log_entry(hmm, prior) if readout == "product" else None)
     return ConstructedTransformer(lay, emb, layers, outs, spec, WindowCodec(V, max_len), bound_fn=claimed_bound,
                                   attention=attention, beta=beta, dtype=dtype, device=device, info=info)
 
@@ -397,10 +400,16 @@ def softmax_lookup_leakage(model: ConstructedTransformer, beta: float) -> float:
     return min(1.0, (W - 1) * E / (1 - E))
 
 
+def _frac_log(v: Fraction) -> float:
+    """``log v`` of a positive Fraction without converting it to float (no overflow for huge or tiny ratios)."""
+    return math.log(v.numerator) - math.log(v.denominator)
+
+
 def operator_ratio(hmm: HMM, prior: Any) -> tuple[float, float]:
-    """``(K, K_prior)``: the largest entrywise ratio between any two slot operators (``diag(B[:,y]) A`` for tokens,
-    ``1 pi^T`` for the marker) and between the two possible priors (``mu``, ``pi``); ``inf`` when an operator or
-    prior has a zero entry (then no softmax bound is claimed for the product readout)."""
+    """``(log K, log K_prior)``: logs of the largest entrywise ratio between any two slot operators
+    (``diag(B[:,y]) A`` for tokens, ``1 pi^T`` for the marker) and between the two possible priors (``mu``, ``pi``);
+    ``inf`` when an operator or prior has a zero entry (then no softmax bound is claimed for the product readout).
+    Logs, because the ratios of ill-conditioned HMMs overflow a float (entries near 1e-170 give K ~ 1e340)."""
     pi, A, B, mu = _exact_params(hmm, prior)
     S, V = len(A), len(B[0])
     ops = [[[B[i][y] * A[i][j] for j in range(S)] for i in range(S)] for y in range(V)]
@@ -408,9 +417,37 @@ def operator_ratio(hmm: HMM, prior: Any) -> tuple[float, float]:
     flat = [v for op in ops for row in op for v in row]
     if any(v == 0 for v in flat) or any(v == 0 for v in pi):
         return float("inf"), float("inf")
-    K = max(float(a[i][j] / b[i][j]) for a in ops for b in ops for i in range(S) for j in range(S))
-    Kp = max(max(float(m / q), float(q / m)) for m, q in zip(mu, pi))
+    K = max(_frac_log(Fraction(a[i][j]) / Fraction(b[i][j])) for a in ops for b in ops for i in range(S)
+            for j in range(S))
+    Kp = max(max(_frac_log(Fraction(m) / Fraction(q)), _frac_log(Fraction(q) / Fraction(m))) for m, q in zip(mu, pi))
     return K, Kp
+
+
+def _min_log_entry(hmm: HMM, prior: Any) -> float:
+    """``log m0``: the log of the smallest positive entry of ``pi``, ``mu``, ``A`` and ``B`` (exact)."""
+    pi, A, B, mu = _exact_params(hmm, prior)
+    vals = [Fraction(v) for v in list(pi) + list(mu) + [a for row in A for a in row] + [b for row in B for b in row]]
+    return min(_frac_log(v) for v in vals if v > 0)
+
+
+def product_underflow(model: ConstructedTransformer, mode: str) -> str:
+    """The product readout's no-underflow condition for the round-off allowance (``""`` when it holds).
+
+    A normalised product of ``k`` raw factors (operators ``diag(B[:,x]) A``, ``1 pi^T``, the prior; entries <= 1)
+    has positive entries ``>= m0^k / S^(k+1)`` (a positive entry has a positive term, the unnormalised sum is
+    ``<= S^(k+1)``); every bilinear unit multiplies two such entries (``k1 + k2 <= r + 2`` factors, the emission
+    included). So if ``(r + 2) log m0 - (r + 4) log S >= log(4 tiny)`` no operand or result leaves the normal range.
+    Ill-conditioned HMMs (entries near 1e-170 in float64, near 1e-12 in float32) fail it: their float runs
+    underflow and only the trivial bound is claimed (``--mode exact`` is exact)."""
+    from constructions.roundoff import TINY
+
+    r, S = model.info.r, model.info.n
+    lhs = (r + 2) * model.info.min_log_entry - (r + 4) * math.log(S)
+    rhs = math.log(4 * TINY[mode])
+    if lhs >= rhs:
+        return ""
+    return (f"products of the window operators may underflow in {mode} (smallest entry 1e{model.info.min_log_entry / math.log(10):.0f}, "
+            f"r={r}): the round-off allowance does not apply, trivial bound claimed")
 
 
 def softmax_product_leakage(model: ConstructedTransformer, beta: float) -> float:
@@ -422,8 +459,9 @@ def softmax_product_leakage(model: ConstructedTransformer, beta: float) -> float
     ``c P <= P~ <= C P`` entrywise with ``c = prod (1 - e_l)``, ``C = prod (1 - e_l + e_l K_l)`` (``K_prior`` for
     slot ``r``); hence ``d_H(P~, P) <= log(C / c)`` and the max-abs error of a normalised output is at most
     ``tanh(log(C/c) / 4)`` (L1 / 2; ``A B`` is an L1 contraction). Infinite ``K`` (zeros): returns 1.
+    ``log(1 - e + e K) - log(1 - e)`` is evaluated from ``log K`` (no overflow for huge K).
     """
-    K, Kp = model.info.operator_ratio
+    K, Kp = model.info.operator_ratio  # logs
     if not (math.isfinite(K) and math.isfinite(Kp)):
         return 1.0
     lam = leakage_per_head(beta)
@@ -433,8 +471,9 @@ def softmax_product_leakage(model: ConstructedTransformer, beta: float) -> float
         e = bin(l).count("1") * lam
         if e >= 1:
             return 1.0
-        k = Kp if l == r else K
-        d += math.log1p(e * (k - 1) / (1 - e)) if k >= 1 else 0.0
+        logk = Kp if l == r else K
+        if logk > 0 and e > 0:
+            d += float(np.logaddexp(math.log1p(-e), math.log(e) + logk)) - math.log1p(-e)
     return min(1.0, math.tanh(d / 4))
 
 
@@ -463,10 +502,14 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
         if model.attention != "hard":
             raise HmmtxError("exact mode runs hard attention only")
         return BoundReport(0.0, 0.0, 0.0, 1.0, "exact rational arithmetic, hard attention: bit-identical to the "
-                           "exact window filter")
+                           "exact window filter", "exact")
     dt = np.float32 if mode == "float32" else np.float64
     rnd = roundoff_allowance(S, 0, r, dt) + roundoff_allowance(S, 0, r, np.float64)
-    note = f"round-off allowance {rnd:.3g} (S={S}, r={r}, {mode})"
+    note = f"heuristic round-off allowance {rnd:.3g} (S={S}, r={r}, {mode})"
+    if model.info.readout == "product":
+        why = product_underflow(model, mode)
+        if why:
+            return BoundReport(1.0, 0.0, 1.0, 1.0, why, "trivial")
     leak = 0.0
     if model.attention == "softmax":
         if model.info.readout == "lookup":
@@ -476,12 +519,12 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
             leak = softmax_product_leakage(model, model.beta)
             K, Kp = model.info.operator_ratio
             if math.isfinite(K) and math.isfinite(Kp):
-                note += (f"; softmax leakage (certified, product readout, operator ratio K={K:.3g}) {leak:.3g} at "
+                note += (f"; softmax leakage (certified, product readout, operator ratio log K={K:.3g}) {leak:.3g} at "
                          f"beta={model.beta:g}")
             else:
                 note += ("; softmax attention with the product readout: an operator or prior has a zero entry, so no "
                          "leakage bound is derived (trivial bound only)")
-    return BoundReport(min(1.0, leak + rnd), leak, rnd, 1.0, note)
+    return BoundReport(min(1.0, leak + rnd), leak, rnd, 1.0, note, "heuristic")
 
 
 def report_extra(hmm: HMM, tokens: Any, *, r: int, prior: Any = "stationary", exact: bool = False, **_: Any) -> dict:

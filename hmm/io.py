@@ -246,6 +246,21 @@ def fraction_display(value: Fraction, max_digits: int = 24) -> str:
     return f"{float(value):.6g} ({nd}/{dd} digits)"
 
 
+def fraction_full(value: Fraction) -> str:
+    """The exact value written in full (``"p/q"``, ``"p"`` for integers), however many digits: the form of exact
+    values in ``hmmtx run --json``. Same as :func:`fraction_to_str`; read back with :func:`parse_fraction_full`."""
+    return fraction_to_str(value)
+
+
+def parse_fraction_full(text: str) -> Fraction:
+    """Inverse of :func:`fraction_full` (any number of digits)."""
+    try:
+        with unlimited_int_digits():
+            return Fraction(str(text))
+    except (ValueError, ZeroDivisionError) as exc:
+        raise HmmtxError(f"not an exact rational 'p/q': {str(text)[:40]!r} ({exc})") from None
+
+
 def _digits(n: int) -> int:
     n = abs(int(n))
     if n < 10:
@@ -471,6 +486,8 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "unlimited_int_digits",
+    "fraction_full",
+    "parse_fraction_full",
     "fraction_to_str",
     "fraction_display",
     "read_json",

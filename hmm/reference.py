@@ -148,26 +148,47 @@ def _normalise_exact(v: list[Fraction]) -> list[Fraction]:
     return [a / s for a in v]
 
 
-def forward_filter_exact(hmm: HMM, tokens: Any) -> FilterResult:
+#: Exact backends of :func:`forward_filter_exact`: the readable Fraction recursion and python-flint's rationals.
+EXACT_BACKENDS = ("auto", "fraction", "flint")
+
+
+def forward_filter_exact(hmm: HMM, tokens: Any, *, backend: str = "auto") -> FilterResult:
     """Exact forward filter over Fractions (float HMMs are converted exactly).
 
     Args:
         tokens: (T,) or (N, T); a batch is filtered one sequence at a time.
+        backend: ``"fraction"`` (the readable reference below), ``"flint"`` (:mod:`hmm.fastq`, python-flint
+            rationals, 10-30x faster at S = 16; bit-identical results, tested) or ``"auto"`` (flint when installed).
 
     Returns:
         :class:`FilterResult` of object arrays of Fractions; ``marginal_loglik`` is a float (or (N,) floats).
     """
+    from hmm import fastq
+
+    if backend not in EXACT_BACKENDS:
+        raise HmmtxError(f"exact backend must be one of {', '.join(EXACT_BACKENDS)}, got {backend!r}")
+    one = _forward_filter_exact_one
+    if backend == "flint" or (backend == "auto" and fastq.available()):
+        one = _forward_filter_exact_flint
     x = hmm.check_tokens(tokens)
     if x.ndim == 2:
         h = hmm.as_exact()  # convert a float HMM once for the whole batch
-        parts = [_forward_filter_exact_one(h, row, n) for n, row in enumerate(x)]
+        parts = [one(h, row, n) for n, row in enumerate(x)]
         return FilterResult(
             np.stack([r.filtered_probs for r in parts]),
             np.stack([r.predicted_probs for r in parts]),
             np.stack([r.next_token_probs for r in parts]),
             np.array([r.marginal_loglik for r in parts], dtype=np.float64),
         )
-    return _forward_filter_exact_one(hmm, x, None)
+    return one(hmm, x, None)
+
+
+def _forward_filter_exact_flint(hmm: HMM, x: np.ndarray, seq: int | None) -> FilterResult:
+    """The same recursion in python-flint rationals (:func:`hmm.fastq.forward_filter_rows`), bit-identical."""
+    from hmm import fastq
+
+    filt, pred, nxt, lik = fastq.forward_filter_rows(hmm, x, lambda t, o: _zero_prob_error(t, seq, o))
+    return FilterResult(filt, pred, nxt, _frac_log(lik))
 
 
 def _forward_filter_exact_one(hmm: HMM, x: np.ndarray, seq: int | None) -> FilterResult:

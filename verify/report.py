@@ -43,6 +43,8 @@ class DtypeSummary(NamedTuple):
     max_ratio: float | None
     exact_agree: int | None  # exact mode: how many cases agreed bit for bit; None for float modes
     seconds: float
+    allowance_kind: str = "heuristic"  # the kinds of the allowances of these cases (comma-joined, sorted)
+    max_certified: float | None = None  # --certify: the largest certified round-off (None without --certify)
 
 
 class ConstructionSummary(NamedTuple):
@@ -138,6 +140,10 @@ def summarise(
                     max_ratio=_max(r.ratio for r in ds),
                     exact_agree=sum(r.exact_ok is True for r in ds) if d == "exact" else None,
                     seconds=sum(r.seconds for r in ds),
+                    allowance_kind=",".join(sorted({getattr(r, "allowance_kind", "heuristic") for r in ds
+                                                    if r.status != "crash"})) or "-",
+                    max_certified=_max((r.certified or {}).get("roundoff") for r in ds
+                                       if getattr(r, "certified", None)),
                 )
             )
         worst = worst_case(rs)
@@ -276,12 +282,28 @@ def case_record(r: CaseResult) -> dict[str, Any]:
         "bound": _num(r.bound),
         "bound_finite": None if r.bound is None else bool(math.isfinite(r.bound)),
         "allowance": _num(r.allowance),
+        "allowance_kind": getattr(r, "allowance_kind", "heuristic"),
+        "certified": _certified_record(getattr(r, "certified", None)),
         "ratio": _num(r.ratio),
         "exact_ok": r.exact_ok,
         "seconds": round(float(r.seconds), 6),
         "size": dict(r.size),
         "message": r.message,
     }
+
+
+def _certified_record(c: Any) -> dict[str, Any] | None:
+    """The ``certified`` object of a case (``--certify``): enclosure radius, certified round-off, bound, verdict."""
+    if not c:
+        return None
+    out = {"kind": "certified"}
+    for k in ("roundoff", "radius", "bound", "seconds"):
+        if k in c:
+            out[k] = _num(c[k])
+    for k in ("within", "contains_reference", "prec", "error"):
+        if k in c:
+            out[k] = c[k]
+    return out
 
 
 def summary_record(s: ConstructionSummary) -> dict[str, Any]:
@@ -311,6 +333,8 @@ def summary_record(s: ConstructionSummary) -> dict[str, Any]:
                 "max_ratio": _num(d.max_ratio),
                 "exact_agree": d.exact_agree,
                 "seconds": round(float(d.seconds), 6),
+                "allowance_kind": d.allowance_kind,
+                "max_certified": _num(d.max_certified),
             }
             for d in s.by_dtype
         ],
@@ -427,8 +451,8 @@ def summary_table(summaries: Sequence[ConstructionSummary], title: str = "hmmtx 
     table.add_column("mode", no_wrap=True, min_width=7)
     table.add_column("cases", justify="right", min_width=5)
     # numbers never get cut (min_width = len("1.23e-45"), no spaces inside); headers wrap on narrow terminals
-    for name in ("max error", "max bound", "allowance", "max err/bound"):
-        table.add_column(name, justify="right", min_width=8)
+    for name in ("max error", "max bound", "allowance", "kind", "certified", "max err/bound"):
+        table.add_column(name, justify="right", min_width=8 if name != "kind" else 5)
     table.add_column("exact agree", justify="right", min_width=5)
     table.add_column("time", justify="right", min_width=6)
     table.add_column("status", min_width=6)
@@ -442,6 +466,8 @@ def summary_table(summaries: Sequence[ConstructionSummary], title: str = "hmmtx 
                 fmt(d.max_error),
                 fmt(d.max_bound),
                 fmt(d.max_allowance),
+                d.allowance_kind,
+                fmt(d.max_certified),
                 fmt(d.max_ratio),
                 f"{d.exact_agree}/{d.cases}" if d.exact_agree is not None else "-",
                 f"{d.seconds:.2f}s",

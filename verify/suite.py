@@ -55,6 +55,8 @@ class Plan:
         seeds_per_point: HMMs drawn per (family, S, T) point
         classic_lengths_per_family: each classic process (fixed size) runs at this many of the plan's lengths,
             chosen by rotation so that together they cover the lengths (0: every length)
+        certify: run every float case also in ball arithmetic (``--certify``): the verdict then reads bound +
+            certified round-off (:mod:`constructions.certified`), the heuristic allowance is reported next to it
         softmax_max_length: softmax-attention variants run only where T is at most this (their certified leakage
             bounds are computed position by position and dominate the time at large T)
     """
@@ -69,6 +71,7 @@ class Plan:
     seeds_per_point: int = 1
     classic_lengths_per_family: int = 0
     softmax_max_length: int = 1 << 30
+    certify: bool = False
 
     def __post_init__(self) -> None:
         if not self.states:
@@ -106,6 +109,7 @@ class Plan:
             "seeds_per_point": self.seeds_per_point,
             "classic_lengths_per_family": self.classic_lengths_per_family,
             "softmax_max_length": self.softmax_max_length,
+            "certify": self.certify,
         }
 
     def classic_lengths(self, index: int) -> tuple[int, ...]:
@@ -222,6 +226,8 @@ class Outcome(NamedTuple):
     vocab: int | None = None
     size: Mapping[str, Any] = {}
     note: str = ""
+    allowance_kind: str = "heuristic"
+    certified: Mapping[str, Any] | None = None
 
 
 class CaseResult(NamedTuple):
@@ -246,6 +252,8 @@ class CaseResult(NamedTuple):
     size: Mapping[str, Any]
     message: str
     replay: Replay | None
+    allowance_kind: str = "heuristic"
+    certified: Mapping[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -265,13 +273,18 @@ def tightness(error: float, bound: float, allowance: float) -> float | None:
 def judge(case: Case, outcome: Outcome, seconds: float) -> CaseResult:
     """Turn an outcome into a result: the bound check (``error <= bound + allowance``) and the exact check."""
     err, bound, allow = float(outcome.error), float(outcome.bound), float(outcome.allowance)
+    cert = outcome.certified if outcome.certified and "within" in outcome.certified else None
     if math.isnan(err) or err < 0:
         status, msg = "bound", f"measured error is {err!r} (NaN or negative): the construction output is not usable"
     elif case.dtype == "exact" and outcome.exact_ok is not True:
         status, msg = "exact", f"exact mode disagrees with the Fraction reference (max difference {err:.3e})"
-    elif not (err <= bound + allow):
+    elif cert is not None and not cert["within"]:  # --certify: the verdict reads the certified bound
         status = "bound"
-        msg = f"error {err:.3e} exceeds bound {bound:.3e} + allowance {allow:.3e}"
+        msg = (f"error {err:.3e} exceeds the certified bound {cert['bound']:.3e} (bound {bound:.3e} + certified "
+               f"round-off {cert['roundoff']:.3e})")
+    elif cert is None and not (err <= bound + allow):
+        status = "bound"
+        msg = f"error {err:.3e} exceeds bound {bound:.3e} + {outcome.allowance_kind} allowance {allow:.3e}"
     else:
         status, msg = "pass", outcome.note
     ratio = None if math.isnan(err) else tightness(err, bound, allow)
@@ -289,6 +302,8 @@ def judge(case: Case, outcome: Outcome, seconds: float) -> CaseResult:
         size=dict(outcome.size),
         message=msg if status != "pass" else outcome.note,
         replay=outcome.replay,
+        allowance_kind=outcome.allowance_kind,
+        certified=dict(outcome.certified) if outcome.certified else None,
     )
 
 
@@ -600,6 +615,14 @@ class RegistryAdapter:
         _remember(self._model_cache, mkey, res.model)
         br = res.bound
         allowance = min(float(br.roundoff), float(br.value))
+        certified = None
+        if getattr(self, "certify", False) and case.dtype != "exact":
+            from constructions.certified import certify_run
+
+            try:
+                certified = certify_run(res, inp.tokens).as_dict()
+            except HmmtxError as exc:  # undecidable in balls: reported, the heuristic verdict stays
+                certified = {"kind": "certified", "error": str(exc)}
         spec = res.model.spec
         size = {"layers": spec.layers, "heads": spec.heads, "width": spec.width, "ffn_width": spec.ffn_width}
         return Outcome(
@@ -612,6 +635,8 @@ class RegistryAdapter:
             vocab=inp.vocab,
             size=size,
             note=str(br.notes),
+            allowance_kind=str(getattr(br, "roundoff_kind", "heuristic")),
+            certified=certified,
         )
 
 
@@ -679,6 +704,8 @@ def run_suite(
     """
     todo: list[tuple[Any, Case]] = []
     for a in selected:
+        if isinstance(a, RegistryAdapter):
+            a.certify = plan.certify  # --certify: ball-arithmetic enclosures next to the heuristic allowance
         try:
             cases = a.cases(plan)
         except Exception as exc:  # noqa: BLE001 - reported as one crashing case of that construction
@@ -713,7 +740,7 @@ def run_suite(
             local = [i for i in range(len(todo)) if i not in remote_set]
             for i in local:
                 record(i, run_case(todo[i][0], todo[i][1]))
-            payload = [(ix, [todo[i][1] for i in ix]) for ix in order]
+            payload = [(ix, [todo[i][1] for i in ix], plan.certify) for ix in order]
             for ix, rs in pool.imap_unordered(_worker_run, payload):
                 for i, r in zip(ix, rs):
                     record(i, r)
@@ -782,11 +809,12 @@ def _worker_init(plugins: tuple[str, ...] = ()) -> None:  # pragma: no cover - r
         load_plugin(path)
 
 
-def _worker_run(payload: tuple[list[int], list[Case]]) -> tuple[list[int], list[CaseResult]]:  # pragma: no cover
-    ix, cases = payload
+def _worker_run(payload: tuple[list[int], list[Case], bool]) -> tuple[list[int], list[CaseResult]]:  # pragma: no cover
+    ix, cases, certify = payload
     if not _WORKER_ADAPTERS:
         _WORKER_ADAPTERS.update({a.name: a for a in adapters()})
     adapter = _WORKER_ADAPTERS[cases[0].construction]
+    adapter.certify = certify
     return ix, [run_case(adapter, c) for c in cases]
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from constructions.bayes_multitask import build, stream_items
 from constructions.exact import run_exact
-from constructions.prefix import num_doubling_layers
+from constructions.prefix import num_doubling_layers, op_block
 from hmm.errors import HmmtxError
 from hmm.mixture import HMMMixture, bayes_predictive, bayes_predictive_exact
 from hmm.model import HMM
@@ -97,8 +97,9 @@ def test_sizes_layout_and_batched_contexts():
     T = 2 * 5 + 3
     model = build(mix, T)
     n = 6
-    assert [r["name"] for r in model.layout.table()] == ["op", "fetched_op", "one", "is_null", "is_bos", "is_sep", "token"]
-    assert model.spec.width == 2 * n * n + 3 + 4 and model.spec.ffn_width == n**3 + 2 * n * n
+    assert [r["name"] for r in model.layout.table()] == ["op", "op_alt", "fetched_op", "one", "is_null", "is_bos", "is_sep",
+                                                         "token"]
+    assert model.spec.width == 3 * n * n + 3 + 4 and model.spec.ffn_width == n**3 + 2 * n * n
     assert model.spec.layers == math.ceil(math.log2(T + 1))
     batch = model.run(ctxs, "float64").outputs
     assert batch["task_posterior"].shape == (3, T, 2)
@@ -121,22 +122,16 @@ def test_task_posterior_becomes_exact_only_when_the_window_covers_bos():
     ids = model.codec.encode(ctx)
     ex = run_exact(model, ids)
     ref = bayes_predictive_exact(mix, ctx)
-    W = model.readouts["task_posterior"]
     u = T + 1  # last position
     needed = num_doubling_layers(u + 1)
     for l in range(len(model.layers)):
-        h = ex.residuals[l + 1][0, u]
-        z = [sum((v * h[j] for i2, j, v in _nz(W) if i2 == k), Fraction(0)) for k in range(2)]
+        Q = ex.residuals[l + 1][0, u, model.layout[op_block(l + 1)]].reshape(4, 4)  # held after layer l
+        col = Q.sum(axis=0)
+        z = [col[0] + col[1], col[2] + col[3]]  # task blocks: states 0-1 and 2-3
         post = [a / sum(z) for a in z]
         exact = post == list(ref.task_posterior[-1])
         assert exact == (2 ** (l + 1) >= u), (l, post)
     assert needed == len(model.layers)
-
-
-def _nz(W):
-    from constructions.blocks import nonzeros
-
-    return nonzeros(W.W_U)
 
 
 def test_zero_probability_context_raises_and_softmax_exact_is_refused():

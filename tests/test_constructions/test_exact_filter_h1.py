@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from constructions.exact import run_exact
 from constructions.exact_filter import build
+from constructions.prefix import op_block
 from hmm.errors import HmmtxError
 from hmm.model import HMM
 from hmm.reference import forward_filter, forward_filter_exact
@@ -140,8 +141,8 @@ def test_layout_sizes_trace_shapes_and_attention_targets():
     model = build(hmm, T)
     L = math.ceil(math.log2(T + 1))
     names = [r["name"] for r in model.layout.table()]
-    assert names == ["op", "fetched_op", "one", "is_null", "is_bos", "token", "emis", "filtered"]
-    assert model.spec.width == 2 * S * S + V + 3 + 2 * S
+    assert names == ["op", "op_alt", "fetched_op", "one", "is_null", "is_bos", "token", "emis", "filtered"]
+    assert model.spec.width == 3 * S * S + V + 3 + 2 * S
     assert model.spec.layers == L + 1 and model.spec.heads == 1 and model.spec.ffn_width == S**3 + 2 * S * S
     P = T + 2
     tr = model.forward(model.codec.encode(x))
@@ -174,7 +175,8 @@ def test_after_layer_l_each_position_holds_the_product_over_its_window():
             for v in range(lo + 1, u + 1):
                 prod = prod.dot(ops[v])
             prod = prod / sum(prod.ravel(), Fraction(0))
-            held = ex.residuals[l + 1][0, u, model.layout["op"]].reshape(S, S)
+            held = ex.residuals[l + 1][0, u, model.layout[op_block(l + 1)]].reshape(S, S)
+            assert all(v == 0 for v in ex.residuals[l + 1][0, u, model.layout[op_block(l)]])  # old block cleared
             assert (held == prod).all()
 
 

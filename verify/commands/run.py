@@ -30,10 +30,6 @@ DESCRIPTION = (
     "mode, and compare its outputs with the exact reference; report the max error next to the claimed bound."
 )
 
-#: Largest numerator/denominator digit count written as "p/q" in JSON (beyond: float value and digit counts).
-JSON_MAX_DIGITS = 4000
-
-
 def register(subparsers: Any) -> None:
     register_generic(subparsers, "run", "run a construction on tokens and compare with the exact reference", DESCRIPTION, run)
 
@@ -45,6 +41,9 @@ def _common(p: argparse.ArgumentParser, entry: Any) -> None:
     p.add_argument("--reference", default="auto", choices=["auto", "exact", "float64"],
                    help="reference arithmetic for float modes (auto: exact where S <= 4 and T <= 64, the rule verify uses)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the result as JSON (atomically)")
+    p.add_argument("--certify", action="store_true",
+                   help="also run the same weights in ball arithmetic (python-flint arb) and judge the run by "
+                        "leakage + CERTIFIED round-off (|float - enclosure midpoint| + radius; docs/certified.md)")
     p.add_argument("--rows", type=int, default=12, help="positions shown in the table (first and last; default 12)")
 
 
@@ -70,16 +69,38 @@ def run(args: argparse.Namespace) -> int:
         raise HmmtxError(f"{entry.name}: the {ns.mode} run produced non-finite outputs (overflow or 0/0 in {ns.mode}), "
                          f"so its error cannot be measured; try --mode float64 (or a smaller model)")
     data = result_json(res, ns.tokens)
+    cv = None
+    if ns.certify:
+        from constructions.certified import certify_run
+
+        cv = certify_run(res, tokens)
+        data["certified"] = cv.as_dict()
     extra = _extra_report(entry, source, tokens, ns)
     data.update(extra)
     _print(res, ns, data)
+    if cv is not None:
+        _print_certified(res, cv)
     _print_extra(extra)
     if ns.json:
         from hmm.io import atomic_write_json
 
         atomic_write_json(ns.json, data)
-    # like `hmmtx verify`: exit 1 when the run breaks its claimed bound or exact mode is not bit-identical
-    return 0 if data["within_bound"] and res.bit_identical is not False else 1
+    # like `hmmtx verify`: exit 1 when the run breaks its claimed bound (the certified one with --certify) or exact
+    # mode is not bit-identical
+    within = cv.within if cv is not None else data["within_bound"]
+    return 0 if within and res.bit_identical is not False else 1
+
+
+def _print_certified(res: Any, cv: Any) -> None:
+    from rich.console import Console
+
+    verdict = "[green]within certified bound[/green]" if cv.within else "[red]EXCEEDS CERTIFIED BOUND[/red]"
+    inside = {True: "; exact reference inside every ball", False: "; [red]exact reference OUTSIDE a ball[/red]",
+              None: ""}[cv.contains_reference]
+    Console().print(
+        f"certified: |error| {res.max_abs_error:.3g} <= leakage {res.bound.leakage:.3g} + certified round-off "
+        f"{cv.roundoff:.3g} = {cv.bound:.3g}   {verdict}   (enclosure radius {cv.radius:.2g} at {cv.prec} bits, "
+        f"{cv.seconds:.2g} s; {res.bound.roundoff_kind} round-off {res.bound.roundoff:.3g}){inside}")
 
 
 def _extra_report(entry: Any, source: Any, tokens: Any, ns: argparse.Namespace) -> dict:
@@ -121,13 +142,20 @@ def _print_extra(extra: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------- JSON
 def _num(v: Any) -> Any:
+    """Exact values as full "p/q" strings (any number of digits: :func:`hmm.io.fraction_full`); floats as numbers,
+    non-finite floats (overflow, 0/0 in an unbounded output) as null (JSON has no NaN)."""
     from fractions import Fraction
 
     if isinstance(v, Fraction):
-        from hmm.io import fraction_display
+        from hmm.io import fraction_full
 
-        return fraction_display(v, max_digits=JSON_MAX_DIGITS)
-    return float(v)
+        return fraction_full(v)
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def _finite_or_none(v: Any) -> Any:
+    return v if not isinstance(v, float) or math.isfinite(v) else None
 
 
 def _rows(a: Any) -> list:
@@ -146,8 +174,9 @@ def result_json(res: Any, tokens_text: str) -> dict:
     reference_next_token_probs, max_abs_error, errors (per output), bit_identical (exact mode), claimed_bound,
     bound (value/leakage/roundoff/trivial/notes), bound_ratio (error / bound), reference_kind, layers, heads, width,
     ffn_width, provenance, seconds; plus every other output the construction names and its reference_* (e.g.
-    task_posterior / reference_task_posterior for bayes-multitask). Exact values are "p/q" strings (or, beyond
-    JSON_MAX_DIGITS digits, the float value with digit counts)."""
+    task_posterior / reference_task_posterior for bayes-multitask). Exact values are "p/q" strings written in full
+    (read back with :func:`hmm.io.parse_fraction_full`); non-finite floats are null and the outputs holding them
+    are listed under non_finite_outputs."""
     spec = res.model.spec
     out = {
         "construction": res.entry.name,
@@ -165,10 +194,13 @@ def result_json(res: Any, tokens_text: str) -> dict:
     b = res.bound
     out.update({
         "max_abs_error": res.max_abs_error,
-        "errors": dict(res.errors),
+        "errors": {k: _finite_or_none(float(v)) for k, v in res.errors.items()},
+        "certified": None,
+        "non_finite_outputs": sorted(k for k, v in res.errors.items() if not math.isfinite(float(v))),
         "bit_identical": res.bit_identical,
         "claimed_bound": b.value,
-        "bound": {"value": b.value, "leakage": b.leakage, "roundoff": b.roundoff, "trivial": b.trivial, "notes": b.notes},
+        "bound": {"value": b.value, "leakage": b.leakage, "roundoff": b.roundoff, "trivial": b.trivial, "notes": b.notes,
+                  "roundoff_kind": b.roundoff_kind},
         "bound_ratio": (res.max_abs_error / b.value) if b.value > 0 else (0.0 if res.max_abs_error == 0 else None),
         "within_bound": res.max_abs_error <= b.value,
         "layers": spec.layers,
@@ -241,7 +273,10 @@ def _print(res: Any, ns: argparse.Namespace, data: dict) -> None:
     )
     if res.bit_identical is not None:
         console.print("bit-identical to the exact reference: " + ("[green]yes[/green]" if res.bit_identical else "[red]no[/red]"))
-    console.print(f"[dim]{b.notes}[/dim]")
+    console.print(f"[dim]round-off part: {b.roundoff_kind}; {b.notes}[/dim]")
+    if data.get("non_finite_outputs"):
+        console.print(f"[yellow]non-finite values (overflow or 0/0) in unbounded outputs: "
+                      f"{', '.join(data['non_finite_outputs'])} (written as null in --json)[/yellow]")
 
 
 def _items(v: Any) -> list:

@@ -51,6 +51,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dtype", action="extend", nargs="+", metavar="MODE", default=None,
                    help="number modes among float64,float32,exact (default: all three)")
     p.add_argument("--seed", type=seed_arg, default=None, metavar="N", help="base seed (default 0)")
+    p.add_argument("--certify", action="store_true",
+                   help="also run every float case in ball arithmetic (python-flint arb): verdicts read bound + "
+                        "CERTIFIED round-off, shown next to the heuristic/derived allowance (docs/certified.md)")
     p.add_argument("--json", metavar="OUT", default=None, help="write the JSON report here (docs/report-format.md)")
     p.add_argument("--plots", metavar="DIR", default=None,
                    help="write error-and-bound plots against T and S (PNG) into DIR")
@@ -91,6 +94,8 @@ def make_plan(args: argparse.Namespace) -> Any:
         changes["seed"] = seed
     if any(k in changes for k in ("states", "lengths", "dtypes")):
         changes["preset"] = "custom"
+    if getattr(args, "certify", False):
+        changes["certify"] = True
     return dataclasses.replace(base, **changes)
 
 
@@ -127,6 +132,8 @@ def canonical_command(args: argparse.Namespace) -> list[str]:
             cmd += [flag, ",".join(" ".join(value).replace(",", " ").split())]
     if args.seed is not None:
         cmd += ["--seed", str(args.seed)]
+    if getattr(args, "certify", False):
+        cmd += ["--certify"]
     if args.jobs is not None:
         cmd += ["--jobs", str(args.jobs)]
     for flag, value in (("--json", args.json), ("--plots", args.plots), ("--reproducers", args.reproducers)):
