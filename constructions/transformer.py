@@ -468,9 +468,10 @@ class ConstructedTransformer(torch.nn.Module):
         ``float32``/``float64`` run this module rebuilt in that dtype (if it is not already); ``exact`` runs the
         exact executor (hard attention only). Returns :class:`RunResult`: ``outputs`` name -> array of the codec's
         shape (e.g. (T, V) for one sequence of T tokens, (N, T, V) for N; torch tensors in float modes, object
-        arrays of Fractions in exact mode), ``trace``, ``input_ids`` (N, P), ``mode`` With ``record="final"`` and python-flint installed, exact mode runs the fast
-        executor (:mod:`constructions.exact_fast`; readouts and decoded outputs bit-identical) unless
-        ``exact_backend="fraction"``; otherwise the readable Fraction executor :func:`constructions.exact.run_exact`.
+        arrays of Fractions in exact mode), ``trace``, ``input_ids`` (N, P), ``mode``. With ``record="final"`` and
+        python-flint installed, exact mode runs the fast executor (:mod:`constructions.exact_fast`; readouts and
+        decoded outputs bit-identical) unless ``exact_backend="fraction"``; otherwise the readable Fraction executor
+        :func:`constructions.exact.run_exact`.
         """
         if mode not in MODES:
             raise HmmtxError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
