@@ -114,6 +114,7 @@ def build(
     attention: str = "hard",
     beta: float | None = None,
     *,
+    fresh_blocks: bool = True,
     dtype: Any = None,
     device: Any = None,
 ) -> ConstructedTransformer:
@@ -138,7 +139,7 @@ def build(
     L = num_doubling_layers(P)
 
     lay = prefix_layout(n, V, op_desc="held block operator product Q over (task, state); finally ∝ 1 alpha^T",
-                        flags=("is_null", "is_bos", "is_sep"))
+                        flags=("is_null", "is_bos", "is_sep"), fresh_blocks=fresh_blocks)
     lay.freeze()
 
     def blockdiag(make: Any) -> np.ndarray:
@@ -172,11 +173,11 @@ def build(
     joint_labels = [f"k={k},z={i}" for k in range(K) for i in range(mixture.state_sizes[k])]
     readouts = [
         colsum_readout(lay, "next_token", B_stack, [f"x={v}" for v in range(V)], description="Bayes next-token masses",
-                       block=op_block(L)),
+                       block=op_block(L, lay)),
         colsum_readout(lay, "task_posterior", task_ind, [f"task {k}" for k in range(K)], description="task block masses",
-                       block=op_block(L)),
+                       block=op_block(L, lay)),
         colsum_readout(lay, "state_predicted", eye, joint_labels, description="(task, next state) masses",
-                       block=op_block(L)),
+                       block=op_block(L, lay)),
     ]
     spec = spec_for(NAME, lay, layers, max_positions=P, attention=attention, beta=beta, provenance=PROVENANCE,
                     parameters={"K": K, "state_sizes": list(mixture.state_sizes), "n": n, "V": V, "max_len": int(max_len)})
@@ -212,9 +213,10 @@ def _stream_len(tokens: Any) -> int:
     return max(lens)
 
 
-def _build_entry(mixture: HMMMixture, tokens: Any, *, attention: str = "hard", beta: float | None = None) -> ConstructedTransformer:
+def _build_entry(mixture: HMMMixture, tokens: Any, *, attention: str = "hard", beta: float | None = None,
+                 fresh_blocks: bool = True) -> ConstructedTransformer:
     T = 16 if tokens is None else _stream_len(tokens)
-    return build(mixture, max(T, 1), attention, beta)
+    return build(mixture, max(T, 1), attention, beta, fresh_blocks=fresh_blocks)
 
 
 def _reference_entry(mixture: HMMMixture, tokens: Any, *, exact: bool) -> dict:

@@ -92,6 +92,7 @@ def build(
     beta: float | None = None,
     *,
     filtered: bool = True,
+    fresh_blocks: bool = True,
     dtype: Any = None,
     device: Any = None,
 ) -> ConstructedTransformer:
@@ -112,7 +113,8 @@ def build(
     P = int(max_len) + 2
     L = num_doubling_layers(P)
 
-    lay = prefix_layout(S, V, op_desc="held operator product Q (entry sum 1); finally 1 alpha^T / (S 1^T alpha)")
+    lay = prefix_layout(S, V, op_desc="held operator product Q (entry sum 1); finally 1 alpha^T / (S 1^T alpha)",
+                        fresh_blocks=fresh_blocks)
     if filtered:
         lay.add("emis", S, "B[:, x] at observation positions (likelihood of the token held here)")
         lay.add("filtered", S, "unnormalised filtered belief predicted_t * B[:, x_t] (written by the last layer)")
@@ -132,7 +134,7 @@ def build(
 
     layers = [doubling_layer(lay, l, P) for l in range(L)]
     if filtered:
-        final = op_block(L)
+        final = op_block(L, lay)
         head = copy_head(lay, final, "fetched_op", lag_bias(1, P), name="lag1",
                          description="fetch the previous position's final product 1 alpha_pred(t)^T")
         ffn = BilinearBuilder(lay)
@@ -148,9 +150,9 @@ def build(
     state_labels = [f"z={j}" for j in range(S)]
     readouts = [
         colsum_readout(lay, "next_token", B, [f"x={v}" for v in range(V)], description="1^T Q B: next-token masses",
-                       block=op_block(L)),
+                       block=op_block(L, lay)),
         colsum_readout(lay, "predicted", eye, state_labels,
-                       description="1^T Q: predicted-state masses", block=op_block(L)),
+                       description="1^T Q: predicted-state masses", block=op_block(L, lay)),
     ]
     if filtered:
         readouts.append(readout(lay, "filtered", [(j, ("filtered", j), 1) for j in range(S)], (S,),
@@ -235,9 +237,10 @@ def _filtered_leakage(model: ConstructedTransformer, tr: Any, lam: np.ndarray, i
 
 
 # ---------------------------------------------------------------------------------------------- registry
-def _build_entry(hmm: HMM, tokens: Any, *, attention: str = "hard", beta: float | None = None, filtered: bool = True) -> ConstructedTransformer:
+def _build_entry(hmm: HMM, tokens: Any, *, attention: str = "hard", beta: float | None = None, filtered: bool = True,
+                 fresh_blocks: bool = True) -> ConstructedTransformer:
     T = 16 if tokens is None else int(np.asarray(tokens).shape[-1])
-    return build(hmm, max(T, 1), attention, beta, filtered=filtered)
+    return build(hmm, max(T, 1), attention, beta, filtered=filtered, fresh_blocks=fresh_blocks)
 
 
 def _reference_entry(hmm: HMM, tokens: Any, *, exact: bool, filtered: bool = True) -> dict:

@@ -56,6 +56,7 @@ class Variant:
     base: ConstructionEntry
     drop_norms: Callable[[dict], bool] = lambda params: False
     mass_scale: Callable[[Any], dict] = lambda model: {}
+    base_params: tuple = ()  # extra keyword arguments of the base construction's build (e.g. its layout variant)
     head_blocks: tuple[str, ...] = ()
     verify: VerifySweep = VerifySweep(betas=())
 
@@ -165,7 +166,7 @@ def _std_build(v: Variant) -> Callable[..., StandardTransformer]:
             if attention != "hard" or beta is not None:
                 raise HmmtxError(f"{v.base.name}-std compiles the hard-attention construction (as softmax at beta = "
                                  f"{HARD_BETA:g}): use --attention hard without --beta")
-        model = v.base.build(source, tokens, attention=attention, beta=beta, **params)
+        model = v.base.build(source, tokens, attention=attention, beta=beta, **params, **dict(v.base_params))
         return compile_standard(model, act=act, drop_norms=v.drop_norms(params), head_blocks=v.head_blocks,
                                 mass_scale=v.mass_scale(model), bound_fn=standard_bound)
 
@@ -243,9 +244,11 @@ def _memory_inputs(point: SweepPoint, seed: int) -> Any:
 
 
 VARIANTS = (
-    Variant(exact_filter.ENTRY, drop_norms=lambda p: True, mass_scale=_op_scale),
+    # the standard compiler's move-head rewrite is written for the in-place product update (one "op" block)
+    Variant(exact_filter.ENTRY, drop_norms=lambda p: True, mass_scale=_op_scale, base_params=(("fresh_blocks", False),)),
     Variant(window_filter.ENTRY, drop_norms=lambda p: p.get("readout", "lookup") == "product"),
-    Variant(bayes_multitask.ENTRY, drop_norms=lambda p: True, mass_scale=_op_scale),
+    Variant(bayes_multitask.ENTRY, drop_norms=lambda p: True, mass_scale=_op_scale,
+            base_params=(("fresh_blocks", False),)),
     Variant(icl.ENTRY),
     Variant(adaptive_memory.ENTRY, head_blocks=("y",), verify=_hard_float_sweep(adaptive_memory.ENTRY.verify)),
     Variant(memory_kernel.ENTRY, head_blocks=("y", "mem"),

@@ -440,6 +440,11 @@ def fmt(x: float | None, digits: int = 2) -> str:
     return f"{x:.{digits}e}"
 
 
+def _kind_letters(kinds: str) -> str:
+    """``"derived,heuristic"`` -> ``"DH"`` (the allowance kinds of a summary row, one letter each)."""
+    return "".join(k[0].upper() for k in kinds.split(",") if k and k != "-") or "-"
+
+
 def summary_table(summaries: Sequence[ConstructionSummary], title: str = "hmmtx verify") -> Any:
     """A rich Table: one row per construction and number mode."""
     from rich.table import Table
@@ -451,8 +456,13 @@ def summary_table(summaries: Sequence[ConstructionSummary], title: str = "hmmtx 
     table.add_column("mode", no_wrap=True, min_width=7)
     table.add_column("cases", justify="right", min_width=5)
     # numbers never get cut (min_width = len("1.23e-45"), no spaces inside); headers wrap on narrow terminals
-    for name in ("max error", "max bound", "allowance", "kind", "certified", "max err/bound"):
-        table.add_column(name, justify="right", min_width=8 if name != "kind" else 5)
+    certified = any(d.max_certified is not None for s in summaries for d in s.by_dtype)
+    names = ("max error", "max bound", "allowance", "certified", "max err/bound") if certified else (
+        "max error", "max bound", "allowance", "max err/bound")
+    for name in names:
+        table.add_column(name, justify="right", min_width=10 if name == "allowance" else 8)
+    table.caption = ("allowance kind: D derived (proved, conditions checked), H heuristic, T trivial, E exact"
+                     + ("; certified: largest certified round-off (--certify, ball arithmetic)" if certified else ""))
     table.add_column("exact agree", justify="right", min_width=5)
     table.add_column("time", justify="right", min_width=6)
     table.add_column("status", min_width=6)
@@ -465,9 +475,8 @@ def summary_table(summaries: Sequence[ConstructionSummary], title: str = "hmmtx 
                 str(d.cases),
                 fmt(d.max_error),
                 fmt(d.max_bound),
-                fmt(d.max_allowance),
-                d.allowance_kind,
-                fmt(d.max_certified),
+                fmt(d.max_allowance) + " " + _kind_letters(d.allowance_kind),
+                *([fmt(d.max_certified)] if certified else []),
                 fmt(d.max_ratio),
                 f"{d.exact_agree}/{d.cases}" if d.exact_agree is not None else "-",
                 f"{d.seconds:.2f}s",

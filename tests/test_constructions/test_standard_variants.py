@@ -155,7 +155,7 @@ def test_hard_attention_becomes_exactly_one_hot_softmax_and_the_move_head_clears
     from constructions.exact_filter import build
 
     h, x = _h1(S=3, T=9)
-    ideal = build(h, len(x))
+    ideal = build(h, len(x), fresh_blocks=False)  # the layout the standard compiler rewrites (in-place product)
     std = compile_standard(ideal, drop_norms=True, mass_scale={"op": 3})
     ids = std.check_input_ids(std.codec.encode(x))
     tr = std.forward(ids)
