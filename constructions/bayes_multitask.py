@@ -38,6 +38,7 @@ from constructions.prefix import (
     prefix_claimed_bound,
     prefix_layout,
 )
+from constructions.estimates import prefix_bytes
 from constructions.registry import ConstructionEntry, ProbeHooks, register
 from constructions.transformer import BoundReport, ConstructedTransformer, check_attention, spec_for
 from hmm.errors import HmmtxError
@@ -249,6 +250,7 @@ def _probe_tokens(contexts: list) -> Any:
 ENTRY = register(
     ConstructionEntry(
         name=NAME,
+        estimate_bytes=prefix_bytes,
         summary="H3: exact Bayes multi-task predictive (task posterior, joint state posterior) by block-diagonal prefix products",
         provenance=PROVENANCE,
         input_kind="mixture",

@@ -38,6 +38,7 @@ from constructions.prefix import (
     prefix_layout,
     target_weights,
 )
+from constructions.estimates import prefix_bytes
 from constructions.registry import ConstructionEntry, Param, ProbeHooks, register
 from constructions.transformer import BoundReport, ConstructedTransformer, check_attention, spec_for
 from hmm.errors import HmmtxError
@@ -276,6 +277,7 @@ def _probe_build(hmm: HMM, length: int, r: int | None = None) -> ConstructedTran
 ENTRY = register(
     ConstructionEntry(
         name=NAME,
+        estimate_bytes=prefix_bytes,
         summary="H1: exact forward filter in ceil(log2(T+1)) layers (parallel-prefix operator products)",
         provenance=PROVENANCE,
         input_kind="hmm",

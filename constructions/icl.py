@@ -58,6 +58,7 @@ from constructions.blocks import (
 )
 from constructions.gather import Gather
 from constructions.layout import Layout
+from constructions.estimates import icl_bytes
 from constructions.registry import ConstructionEntry, Param, ProbeHooks, VerifySweep, register
 from constructions.transformer import BoundReport, ConstructedTransformer, check_attention, spec_for
 from constructions.types import ModelInfo
@@ -623,6 +624,7 @@ def _probe_build(source: Any, length: int, r: int | None = None) -> ConstructedT
 ENTRY = register(
     ConstructionEntry(
         name=NAME,
+        estimate_bytes=icl_bytes,
         summary="H4: in-context learner (gather -> window features -> content-selected moments -> K GD layers)",
         provenance=PROVENANCE,
         input_kind="mixture",

@@ -37,6 +37,7 @@ from constructions.memory.model import (
     parse_memories,
     readout_net,
 )
+from constructions.estimates import memory_kernel_bytes
 from constructions.registry import AttentionDefaults, ConstructionEntry, Param, VerifySweep, register
 from constructions.transformer import BoundReport, ConstructedTransformer, check_attention, spec_for
 from constructions.types import ModelInfo
@@ -383,6 +384,7 @@ def _register() -> ConstructionEntry:
 
     return register(ConstructionEntry(
         name=NAME,
+        estimate_bytes=memory_kernel_bytes,
         summary="W1/W3 (Wang & E): one layer of DP-free lin/log RPE heads extracts memories, a ReLU FFN reads out",
         provenance=PROVENANCE,
         input_kind="none",

@@ -58,7 +58,7 @@ from hmm.errors import HmmtxError
 PROBABILITY_SUFFIXES = ("_probs", "_posterior", "_predicted")
 
 #: Framework modules of the package (imported by construction modules anyway; never register anything).
-FRAMEWORK_MODULES = frozenset({"layout", "blocks", "transformer", "exact", "registry", "prefix", "runner", "types"})
+FRAMEWORK_MODULES = frozenset({"layout", "blocks", "transformer", "exact", "registry", "prefix", "runner", "types", "estimates"})
 
 #: Entry-point group through which installed distributions register constructions.
 ENTRY_POINT_GROUP = "hmmtx.constructions"

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from constructions import adaptive_memory, bayes_multitask, exact_filter, icl, memory_kernel, window_filter
+from constructions.estimates import with_one_hot_positions
 from constructions.registry import AttentionDefaults, ConstructionEntry, CustomSweep, Param, SweepPoint, VerifySweep, register
 from constructions.standard import ACTIVATIONS, HARD_BETA, StandardTransformer, compile_standard
 from constructions.types import BoundReport, check_bound
@@ -203,6 +204,7 @@ def register_variant(v: Variant) -> ConstructionEntry:
         size=b.size,
         attention=b.attention,
         verify=v.verify,
+        estimate_bytes=with_one_hot_positions(b.estimate_bytes) if b.estimate_bytes else None,
     ))
 
 

@@ -617,10 +617,12 @@ def _probe_build(hmm: HMM, length: int, r: int | None = None) -> ConstructedTran
 
 
 def _register() -> Any:
+    from constructions.estimates import window_bytes
     from constructions.registry import ConstructionEntry, Param, ProbeHooks, register
 
     return register(ConstructionEntry(
         name="window",
+        estimate_bytes=window_bytes,
         summary="H2: fixed-memory window filter: ceil(log2(r+1)) gather layers + lookup or operator-product readout",
         provenance=PROVENANCE,
         input_kind="hmm",

@@ -116,10 +116,30 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_session_outlives_its_test():
+    """A test that fails before it signals its command (say an unexpected first line) must not leave the command
+    running: every session started by :func:`_start` is killed at teardown."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.communicate(timeout=30)
+
+
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "verify.cli", *args], cwd=cwd, env=cli_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "verify.cli", *args], cwd=cwd, env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=_default_sigint)
+    _STARTED.append(proc)
+    return proc
 
 
 def _wait_for(cond, timeout: float) -> bool:

@@ -69,10 +69,9 @@ def bench_h1(S: int = 16, T: int = 2048, V: int = 4, seed: int = 0, mode: str = 
     from types import SimpleNamespace
 
     from verify.cli_args import require_fits
-    from verify.commands._construction_cli import estimate_bytes
+    from constructions.estimates import prefix_bytes
 
-    est = estimate_bytes("exact-filter", SimpleNamespace(num_states=S, num_obs=V), np.zeros(T, dtype=np.int64), {},
-                         mode)
+    est = prefix_bytes(SimpleNamespace(num_states=S, num_obs=V), np.zeros(T, dtype=np.int64), mode=mode)
     require_fits(f"bench h1 (S={S}, T={T}, V={V})", est, "reduce --states or --length")
     hmm = make("dirichlet", S, V, seed=seed, concentration=2.0, rational=rational)
     x = sample(hmm, 1, T, seed=seed + 1).tokens[0]

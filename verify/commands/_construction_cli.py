@@ -100,55 +100,6 @@ def load_source(entry: Any, ns: argparse.Namespace) -> Any:
     return None
 
 
-def _stream_length(tokens: Any) -> int:
-    """Stream positions of parsed tokens: a sequence (T,) or batch (N, T) -> T + 1 (BOS); a list of context
-    segments -> their tokens + SEPs + BOS; 1 for formats this rough estimate does not know."""
-    import numpy as np
-
-    try:
-        if isinstance(tokens, (list, tuple)) and tokens and all(isinstance(s, np.ndarray) for s in tokens):
-            return sum(len(s) for s in tokens) + len(tokens) + 1
-        arr = np.asarray(tokens) if tokens is not None else np.zeros(0)
-        return int(arr.shape[-1]) + 1 if arr.ndim and arr.dtype != object else 1
-    except Exception:  # noqa: BLE001 - an unknown token format: no length estimate
-        return 1
-
-
-def estimate_bytes(name: str, source: Any, tokens: Any, params: dict, mode: str) -> float | None:
-    """Rough memory of building and running construction ``name`` (weights + recorded residual streams +
-    attention scores), from the sizes in the README's construction table (``NAME-std`` standard-block variants:
-    the same plus one-hot absolute positions); None for an unknown construction.
-    Exact mode stores Fractions (object arrays): counted at 12x."""
-    import math
-
-    std = name.endswith("-std")  # standard-block variant: the same sizes plus one-hot absolute positions
-    name = name[:-4] if std else name
-    T = max(_stream_length(tokens), int(params.get("max_len") or 0))
-    S = sum(getattr(source, "state_sizes", ())) or getattr(source, "num_states", 1) if source is not None else 1
-    V = getattr(source, "num_obs", 1) if source is not None else 1
-    r = int(params.get("r", 1) or 1)
-    if name in ("exact-filter", "bayes-multitask"):
-        D, L = 2 * S * S + 4 * S + 2 * V + 16, math.ceil(math.log2(T + 1)) + 2
-        F = 2 * D
-    elif name == "window":
-        D, L = S * S + (r + 1) * (V + 2) + 16, math.ceil(math.log2(r + 1)) + 2
-        lookup = str(params.get("readout", "lookup")) == "lookup"  # the product readout has no V^r table
-        F = (2 * float(V) ** r if lookup else 4.0 * S * S * r) + 2 * S * S
-    elif name == "icl":
-        P = float(V) ** r if params.get("features", "pattern") == "pattern" else r * V
-        D, L = P * P + 4 * P * (V + 2) + 32, int(params.get("K", 4)) + 4 + math.ceil(math.log2(r + 1))
-        F = 2 * D
-    elif name == "memory-kernel":
-        H = int(params.get("heads", 8)) * (str(params.get("memories", "")).count(",") + 1)
-        N = T + int(params.get("prefix", 0) or 0) + 64
-        return 8.0 * (H * N * N * 3 + N * int(params.get("ffn_width", 32)) * 4 + N * (H + 8) * 4) * (12 if mode == "exact" else 1)
-    else:
-        return None
-    D = D + T if std else D
-    total = 8.0 * (L * (4 * D * D + 2 * D * F) + (L + 1) * T * (D + F) + L * T * T)
-    return total * (12 if mode == "exact" else 1)
-
-
 def check_tokens(entry: Any, source: Any, tokens: Any) -> None:
     """Token ids must lie in the source's alphabet ``0..V-1`` (``inspect`` only sizes the model with them, so
     nothing else would catch an out-of-range id there). HmmtxError names --tokens and the position."""
@@ -163,14 +114,15 @@ def check_tokens(entry: Any, source: Any, tokens: Any) -> None:
 
 
 def entry_estimate(entry: Any, source: Any, tokens: Any, params: dict, mode: str) -> float | None:
-    """The construction's memory estimate (bytes): its ``estimate_bytes`` hook (the contract field) when it has
-    one, else the built-in formula of :func:`estimate_bytes` (None: no estimate, the model is built unchecked).
-    A hook that raises something other than HmmtxError or returns no number is a ConstructionError."""
+    """The construction's memory estimate (bytes) from its ``estimate_bytes`` hook (the contract field; the
+    built-in constructions' formulas are in :mod:`constructions.estimates`); None when the entry has no hook (the
+    model is then built unchecked, docs/robustness.md). A hook that raises something other than HmmtxError or
+    returns no number is a ConstructionError."""
     from constructions.runner import ConstructionError
 
     hook = getattr(entry, "estimate_bytes", None)
     if hook is None:
-        return estimate_bytes(entry.name, source, tokens, params, mode)
+        return None
     try:
         est = hook(source, tokens, mode=mode, **params)
         return float(est)
@@ -186,9 +138,7 @@ def check_size(entry: Any, source: Any, tokens: Any, params: dict, mode: str) ->
 
     est = entry_estimate(entry, source, tokens, params, mode)
     if est is not None:
-        # a hook's token format may be anything: the stream length is shown for the built-in formulas only
-        where = f"mode {mode}" if getattr(entry, "estimate_bytes", None) else f"mode {mode}, {_stream_length(tokens)} stream positions"
-        require_fits(f"{entry.name} ({where})", est,
+        require_fits(f"{entry.name} (mode {mode})", est,
                      "use a smaller HMM / mixture, fewer tokens or smaller construction options")
 
 
@@ -227,7 +177,6 @@ __all__ = [
     "check_beta",
     "check_size",
     "check_tokens",
-    "estimate_bytes",
     "entry_estimate",
     "add_attention_arguments",
     "constructions_listing",
