@@ -155,10 +155,13 @@ def entry() -> None:
     (130 / 143), which leaves with ``os._exit`` once the streams are flushed. CPython 3.11 can mark a
     KeyboardInterrupt as unhandled when it arrives inside C code that evaluates Python (``PyRun_*``), even though
     :func:`main` caught it, and then kills the process with SIGINT at shutdown (exit status -2 instead of 130,
-    about one run in six during training). Everything an interrupted command must clean up (temporary files,
-    worker pools) was cleaned up by the exception's unwinding inside :func:`main`."""
+    about one run in six during training). Temporary files and worker pools were cleaned up by the exception's
+    unwinding inside :func:`main`; the atexit handlers (multiprocessing's finalizers) run before leaving."""
     code = main()
     if code in (130, 143):
+        import atexit
+
+        atexit._run_exitfuncs()  # what a normal exit would run (multiprocessing's finalizers among them)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
