@@ -441,7 +441,7 @@ class TrainResult(NamedTuple):
     seconds: float
 
 
-def _lr_at(step: int, c: TrainConfig) -> float:
+def lr_at(step: int, c: TrainConfig) -> float:
     if step < c.warmup:
         return c.lr * (step + 1) / c.warmup
     frac = (step - c.warmup) / max(1, c.steps - c.warmup)
@@ -465,7 +465,7 @@ def train(config: TrainConfig, *, progress: bool = False, on_step: Callable[[int
         )
         losses: list[float] = []
         t0 = time.perf_counter()
-        bar = _progress(progress, config.steps)
+        bar = progress_bar(progress, config.steps)
         with bar as pb:
             task_id = pb.add_task("training", total=config.steps, loss=float("nan")) if pb is not None else None
             for step in range(config.steps):
@@ -476,14 +476,7 @@ def train(config: TrainConfig, *, progress: bool = False, on_step: Callable[[int
                 targets[:, :-1] = tokens[:, 1:]
                 logits = model(tokens)
                 loss = torch.nn.functional.cross_entropy(logits[mask], targets[mask])
-                for g in opt.param_groups:
-                    g["lr"] = _lr_at(step, config)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                opt.step()
-                lv = float(loss.detach())
+                lv = optimizer_step(model, opt, loss, lr=lr_at(step, config), grad_clip=config.grad_clip)
                 if not math.isfinite(lv):
                     raise HmmtxError(f"training diverged at step {step} (loss {lv}); lower --lr")
                 losses.append(lv)
@@ -506,7 +499,23 @@ class _NoBar:
         return None
 
 
-def _progress(enabled: bool, total: int):
+def optimizer_step(model: Any, opt: Any, loss: Any, *, lr: float, grad_clip: float) -> float:
+    """One update shared by every trainer of the package: ``lr`` on every parameter group, ``loss.backward()``,
+    the gradient norm clipped to ``grad_clip`` (0: no clipping), ``opt.step()``. Returns the loss as a float (the
+    caller decides what a non-finite loss means)."""
+    import torch
+
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return float(loss.detach())
+
+
+def progress_bar(enabled: bool, total: int):
     if not enabled:
         return _NoBar()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn

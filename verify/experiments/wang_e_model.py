@@ -248,7 +248,7 @@ def count_parameters(model: Any) -> int:
 @dataclass(frozen=True)
 class RunConfig:
     """Optimiser and run settings: AdamW, linear warm-up then cosine decay (the ICL trainer's schedule,
-    :func:`verify.training._lr_at`), gradient clipping, ``seed`` for the initialisation and the training draws,
+    :func:`verify.training.lr_at`), gradient clipping, ``seed`` for the initialisation and the training draws,
     ``threads`` torch intra-op threads, ``eval_size`` validation sequences, ``n_evals`` validation points."""
 
     steps: int = 500
@@ -338,7 +338,7 @@ def train(config: ModelConfig, task: Any, run: RunConfig, *, progress: bool = Fa
     sequences (drawn from ``default_rng([data_seed, 1])``, the same for every seed). Validation: ``eval_size``
     sequences from ``default_rng([data_seed, 2])``, the same for every model and seed.
     """
-    from verify.training import _lr_at, _progress, deterministic_torch
+    from verify.training import deterministic_torch, lr_at, optimizer_step, progress_bar
 
     torch = _torch()
     val = task.sample(run.eval_size, np.random.default_rng([run.data_seed, 2]))
@@ -360,7 +360,7 @@ def train(config: ModelConfig, task: Any, run: RunConfig, *, progress: bool = Fa
         losses: list[float] = []
         val_steps, val_losses = [], []
         t0 = time.perf_counter()
-        with _progress(progress, run.steps) as pb:
+        with progress_bar(progress, run.steps) as pb:
             bar = pb.add_task(config.label(), total=run.steps, loss=float("nan")) if pb is not None else None
             for step in range(run.steps):
                 if step in eval_at:
@@ -375,14 +375,7 @@ def train(config: ModelConfig, task: Any, run: RunConfig, *, progress: bool = Fa
                     batch = type(corpus)(corpus.inputs[idx], corpus.targets[idx], None)
                 x, y, m = _tensors(task, batch)
                 loss = _loss(task, model(x), y, m)
-                for g in opt.param_groups:
-                    g["lr"] = _lr_at(step, run)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if run.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
-                opt.step()
-                lv = float(loss.detach())
+                lv = optimizer_step(model, opt, loss, lr=lr_at(step, run), grad_clip=run.grad_clip)
                 if not math.isfinite(lv):
                     raise HmmtxError(f"training {config.label()} diverged at step {step} (loss {lv}); lower the lr")
                 losses.append(lv)
