@@ -127,6 +127,17 @@ def int_arg(lo: int | None = None, hi: int | None = None) -> Callable[[str], int
     return parse
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a usage error, i.e. one line and exit 2, otherwise)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
 def float_arg(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
               hi_open: bool = False) -> Callable[[str], float]:
     """argparse type: a finite float in ``[lo, hi]`` (``lo_open`` / ``hi_open`` exclude the ends)."""

@@ -80,9 +80,10 @@ def write_json(path: Path, obj: object) -> Path:
     return path
 
 
-def children_of(pid: int) -> list[int]:
-    """Live processes whose parent is ``pid`` (from /proc; zombies excluded)."""
-    kids = []
+def _live_processes_where(field: int, value: int) -> list[int]:
+    """Live (non-zombie) processes whose /proc stat field number ``field`` (counted after the command name:
+    1 = parent pid, 3 = session id) equals ``value``."""
+    found = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -91,25 +92,19 @@ def children_of(pid: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            kids.append(int(d.name))
-    return kids
+        if int(fields[field]) == value and fields[0] != "Z":
+            found.append(int(d.name))
+    return found
+
+
+def children_of(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (from /proc; zombies excluded)."""
+    return _live_processes_where(1, pid)
 
 
 def session_members(sid: int) -> list[int]:
     """Live (non-zombie) processes of session ``sid`` (a child started with start_new_session=True)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[3]) == sid and fields[0] != "Z":
-            out.append(int(d.name))
-    return out
+    return _live_processes_where(3, sid)
 
 
 _DRIVER = r"""

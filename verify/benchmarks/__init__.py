@@ -14,13 +14,14 @@ skipped. Use the helpers below for the machine description and best-of-N timing,
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import pkgutil
 import platform
 import time
 from typing import Any, Callable
+
+from verify.cli_args import positive_int  # noqa: F401 - re-exported for the benchmark targets
 
 
 def discover() -> list[str]:
@@ -32,17 +33,6 @@ def register_all(subparsers: Any) -> None:
     """Call ``register(subparsers)`` of every target module."""
     for name in discover():
         importlib.import_module(f"{__name__}.{name}").register(subparsers)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a usage error, i.e. one line and exit 2, otherwise)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
 
 
 def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float], Any]:

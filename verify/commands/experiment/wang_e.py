@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from hmm.errors import HmmtxError
+from verify.cli_args import positive_int
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -29,16 +30,6 @@ def _int_list(text: str) -> tuple[int, ...]:
     return seeds
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     from verify.experiments.wang_e import SIZES, TABLES
 
@@ -48,8 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", choices=SIZES, default="small", help="grid and training size (default small)")
     p.add_argument("--quick", action="store_const", const="quick", dest="size", help="same as --size quick")
     p.add_argument("--seeds", type=_int_list, default=None, help="seeds, e.g. 0,1,2 (default: the size's)")
-    p.add_argument("--steps", type=_positive, default=None, help="override the optimiser steps of every run")
-    p.add_argument("--threads", type=_positive, default=None, help="torch intra-op threads (default 1)")
+    p.add_argument("--steps", type=positive_int, default=None, help="override the optimiser steps of every run")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default 1)")
     p.add_argument("--out-dir", default=None, metavar="DIR", help="checkpoint every run here; reuse finished ones")
     p.add_argument("--json", default=None, metavar="OUT", help="write the table as JSON (atomic)")
     p.add_argument("--plot", default=None, metavar="PNG", help="plot of loss per cell (atomic)")
