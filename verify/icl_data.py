@@ -164,12 +164,15 @@ class MixtureReferences(NamedTuple):
         filtered_joint:   (N, T, K, S) ``P(task, z_t | items 0..t)`` at observations; at BOS / SEP it is the
                           predicted joint of the next segment's first state
         filtered_state:   (N, T, S) ``P(z_t | items 0..t)`` summed over tasks (states padded to max S)
+        task_pair_laws:   (K, V * V) each task's token-pair law ``P_k(x_1 = a, x_2 = b)`` flattened (row ``a``,
+                          column ``b``): a continuous task descriptor that the task-law probe regresses
     """
 
     next_token_probs: np.ndarray
     task_posterior: np.ndarray
     filtered_joint: np.ndarray
     filtered_state: np.ndarray
+    task_pair_laws: np.ndarray
 
 
 def mixture_references(mixture: HMMMixture, batch: ContextBatch) -> MixtureReferences:
@@ -211,7 +214,16 @@ def mixture_references(mixture: HMMMixture, batch: ContextBatch) -> MixtureRefer
         # step to the next observation's state: observations move with A_k, BOS / SEP already hold the start state
         p = np.where(obs[:, None, None], np.einsum("nks,kst->nkt", f, A), f) if t > 0 else f
         nxt[:, t] = np.einsum("nks,ksv->nv", p, B)
-    return MixtureReferences(nxt, post, filt, filt.sum(axis=2))
+    return MixtureReferences(nxt, post, filt, filt.sum(axis=2), task_pair_laws(mixture))
+
+
+def task_pair_laws(mixture: HMMMixture) -> np.ndarray:
+    """(K, V * V) float64: ``P_k(x_1 = a, x_2 = b) = sum_{i,j} pi_i B_ia A_ij B_jb`` for every task ``k``, the law of
+    a segment's first two observations, flattened row-major. It identifies a task by what it emits (independent of
+    how its hidden states are labelled), so it can be regressed for any number of tasks."""
+    pi, A, B = _padded_tasks(mixture)
+    law = np.einsum("ki,kia,kij,kjb->kab", pi, B, A, B)  # (K, V, V)
+    return law.reshape(law.shape[0], -1)  # (K, V * V)
 
 
 def unigram_probs(batch: ContextBatch) -> np.ndarray:
@@ -238,6 +250,7 @@ __all__ = [
     "sample_context_batch",
     "MixtureReferences",
     "mixture_references",
+    "task_pair_laws",
     "unigram_probs",
     "target_mask",
 ]

@@ -20,6 +20,10 @@ contexts fit, the rest score; contexts are i.i.d.):
 * ``belief``: the filtered (task, state) posterior ``P(task, z_t | items 0..t)``; linear regression, R^2 and mean
   total variation ``0.5 ||pred - target||_1`` of the raw (un-projected) linear prediction;
 * ``task``: the task id at the test-segment positions; classifier (ceiling: ``argmax_k P(task | items 0..t)``).
+* ``task_law``: the task's token-pair law ``theta_k = P_k(x_1, x_2)`` (V * V numbers,
+  :func:`verify.icl_data.task_pair_laws`) at the test-segment positions; linear regression, pooled R^2 (ceiling: the
+  R^2 of the Bayes posterior mean ``sum_k P(k | items 0..t) theta_k``, the best predictor in mean square). Unlike the
+  classifier it stays measurable with many tasks (1024 classes cannot be fitted from a few hundred contexts).
 
 The linear classifier is closed-form ridge regression onto one-hot targets (``argmax`` of the fitted scores):
 deterministic, batched over layers, no iterative optimiser. Features are standardised with the training split's
@@ -239,6 +243,15 @@ class RegressionResult(NamedTuple):
     n_test: int
 
 
+class LawResult(NamedTuple):
+    """Held-out pooled R^2 per residual index (L+1,) of a regression onto a task descriptor, and the R^2 of the
+    Bayes posterior mean of that descriptor on the same test rows (``ceiling``)."""
+
+    r2: np.ndarray
+    ceiling: float
+    n_test: int
+
+
 class ProbeReport(NamedTuple):
     """All probes of one subject on one :class:`ProbeData`.
 
@@ -249,6 +262,8 @@ class ProbeReport(NamedTuple):
         state:     ClassifierResult for the hidden state (ceiling = Bayes classifier)
         belief:    RegressionResult for the filtered (task, state) posterior
         task:      ClassifierResult for the task id at test positions (ceiling = Bayes), None without demos
+        task_law:  LawResult for the task's token-pair law at test positions (ceiling = Bayes posterior mean),
+                   None without demos or with one task
     """
 
     subject: str
@@ -257,6 +272,15 @@ class ProbeReport(NamedTuple):
     state: ClassifierResult
     belief: RegressionResult
     task: ClassifierResult | None
+    task_law: LawResult | None = None
+
+
+def pooled_r2(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """R^2 pooled over target coordinates: ``1 - SS_res / SS_tot`` of predictions (..., M, C) against (M, C); with a
+    constant target 1 where the fit is exact and -inf elsewhere."""
+    ss_res = ((pred - target) ** 2).sum(axis=(-2, -1))
+    ss_tot = float(((target - target.mean(axis=0)) ** 2).sum())
+    return 1.0 - ss_res / ss_tot if ss_tot > 0 else np.where(ss_res == 0, 1.0, -np.inf)
 
 
 def _rows(n: int, cap: int | None) -> np.ndarray:
@@ -329,24 +353,26 @@ def run_probes(subject: Subject, data: ProbeData, lags: Sequence[int] = (1, 2, 3
     bayes_state = np.argmax(refs.filtered_state[:, obs_pos], axis=-1)[~train].reshape(-1)
     state = classify(pred[..., :S], np.argmax(y_tr[:, :S], -1), np.argmax(y_te[:, :S], -1), np.arange(S), bayes_state)
     bp, bt = pred[..., S:], y_te[:, S:]
-    ss_res = ((bp - bt[None]) ** 2).sum(axis=(1, 2))
-    ss_tot = float(((bt - bt.mean(axis=0)) ** 2).sum())
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else np.where(ss_res == 0, 1.0, -np.inf)
-    belief = RegressionResult(r2, 0.5 * np.abs(bp - bt[None]).sum(axis=-1).mean(axis=1), int(bt.shape[0]))
+    belief = RegressionResult(pooled_r2(bp, bt), 0.5 * np.abs(bp - bt[None]).sum(axis=-1).mean(axis=1), int(bt.shape[0]))
 
-    task = None
+    task, task_law = None, None
     K = refs.task_posterior.shape[-1]
     if batch.layout.n_demos > 0 and K > 1:
         test_pos = np.flatnonzero(idx.is_test)
-        labels = np.eye(K)[np.repeat(batch.task[:, None], len(test_pos), axis=1)]
-        pred, y_te, y_tr = fit(test_pos, labels)
-        bayes_task = np.argmax(refs.task_posterior[:, test_pos], axis=-1)[~train].reshape(-1)
-        task = classify(pred, np.argmax(y_tr, -1), np.argmax(y_te, -1), np.arange(K), bayes_task)
+        labels = np.eye(K)[np.repeat(batch.task[:, None], len(test_pos), axis=1)]  # (N, P, K)
+        laws = refs.task_pair_laws  # (K, V * V)
+        pred, y_te, y_tr = fit(test_pos, np.concatenate([labels, laws[batch.task][:, None, :].repeat(len(test_pos), 1)], -1))
+        post = refs.task_posterior[:, test_pos][~train]  # (N_test, P, K)
+        bayes_task = np.argmax(post, axis=-1).reshape(-1)
+        task = classify(pred[..., :K], np.argmax(y_tr[:, :K], -1), np.argmax(y_te[:, :K], -1), np.arange(K), bayes_task)
+        law_te = y_te[:, K:]
+        bayes_law = (post @ laws).reshape(law_te.shape)  # (N_test * P, V * V): posterior mean of the law
+        task_law = LawResult(pooled_r2(pred[..., K:], law_te), float(pooled_r2(bayes_law, law_te)), int(law_te.shape[0]))
 
     layers = ("embed",) + tuple(subject.layer_names)
     if len(layers) != R.shape[0]:
         layers = ("embed",) + tuple(f"layer{i}" for i in range(R.shape[0] - 1))
-    return ProbeReport(subject.name, layers, token, state, belief, task)
+    return ProbeReport(subject.name, layers, token, state, belief, task, task_law)
 
 
 # ---------------------------------------------------------------------------------------------- position independence
@@ -514,6 +540,8 @@ def independence_violations(result: IndependenceResult, positional: Sequence[int
 Trace = ProbeTrace
 
 __all__ = [
+    "LawResult",
+    "pooled_r2",
     "ProbeTrace",
     "Trace",
     "Subject",

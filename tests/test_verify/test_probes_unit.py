@@ -192,3 +192,51 @@ def test_probe_inputs_are_validated():
         position_independence(_LagSubject(2, 3), data.batch)
     with pytest.raises(HmmtxError, match="lags"):
         run_probes(_LagSubject(2, 3), data, lags=(-1,))
+
+
+def test_task_pair_laws_match_enumeration():
+    """P_k(x_1 = a, x_2 = b) against a direct sum over the two hidden states (exact HMMs, Fractions)."""
+    from itertools import product
+
+    from verify.icl_data import task_pair_laws
+
+    mix = make_mixture("dirichlet", 3, 2, 3, seed=2)
+    laws = task_pair_laws(mix)
+    assert laws.shape == (3, 9)
+    for k, h in enumerate(mix.as_float().tasks):
+        pi, A, B = h.initial_probs, h.transition_matrix, h.emission_probs
+        for a, b in product(range(3), repeat=2):
+            brute = sum(pi[i] * B[i, a] * A[i, j] * B[j, b] for i in range(2) for j in range(2))
+            assert laws[k, 3 * a + b] == pytest.approx(brute, rel=1e-12, abs=1e-15)
+    np.testing.assert_allclose(laws.sum(axis=1), 1.0, rtol=1e-12, atol=0)
+
+
+class _PosteriorSubject:
+    """Residual 1 holds the Bayes posterior mean of the task law (what an ideal model carries); residual 0 holds
+    noise independent of the task."""
+
+    name, layer_names = "posterior", ("l1",)
+
+    def __init__(self, refs):
+        self.refs = refs
+
+    def trace(self, batch):
+        N, T = batch.tokens.shape
+        mean_law = self.refs.task_posterior @ self.refs.task_pair_laws  # (N, T, V * V)
+        noise = np.random.default_rng(0).normal(size=mean_law.shape)
+        return Trace(np.stack([noise, mean_law]), [None])
+
+
+@pytest.mark.parametrize("K", [3, 256])
+def test_task_law_probe_reads_the_posterior_mean_at_any_number_of_tasks(K):
+    """The task-law probe reaches its Bayes ceiling where the residual carries the posterior mean and stays near 0
+    on noise, with 3 tasks and with 256 (where the task classifier has more classes than training contexts)."""
+    mix = make_mixture("dirichlet", K, 2, 3, seed=5)
+    data = make_probe_data(mix, Layout(3, 6, 6), 400, seed=1)
+    rep = run_probes(_PosteriorSubject(data.refs), data, lags=(1,))
+    law = rep.task_law
+    assert law is not None and law.n_test == 120 * 6
+    assert 0.05 < law.ceiling < 1.0
+    assert law.r2[1] == pytest.approx(law.ceiling, abs=0.02)
+    assert law.r2[0] < 0.1
+    assert rep.task.n_classes <= min(K, 280)  # classes seen in the training split

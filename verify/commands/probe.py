@@ -135,12 +135,14 @@ def _tables(results: list[dict], lags: list[int]) -> list[Any]:
         t.add_column("state", justify="right")
         t.add_column("belief R2", justify="right")
         t.add_column("task", justify="right")
+        t.add_column("task law R2", justify="right")
         t.add_column("pos.-indep. of layer i", justify="right")
         for i, name in enumerate(rep.layers):
             row = [str(i), name]
             row += [_fmt(float(rep.token[k].accuracy[i])) if k in rep.token else "-" for k in lags]
             row += [_fmt(float(rep.state.accuracy[i])), _fmt(float(rep.belief.r2[i])),
-                    _fmt(float(rep.task.accuracy[i])) if rep.task is not None else "-"]
+                    _fmt(float(rep.task.accuracy[i])) if rep.task is not None else "-",
+                    _fmt(float(rep.task_law.r2[i])) if rep.task_law is not None else "-"]
             if pi is None or i == 0:
                 row.append("")
             else:
@@ -149,7 +151,8 @@ def _tables(results: list[dict], lags: list[int]) -> list[Any]:
             t.add_row(*row)
         cap = ["majority rate: " + ", ".join(f"k={k} {_fmt(rep.token[k].majority)}" for k in lags if k in rep.token),
                f"state {_fmt(rep.state.majority)}" + (f", task {_fmt(rep.task.majority)}" if rep.task is not None else ""),
-               f"Bayes ceiling: state {_fmt(rep.state.ceiling)}" + (f", task {_fmt(rep.task.ceiling)}" if rep.task is not None else "")]
+               f"Bayes ceiling: state {_fmt(rep.state.ceiling)}" + (f", task {_fmt(rep.task.ceiling)}" if rep.task is not None else "")
+               + (f", task law R2 {_fmt(rep.task_law.ceiling)}" if rep.task_law is not None else "")]
         t.caption = "; ".join(cap)
         tables.append(t)
 
@@ -213,6 +216,8 @@ def result_json(r: dict) -> dict:
         "state": cls(rep.state),
         "belief": {"r2": rep.belief.r2, "tv": rep.belief.tv, "n_test": rep.belief.n_test},
         "task": cls(rep.task),
+        "task_law": None if rep.task_law is None else {"r2": rep.task_law.r2, "bayes_ceiling": rep.task_law.ceiling,
+                                                        "n_test": rep.task_law.n_test},
         "data": r["data"],
     }
     if r.get("segments") is not None:

@@ -15,6 +15,9 @@ Summary statistics of one run (definitions in docs/diagnostics.md, "Experiment s
   reaches half its Bayes ceiling); ``task_late``:
   ``task_at - state_at`` (> 0: task identity becomes readable later than the state);
   ``task_final``: final-residual task accuracy over its Bayes ceiling;
+* ``law_at``, ``law_late``, ``law_final``: the same three for the task-law probe (R^2 of the task's token-pair law;
+  undefined when its best R^2 stays below half the Bayes posterior mean's R^2): the task measure that still works
+  with 1024 tasks, where the classifier cannot be fitted;
 * ``pi_rise``: mean position-independence score of the upper half of the attention layers minus the lower half
   (> 0: upper layers are more position-independent); ``pi_first``, ``pi_last``.
 """
@@ -31,7 +34,8 @@ from hmm.errors import HmmtxError
 
 SUMMARY_GROUPS = (
     ("next-token quality and Figure 1", ("tv", "acc_demo1", "acc_test", "bayes_test")),
-    ("Figure 3 (probes)", ("tok_k1", "tok_kmax", "tok_peak_shift", "state_at", "task_at", "task_late", "task_final")),
+    ("Figure 3 (probes)", ("tok_k1", "tok_kmax", "tok_peak_shift", "state_at", "task_at", "task_late", "task_final",
+                           "law_at", "law_late", "law_final")),
     ("Figure 2 (position independence)", ("pi_first", "pi_last", "pi_rise")),
 )
 #: ``task_at`` / ``task_late`` are undefined when the best task accuracy stays below this fraction of its Bayes
@@ -115,13 +119,15 @@ def summarise(result: dict) -> dict[str, float]:
         out["tok_k1"], out["tok_kmax"] = float(a1.max()), float(ak.max())
         out["tok_peak_shift"] = (int(ak.argmax()) - int(a1.argmax())) / L
     out["state_at"] = _first_within(pr["state"]["accuracy"]) / L
-    if pr["task"] is not None:
-        ceil = pr["task"]["ceiling"]
-        acc = [math.nan if v is None else v for v in pr["task"]["accuracy"]]
-        out["task_final"] = acc[-1] / ceil if ceil else math.nan
+    for name, probe, curve in (("task", pr["task"], "accuracy"), ("law", pr.get("task_law"), "r2")):
+        if probe is None:  # no demonstrations, one task, or a result from before the task-law probe existed
+            continue
+        ceil = probe["ceiling"]
+        acc = [math.nan if v is None else v for v in probe[curve]]
+        out[f"{name}_final"] = acc[-1] / ceil if ceil else math.nan
         if ceil and np.nanmax(acc) >= TASK_READ_FRACTION * ceil:  # else the probe never reads the task at all
-            out["task_at"] = _first_within(acc) / L
-            out["task_late"] = out["task_at"] - out["state_at"]
+            out[f"{name}_at"] = _first_within(acc) / L
+            out[f"{name}_late"] = out[f"{name}_at"] - out["state_at"]
     ind = result.get("independence")
     if ind is not None:
         m = [v for v in ind["mean"] if v is not None]
@@ -197,6 +203,8 @@ def layer_curves(cell: Cell) -> dict[str, list[Interval]]:
         rows["belief_r2"] = pr["belief_r2"]
         if pr["task"] is not None:
             rows["task"] = pr["task"]["accuracy"]
+        if pr.get("task_law") is not None:
+            rows["task_law"] = pr["task_law"]["r2"]
         if r.get("independence") is not None:
             rows["pi"] = r["independence"]["mean"]
         for name, vals in rows.items():

@@ -13,8 +13,8 @@ Result fields (all numbers are Python floats/ints; per-layer arrays are lists):
   tokens of the segment seen), for the subject (``model``, trained runs) and for the Bayes predictive (``bayes``,
   what H3 outputs within its bound), on the probe contexts; shape ``(n_demos + 1, max segment length)``, NaN-free
   (segments are padded with None);
-* ``probes``: per residual index: token-k accuracy for each lag, state accuracy, belief R^2, task accuracy; with
-  majority rates and Bayes ceilings;
+* ``probes``: per residual index: token-k accuracy for each lag, state accuracy, belief R^2, task accuracy, task-law
+  R^2 (the task's token-pair law regressed; measurable at 1024 tasks); with majority rates and Bayes ceilings;
 * ``independence``: per attention layer, mean and std over permutation draws (None for layers without attention);
 * ``timing``: wall seconds of training (or building) and of probing, and the CPU seconds of the whole run in its
   worker process (``cpu_s``: on a shared machine, the better estimate of the wall time on an idle core); the only
@@ -131,7 +131,8 @@ def execute(run: RunSpec, report: Report | None = None) -> dict:
         "run": run.to_dict(),
         "fig1": fig1,
         "probes": {"layers": list(rep.layers), "token": {str(k): cls(v) for k, v in rep.token.items()},
-                   "state": cls(rep.state), "belief_r2": rep.belief.r2, "task": cls(rep.task)},
+                   "state": cls(rep.state), "belief_r2": rep.belief.r2, "task": cls(rep.task),
+                   "task_law": None if rep.task_law is None else {"r2": rep.task_law.r2, "ceiling": rep.task_law.ceiling}},
         "independence": None if pi is None else {"layers": list(pi.layers), "mean": pi.mean, "std": pi.std},
         "timing": {"subject_s": t1 - t0, "probe_s": time.perf_counter() - t1, "cpu_s": time.process_time() - c0},
     }
