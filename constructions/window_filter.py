@@ -17,12 +17,15 @@ sequence start?", which decides between the prior ``mu`` and ``initial_probs``):
   full windows (prior ``mu``), ``V^k`` windows of ``k <= r`` tokens reaching BOS (prior ``initial_probs``) and one
   unit for BOS/NULL — so width ``V^r + V + ... + V^r + 1``. Exactly one unit equals 1, every other is 0, and its
   output column holds the exact window belief (and belief times ``A``) of its pattern. Depth ``ceil(log2(r+1))``.
-* readout ``"product"``: the H1 operator algebra restricted to the window. The last gather layer's FFN turns slots
-  into operators (``op[l] = G_x = diag(B[:, x]) A`` for the token at lag ``l = 1..r-1``, ``1 pi^T`` for the marker)
-  and slot ``r`` into the prior row vector (``mu``, or ``pi`` at the marker); ``ceil(log2 r)`` bilinear layers
-  multiply them pairwise in a balanced tree (each product projectively normalised), and a final bilinear layer
-  applies the current token: ``belief ∝ v diag(B[:, x_t])``, ``pred ∝ v diag(B[:, x_t]) A``. Depth
-  ``ceil(log2(r+1)) + ceil(log2 r) + 1``, FFN width ``max(r (V+1), S^2 + (floor(r/2) - 1) S^3, S (V+1))`` (middle term for r >= 2).
+* readout ``"product"``: the H1 operator algebra restricted to the window, applied as a **normalised vector
+  chain** (float-stable). The last gather layer's FFN writes the prior row vector (``mu``, or ``pi`` when slot ``r``
+  is the marker); then one bilinear layer per lag ``l = r-1..1`` applies that slot's operator to the running vector,
+  ``v[l] ∝ v[l+1] diag(B[:, x]) A`` (``(sum v) pi`` at the marker), writing a fresh block that is normalised to sum
+  1; a final bilinear layer applies the current token: ``belief ∝ v diag(B[:, x_t])``, ``pred ∝ v diag(B[:, x_t])
+  A``. Each unit multiplies the vector entry by ``B[c, x]`` before ``A[c, j]`` (two factors, never the product
+  ``B A`` as one weight), so no weight or intermediate leaves the float range merely because the HMM's entries are
+  tiny; every quantity is a normalised window belief. Depth ``ceil(log2(r+1)) + r``, FFN width ``S (V + 1)``.
+  Float round-off: a derived **relative** bound (:mod:`constructions.window_roundoff`).
 
 Readouts: ``next_token = B^T pred`` (unnormalised masses; output ``z / sum z``) and ``belief`` (the window-filtered
 state distribution). At BOS/NULL both blocks hold ``initial_probs``.
@@ -147,27 +150,6 @@ def _lookup_entries(pi: list, A: list, B: list, mu: list, r: int):
     yield from dfs([], list(pi), 0, True)
 
 
-def _plan_tree(r: int) -> list[list[tuple[str, str, str, str]]]:
-    """Balanced product tree over ``[prior, op[r-1], ..., op[1]]``: per level, ``(out, left, right, kind)``."""
-    items = [("prior", "vec")] + [(f"op[{l}]", "mat") for l in range(r - 1, 0, -1)]
-    levels = []
-    lev = 0
-    while len(items) > 1:
-        new, ops = [], []
-        for i in range(0, len(items), 2):
-            if i + 1 < len(items):
-                (a, ka), (b, _) = items[i], items[i + 1]
-                name = f"prod{lev}[{i // 2}]"
-                ops.append((name, a, b, ka))
-                new.append((name, ka))
-            else:
-                new.append(items[i])
-        levels.append(ops)
-        items = new
-        lev += 1
-    return levels
-
-
 # ---------------------------------------------------------------------------------------------- build
 @dataclass(frozen=True)
 class WindowInfo(ModelInfo):
@@ -182,7 +164,6 @@ class WindowInfo(ModelInfo):
         gather:         the :class:`~constructions.gather.Gather` plan of the gather layers
         mu:             (S,) exact prior of the window's first state
         operator_ratio: ``(log K, log K_prior)`` of :func:`operator_ratio` (product readout), else None
-        min_log_entry:  log of the smallest positive entry of pi, mu, A, B (product readout's underflow check)
     """
 
     hmm: Any
@@ -193,7 +174,6 @@ class WindowInfo(ModelInfo):
     gather: Gather
     mu: tuple
     operator_ratio: tuple[float, float] | None
-    min_log_entry: float | None = None
 
 
 def build(
@@ -234,7 +214,6 @@ def build(
     pi, A, B, mu = _exact_params(hmm, prior)
     M = V  # the start marker's symbol index in every slot
     plan = Gather(num_slots=r + 1, alphabet=V + 1)
-    tree = _plan_tree(r) if readout == "product" else []
 
     lay = Layout()
     lay.add("one", 1, "constant 1")
@@ -242,10 +221,7 @@ def build(
     if readout == "product":
         lay.add("prior", S, "prior row vector of the window's first state: mu, or initial_probs if slot[r] is the marker")
         for l in range(r - 1, 0, -1):
-            lay.add(f"op[{l}]", (S, S), f"operator of the token at lag {l}: diag(B[:,x]) A, or 1 pi^T for the marker")
-        for lev, ops in enumerate(tree):
-            for name, a, b, kind in ops:
-                lay.add(name, S if kind == "vec" else (S, S), f"tree level {lev}: {a} x {b} (projectively normalised)")
+            lay.add(f"v[{l}]", S, f"window product through lag {l}: v[{l + 1}] Op(slot[{l}]), normalised to sum 1")
     lay.add("belief", S, "window-filtered belief P_mu(z_t | x_{t-r+1..t}) (initial_probs at BOS/NULL)")
     lay.add("pred", S, "belief A: predicted next state (initial_probs at BOS/NULL)")
     lay.freeze()
@@ -265,12 +241,11 @@ def build(
         layers[-1] = dataclasses.replace(layers[-1], ffn=_lookup_ffn(lay, plan, pi, A, B, mu, r),
                                          description=layers[-1].description + "; ReLU lookup over window patterns")
     else:
-        layers[-1] = dataclasses.replace(layers[-1], ffn=_operator_ffn(lay, plan, pi, A, B, mu, r),
-                                         description=layers[-1].description + "; FFN: slots -> operators and prior")
-        for lev, ops in enumerate(tree):
-            layers.append(_tree_layer(lay, S, lev, ops))
-        last = tree[-1][0][0] if tree else "prior"
-        layers.append(_final_layer(lay, plan, pi, A, B, last))
+        layers[-1] = dataclasses.replace(layers[-1], ffn=_prior_ffn(lay, plan, pi, mu, r),
+                                         description=layers[-1].description + "; FFN: slot[r] -> prior")
+        for l in range(r - 1, 0, -1):
+            layers.append(_chain_layer(lay, plan, pi, A, B, l, "prior" if l == r - 1 else f"v[{l + 1}]"))
+        layers.append(_final_layer(lay, plan, pi, A, B, "v[1]" if r > 1 else "prior"))
 
     outs = [
         make_readout(lay, "next_token", [(v, ("pred", j), B[j][v]) for v in range(V) for j in range(S) if B[j][v] != 0],
@@ -285,8 +260,7 @@ def build(
                     "max_len": max_len, "gather_layers": plan.depth},
     )
     info = WindowInfo(hmm=hmm, n=S, r=r, prior=prior, readout=readout, gather=plan, mu=tuple(mu),
-                      operator_ratio=operator_ratio(hmm, prior) if readout == "product" else None,
-                      min_log_entry=_min_log_entry(hmm, prior) if readout == "product" else None)
+                      operator_ratio=operator_ratio(hmm, prior) if readout == "product" else None)
     return ConstructedTransformer(lay, emb, layers, outs, spec, WindowCodec(V, max_len), bound_fn=claimed_bound,
                                   attention=attention, beta=beta, dtype=dtype, device=device, info=info)
 
@@ -326,45 +300,47 @@ def _lookup_ffn(lay: Layout, plan: Gather, pi: list, A: list, B: list, mu: list,
     return ReLUFFN(W_in, b_in, W_out, b_out, tuple(labels))
 
 
-def _operator_ffn(lay: Layout, plan: Gather, pi: list, A: list, B: list, mu: list, r: int):
-    """Linear in the slots (bilinear units with the constant ``one``): ``op[l] = sum_x slot[l][x] Op_x`` with
-    ``Op_x = diag(B[:, x]) A`` and ``Op_marker = 1 pi^T``; ``prior = sum_{x<V} slot[r][x] mu + slot[r][marker] pi``.
-    Exact because each slot is a one-hot."""
-    S, V = len(A), len(B[0])
+def _prior_ffn(lay: Layout, plan: Gather, pi: list, mu: list, r: int):
+    """``prior = sum_{x<V} slot[r][x] mu + slot[r][marker] pi`` (bilinear units ``one * slot[r][x]``; exact because
+    the slot is a one-hot: the block receives one weight, rounded once in a float mode)."""
+    V = plan.alphabet - 1
     bb = BilinearBuilder(lay)
-    for l in range(r - 1, 0, -1):
-        for x in range(V + 1):
-            if x < V:
-                writes = [((f"op[{l}]", i, j), B[i][x] * A[i][j]) for i in range(S) for j in range(S) if B[i][x] * A[i][j]]
-            else:
-                writes = [((f"op[{l}]", i, j), pi[j]) for i in range(S) for j in range(S) if pi[j]]
-            bb.unit("one", (plan.slot(l), x), writes, label=f"op[{l}]<-slot[{l}]={x if x < V else 'marker'}")
     for x in range(V + 1):
         vec = mu if x < V else pi
-        bb.unit("one", (plan.slot(r), x), [(("prior", j), vec[j]) for j in range(S) if vec[j]],
+        bb.unit("one", (plan.slot(r), x), [(("prior", j), vec[j]) for j in range(len(vec)) if vec[j]],
                 label=f"prior<-slot[{r}]={x if x < V else 'marker'}")
     return bb.build()
 
 
-def _tree_layer(lay: Layout, S: int, lev: int, ops: list) -> Layer:
-    """Pairwise products ``out = left @ right`` (vector-matrix or matrix-matrix): one bilinear unit per term
-    ``left[i, c] * right[c, j]``; then each product is divided by its own sum (projective normalisation)."""
+def _chain_layer(lay: Layout, plan: Gather, pi: list, A: list, B: list, l: int, src: str) -> Layer:
+    """One step of the window chain: ``v[l] ∝ src Op(slot[l])`` with ``Op_x = diag(B[:, x]) A`` and
+    ``Op_marker = 1 pi^T``, then ``v[l]`` is normalised to sum 1.
+
+    Units ``(B[c, x] src[c]) * slot[l][x]`` write ``A[c, j]`` into ``v[l][j]`` (the emission scales the first
+    factor, the transition is the output weight: the product ``B A`` is never one weight); marker units
+    ``src[c] * slot[l][marker]`` write ``pi[j]``. Exact because the slot is a one-hot; every output is a sum of at most
+    S non-negative terms (no cancellation), written into a fresh block."""
+    S, V = len(A), len(B[0])
     bb = BilinearBuilder(lay)
-    for name, a, b, kind in ops:
-        for c in range(S):
-            for j in range(S):
-                if kind == "vec":
-                    bb.unit((a, c), (b, c, j), [((name, j), 1)], label=f"{name}[{j}]+={a}[{c}]*{b}[{c},{j}]")
-                else:
-                    for i in range(S):
-                        bb.unit((a, i, c), (b, c, j), [((name, i, j), 1)], label=f"{name}[{i},{j}]+={a}[{i},{c}]*{b}[{c},{j}]")
-    return Layer(f"product{lev}", ffn=bb.build(), norms=tuple(ProjectiveNorm(n) for n, *_ in ops),
-                 description=f"window operator products, tree level {lev}: " + ", ".join(f"{n} = {a} {b}" for n, a, b, _ in ops))
+    out = f"v[{l}]"
+    for c in range(S):
+        for x in range(V + 1):
+            if x < V:
+                if B[c][x] == 0:
+                    continue
+                writes, scale = [((out, j), A[c][j]) for j in range(S) if A[c][j]], B[c][x]
+            else:
+                writes, scale = [((out, j), pi[j]) for j in range(S) if pi[j]], 1
+            bb.unit((src, c), (plan.slot(l), x), writes, a_scale=scale,
+                    label=f"{out}<-{src}[{c}]*slot[{l}]={x if x < V else 'marker'}")
+    return Layer(f"chain[{l}]", ffn=bb.build(), norms=(ProjectiveNorm(out),),
+                 description=f"window chain, lag {l}: {out} = {src} diag(B[:,x]) A (1 pi^T at the marker), normalised")
 
 
 def _final_layer(lay: Layout, plan: Gather, pi: list, A: list, B: list, v: str) -> Layer:
-    """``belief ∝ v diag(B[:, x_t])`` and ``pred ∝ belief A`` from the product ``v`` and slot 0 (units ``v[c] *
-    slot[0][x]``); at the marker (BOS/NULL) both become ``(sum v) pi``. Then both are normalised."""
+    """``belief ∝ v diag(B[:, x_t])`` and ``pred ∝ v diag(B[:, x_t]) A`` from the chain's last vector ``v`` and slot
+    0 (units ``(B[c, x] v[c]) * slot[0][x]`` writing 1 into ``belief[c]`` and ``A[c, j]`` into ``pred[j]``); at the
+    marker (BOS/NULL) both become ``(sum v) pi``. Then both are normalised."""
     S, V = len(A), len(B[0])
     bb = BilinearBuilder(lay)
     for c in range(S):
@@ -372,12 +348,15 @@ def _final_layer(lay: Layout, plan: Gather, pi: list, A: list, B: list, v: str) 
             if x < V:
                 if B[c][x] == 0:
                     continue
-                writes = [(("belief", c), B[c][x])] + [(("pred", j), B[c][x] * A[c][j]) for j in range(S) if A[c][j]]
+                writes, scale = [(("belief", c), 1)] + [(("pred", j), A[c][j]) for j in range(S) if A[c][j]], B[c][x]
             else:
-                writes = [(("belief", j), pi[j]) for j in range(S) if pi[j]] + [(("pred", j), pi[j]) for j in range(S) if pi[j]]
-            bb.unit((v, c), (plan.slot(0), x), writes, label=f"{v}[{c}]*slot[0]={x if x < V else 'marker'}")
+                writes = [(("belief", j), pi[j]) for j in range(S) if pi[j]] + \
+                    [(("pred", j), pi[j]) for j in range(S) if pi[j]]
+                scale = 1
+            bb.unit((v, c), (plan.slot(0), x), writes, a_scale=scale,
+                    label=f"{v}[{c}]*slot[0]={x if x < V else 'marker'}")
     return Layer("current_token", ffn=bb.build(), norms=(ProjectiveNorm("belief"), ProjectiveNorm("pred")),
-                 description="apply the current token: belief = v diag(B[:,x_t]), pred = belief A")
+                 description="apply the current token: belief = v diag(B[:,x_t]), pred = v diag(B[:,x_t]) A")
 
 
 # ---------------------------------------------------------------------------------------------- bounds
@@ -423,33 +402,6 @@ def operator_ratio(hmm: HMM, prior: Any) -> tuple[float, float]:
     return K, Kp
 
 
-def _min_log_entry(hmm: HMM, prior: Any) -> float:
-    """``log m0``: the log of the smallest positive entry of ``pi``, ``mu``, ``A`` and ``B`` (exact)."""
-    pi, A, B, mu = _exact_params(hmm, prior)
-    vals = [Fraction(v) for v in list(pi) + list(mu) + [a for row in A for a in row] + [b for row in B for b in row]]
-    return min(_frac_log(v) for v in vals if v > 0)
-
-
-def product_underflow(model: ConstructedTransformer, mode: str) -> str:
-    """The product readout's no-underflow condition for the round-off allowance (``""`` when it holds).
-
-    A normalised product of ``k`` raw factors (operators ``diag(B[:,x]) A``, ``1 pi^T``, the prior; entries <= 1)
-    has positive entries ``>= m0^k / S^(k+1)`` (a positive entry has a positive term, the unnormalised sum is
-    ``<= S^(k+1)``); every bilinear unit multiplies two such entries (``k1 + k2 <= r + 2`` factors, the emission
-    included). So if ``(r + 2) log m0 - (r + 4) log S >= log(4 tiny)`` no operand or result leaves the normal range.
-    Ill-conditioned HMMs (entries near 1e-170 in float64, near 1e-12 in float32) fail it: their float runs
-    underflow and only the trivial bound is claimed (``--mode exact`` is exact)."""
-    from constructions.roundoff import TINY
-
-    r, S = model.info.r, model.info.n
-    lhs = (r + 2) * model.info.min_log_entry - (r + 4) * math.log(S)
-    rhs = math.log(4 * TINY[mode])
-    if lhs >= rhs:
-        return ""
-    return (f"products of the window operators may underflow in {mode} (smallest entry 1e{model.info.min_log_entry / math.log(10):.0f}, "
-            f"r={r}): the round-off allowance does not apply, trivial bound claimed")
-
-
 def softmax_product_leakage(model: ConstructedTransformer, beta: float) -> float:
     """Certified bound on the max-abs output error caused by softmax attention (product readout), exact arithmetic.
 
@@ -485,31 +437,27 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
     :func:`hmm.window.a_posteriori_bound` (reported by :func:`report_extra` and ``hmmtx window-curve``).
 
     * exact mode, hard attention: 0 (bit-identical).
-    * float modes: round-off allowance :func:`hmm.window.roundoff_allowance` with ``T = 0`` (each position is
-      independent) for the model in its dtype plus the same for a float64 reference.
+    * float modes: the derived round-off bound of :mod:`constructions.window_roundoff` for the model in its dtype
+      (relative per output entry plus a few subnormals) plus the same for the float64 reference, stated from
+      ``S``, ``V``, ``r`` and the mode; valid when the no-underflow check on the float64 chain passes (product
+      readout: for the model's dtype; both readouts: for the float64 reference), else the trivial bound.
     * softmax attention: plus :func:`softmax_lookup_leakage` (lookup readout) or :func:`softmax_product_leakage`
-      (product readout; trivial 1 when an operator or prior has a zero entry).
+      (product readout; trivial 1 when an operator or prior has a zero entry); the round-off part is then
+      heuristic (module docstring of :mod:`constructions.window_roundoff`).
     """
     from constructions.transformer import MODES
-    from hmm.window import roundoff_allowance
 
     if mode not in MODES:
         raise HmmtxError(f"mode must be one of {MODES}, got {mode!r}")
-    hmm, r = model.info.hmm, model.info.r
-    validate_tokens(tokens, hmm.num_obs)
-    S = hmm.num_states
+    validate_tokens(tokens, model.info.hmm.num_obs)
     if mode == "exact":
         if model.attention != "hard":
             raise HmmtxError("exact mode runs hard attention only")
         return BoundReport(0.0, 0.0, 0.0, 1.0, "exact rational arithmetic, hard attention: bit-identical to the "
                            "exact window filter", "exact")
-    dt = np.float32 if mode == "float32" else np.float64
-    rnd = roundoff_allowance(S, 0, r, dt) + roundoff_allowance(S, 0, r, np.float64)
-    note = f"heuristic round-off allowance {rnd:.3g} (S={S}, r={r}, {mode})"
-    if model.info.readout == "product":
-        why = product_underflow(model, mode)
-        if why:
-            return BoundReport(1.0, 0.0, 1.0, 1.0, why, "trivial")
+    rnd, note, kind = _roundoff(model, tokens, mode)
+    if kind == "trivial":
+        return BoundReport(1.0, 0.0, 1.0, 1.0, note, "trivial")
     leak = 0.0
     if model.attention == "softmax":
         if model.info.readout == "lookup":
@@ -524,7 +472,38 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
             else:
                 note += ("; softmax attention with the product readout: an operator or prior has a zero entry, so no "
                          "leakage bound is derived (trivial bound only)")
-    return BoundReport(min(1.0, leak + rnd), leak, rnd, 1.0, note, "heuristic")
+    return BoundReport(min(1.0, leak + rnd), leak, rnd, 1.0, note, kind)
+
+
+def _roundoff(model: ConstructedTransformer, tokens: Any, mode: str) -> tuple[float, str, str]:
+    """``(round-off part, note, kind)`` of :func:`claimed_bound` in a float mode: the derived bound of
+    :mod:`constructions.window_roundoff` for the model plus the float64 reference (kind ``"trivial"`` when its
+    underflow check fails or ``R`` is too large for it)."""
+    from constructions.window_roundoff import (MAX_LOG_RATIO, lookup_absolute, model_log_ratio, reference_log_ratio,
+                                               window_absolute)
+
+    S, V, r, readout = model.info.n, model.info.hmm.num_obs, model.info.r, model.info.readout
+    soft = model.attention == "softmax"
+    R = max(model_log_ratio(S, V, r, mode, readout, softmax=soft).values())
+    R_ref = max(reference_log_ratio(S, r).values())
+    if R > MAX_LOG_RATIO:
+        return 1.0, f"round-off log-ratio {R:.3g} > {MAX_LOG_RATIO} (S={S}, r={r}, {mode}): trivial bound claimed", \
+            "trivial"
+    mu = np.array(model.info.mu, dtype=object)
+    a_ref, why = window_absolute(model.info.hmm, tokens, r, mu, "float64")
+    if readout == "product":
+        a_own, why_own = (a_ref, why) if mode == "float64" else window_absolute(model.info.hmm, tokens, r, mu, mode)
+        why = why_own or why
+    else:
+        a_own = lookup_absolute(S, V, mode)
+    if why:
+        return 1.0, f"underflow check of the derived round-off bound failed ({why}): trivial bound claimed", "trivial"
+    kind = "heuristic" if soft else "derived"
+    own, ref = math.expm1(R) + a_own, math.expm1(R_ref) + a_ref
+    note = (f"{kind} round-off bound: |p^ - p| <= p expm1(R) + a, R = {R:.3g}, a = {a_own:.3g} ({readout} readout, "
+            f"S={S}, V={V}, r={r}, {mode}{'; softmax terms heuristic' if soft else ''}) + float64 reference "
+            f"{ref:.3g}")
+    return own + ref, note, kind
 
 
 def report_extra(hmm: HMM, tokens: Any, *, r: int, prior: Any = "stationary", exact: bool = False, **_: Any) -> dict:
@@ -593,11 +572,16 @@ def _build_entry(hmm: HMM, tokens: Any, *, attention: str = "hard", beta: float 
 
 def _reference_entry(hmm: HMM, tokens: Any, *, exact: bool, r: int = 4, readout: str = "lookup",
                      prior: str = "stationary", max_len: int | None = None) -> dict:
-    """The construction's exact target, the window filter (keys ``next_token_probs``, ``filtered_probs``)."""
-    from hmm.window import window_filter, window_filter_exact
+    """The construction's exact target, the window filter (keys ``next_token_probs``, ``filtered_probs``). The
+    float64 reference takes the prior rounded from its exact value (as the model's weights), so its round-off is the
+    derived one of :func:`constructions.window_roundoff.reference_roundoff`."""
+    from hmm.window import resolve_prior, window_filter, window_filter_exact
 
     p = _parse_prior(prior)
-    w = window_filter_exact(hmm, tokens, r, p) if exact else window_filter(hmm, tokens, r, p)
+    if exact:
+        w = window_filter_exact(hmm, tokens, r, p)
+    else:
+        w = window_filter(hmm, tokens, r, resolve_prior(hmm, p, exact=True))
     return {"next_token_probs": w.next_token_probs, "filtered_probs": w.filtered_probs}
 
 

@@ -144,46 +144,83 @@ def _impossible(t: int, seq: int | None, r: int) -> HmmtxError:
     )
 
 
-def window_filter(hmm: HMM, tokens: Any, r: int, prior: Any = "stationary", dtype: Any = np.float64) -> WindowResult:
-    """Batched, vectorised window filter in numpy (every window advanced in lock-step, ``r`` steps).
+def window_filter(hmm: HMM, tokens: Any, r: int, prior: Any = "stationary", dtype: Any = np.float64, *,
+                  observer: Any = None) -> WindowResult:
+    """Batched, vectorised window filter in numpy (every window advanced in lock-step, ``r`` steps; the step order of
+    the Transformer's product readout, see :func:`_chain`).
 
     Args:
         tokens: (T,) or (N, T) token ids.
         r: window length (>= 1).
         prior: reference prior, see :func:`resolve_prior` (a given array is used as is, rounded to ``dtype``).
         dtype: numpy float dtype for every operation.
+        observer: optional object with methods ``prior``, ``marker``, ``step``, ``final`` called with the chain's
+            intermediate arrays (:func:`_chain`); the window round-off bound's underflow tracker
+            (:class:`constructions.window_roundoff.UnderflowTracker`) is one.
     """
     r = check_window_length(r)
     x = hmm.check_tokens(tokens)
     single = x.ndim == 1
-    x = x[None] if single else x
+    filt, nxt = _chain(hmm, x[None] if single else x, r, prior, dtype, observer, single)
+    start, reaches = _window_index(x.shape[-1], r)
+    if single:
+        return WindowResult(filt[0], nxt[0], start, reaches)
+    return WindowResult(filt, nxt, start, reaches)
+
+
+def _chain(hmm: HMM, x: np.ndarray, r: int, prior: Any, dtype: Any, observer: Any, single: bool) -> tuple:
+    """The window chain on (N, T) tokens: ``(filtered, next_token)``.
+
+    Every window is advanced in lock-step, one token per step, in the order of the Transformer's product readout:
+    ``z = (p * B[:, x]) @ A`` (unnormalised), ``p = z / sum z``; the last token gives the pre-normalisation belief
+    ``joint = p * B[:, x_t]`` and prediction ``joint @ A``, each normalised, and ``next = pred @ B``. A window
+    that reaches the start begins from ``pi`` at ``z_0``; the steps before its first token are where the
+    Transformer applies the marker operator ``1 pi^T`` (``observer.marker(idx)``, idx = those windows).
+    ``observer.prior(p)``, ``observer.step(idx, xs, p, z, c)`` (tokens, inputs of windows ``idx``, their ``z`` and
+    its sum ``c``) and ``observer.final(x, p, joint, pred)`` see every intermediate array.
+    """
     N, T = x.shape
     pi, A, B = hmm.arrays(dtype)
     mu = np.asarray(resolve_prior(hmm, prior, exact=False), dtype=dtype)
     Bt = np.ascontiguousarray(B.T)
-    start, reaches = _window_index(T, r)
+    _, reaches = _window_index(T, r)
     t = np.arange(T)
     # p[n, t] = current (normalised) belief of window t; windows reaching the start begin from pi at z_0.
     p = np.where(reaches[None, :, None], pi[None, None, :], mu[None, None, :]).astype(dtype)
     p = np.broadcast_to(p, (N, T, A.shape[0])).copy()
-    for k in range(r):
-        pos = t - r + 1 + k  # position of the window's k-th token (may be < 0: not yet started)
-        active = pos >= 0
-        if not np.any(active):
+    if observer is not None:
+        observer.prior(p)
+
+    def impossible(c: np.ndarray, idx: np.ndarray) -> HmmtxError:
+        n, j = (int(v[0]) for v in np.nonzero(~(c > 0)))
+        return _impossible(int(idx[j]), None if single else n, r)
+
+    for k in range(r - 1):
+        pos = t - r + 1 + k  # position of the window's k-th token (< 0: not yet started, a marker step)
+        idx = np.where(pos >= 0)[0]
+        if observer is not None and idx.size < T:
+            observer.marker(np.where(pos < 0)[0])
+        if idx.size == 0:
             continue
-        idx = np.where(active)[0]
-        joint = p[:, idx] * Bt[x[:, pos[idx]]]
-        c = joint.sum(axis=2)
+        Bx = Bt[x[:, pos[idx]]]
+        z = (p[:, idx] * Bx) @ A
+        c = z.sum(axis=2)
+        if observer is not None:
+            observer.step(idx, x[:, pos[idx]], p[:, idx], z, c)
         if not np.all(c > 0):
-            n, j = (int(v[0]) for v in np.nonzero(~(c > 0)))
-            raise _impossible(int(idx[j]), None if single else n, r)
-        f = joint / c[..., None]
-        p[:, idx] = f if k == r - 1 else f @ A
-    filt = p
-    nxt = filt @ A @ B
-    if single:
-        return WindowResult(filt[0], nxt[0], start, reaches)
-    return WindowResult(filt, nxt, start, reaches)
+            raise impossible(c, idx)
+        p[:, idx] = z / c[..., None]
+    Bx = Bt[x]  # the last token (k = r - 1) is x_t itself
+    joint = p * Bx
+    pred = joint @ A
+    if observer is not None:
+        observer.final(x, p, joint, pred)
+    c = joint.sum(axis=2)
+    if not np.all(c > 0):
+        raise impossible(c, t)
+    filt = joint / c[..., None]
+    pred = pred / pred.sum(axis=2)[..., None]
+    return filt, pred @ B
 
 
 def window_filter_exact(hmm: HMM, tokens: Any, r: int, prior: Any = "stationary") -> WindowResult:
