@@ -63,15 +63,17 @@ def prefix_bytes(source: Any, tokens: Any, *, mode: str = "float64", extra_width
 
 def window_bytes(source: Any, tokens: Any, *, mode: str = "float64", extra_width: Callable[[int], int] | None = None,
                  **params: Any) -> float:
-    """window (H2): ``D = S^2 + (r + 1)(V + 2) + 16``, ``L = ceil(log2(r + 1)) + 2``, ``F = 2 V^r + 2 S^2`` for
-    the lookup readout (``4 S^2 r + 2 S^2`` for the product readout, which has no V^r table)."""
+    """window (H2): lookup readout ``D = S^2 + (r + 1)(V + 2) + 16``, ``L = ceil(log2(r + 1)) + 2``,
+    ``F = 2 V^r + 2 S^2``; product readout (the vector chain, no V^r table): ``D`` plus ``(r + 2) S``,
+    ``L = ceil(log2(r + 1)) + r + 1``, ``F = 2 S (V + 1) + 2 S^2``."""
     S, V = _sizes(source)
     T = _positions(tokens, params)
     r = int(params.get("r", 1) or 1)
     lookup = str(params.get("readout", "lookup")) == "lookup"
-    F = (2 * float(V) ** r if lookup else 4.0 * S * S * r) + 2 * S * S
-    D = S * S + (r + 1) * (V + 2) + 16 + (extra_width(T) if extra_width else 0)
-    return dense_model_bytes(D=D, L=math.ceil(math.log2(r + 1)) + 2, F=F, T=T, mode=mode)
+    F = (2 * float(V) ** r if lookup else 2.0 * S * (V + 1)) + 2 * S * S
+    D = S * S + (r + 1) * (V + 2) + 16 + (0 if lookup else (r + 2) * S) + (extra_width(T) if extra_width else 0)
+    L = math.ceil(math.log2(r + 1)) + (2 if lookup else r + 1)
+    return dense_model_bytes(D=D, L=L, F=F, T=T, mode=mode)
 
 
 def icl_bytes(source: Any, tokens: Any, *, mode: str = "float64", extra_width: Callable[[int], int] | None = None,

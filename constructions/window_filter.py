@@ -623,8 +623,8 @@ def _register() -> Any:
         families=("dirichlet", "low_rank", "observable", "sticky", "cyclic", "mess3", "even", "golden_mean"),
         outputs=("next_token_probs", "filtered_probs"),
         default_tokens="0 1 0 1 1 0",
-        bound="vs the window filter: round-off allowance (+ certified softmax leakage: lookup readout always, "
-              "product readout for strictly positive HMMs); memory error vs the true filter reported separately "
+        bound="vs the window filter: derived relative round-off bound (+ certified softmax leakage: lookup readout "
+              "always, product readout for strictly positive HMMs); memory error vs the true filter reported separately "
               "with a-priori and a-posteriori bounds",
         report=_report_entry,
         probe=ProbeHooks("sequence", _probe_build),
