@@ -1,10 +1,14 @@
-"""Fast exact rationals: the python-flint backend (``fmpq``, ``fmpq_mat``) of the exact references.
+"""Fast exact rationals: the python-flint backend of the exact references.
 
 ``fractions.Fraction`` stays the readable reference (:func:`hmm.reference.forward_filter_exact` with
-``backend="fraction"``); this module computes the same recursion with FLINT's rationals and returns the same
-:class:`~hmm.reference.FilterResult` of Fractions, bit for bit (tested). Chosen over gmpy2 ``mpq`` by measurement
-(``docs/design-decisions.md``, ``docs/performance.md``): FLINT's rational matrix products work on a common
-denominator (fraction-free), so the gain grows with S and T.
+``backend="fraction"``); :func:`forward_filter_rows` computes the same recursion on integer vectors with FLINT's
+``fmpz_mat`` (A, B and pi scaled to integers by their least common denominators, the scale kept apart) and returns
+the same :class:`~hmm.reference.FilterResult`, entry for entry equal to the Fraction recursion's (tested bit for
+bit). Its entries are :class:`LazyFraction` s: Fractions whose reduction to lowest terms (one gcd of two integers of
+up to thousands of digits, the dominant cost of any eager exact filter) happens only when the numerator or
+denominator is asked for; ``==``, ``float()`` and ``bool()`` do not need it (``docs/performance.md``: the
+integer recursion alone is ~300x faster than Fractions at S = 16, T = 2048; reducing every entry afterwards costs
+about 25x the recursion). Chosen over gmpy2 ``mpq`` by measurement (``docs/design-decisions.md``).
 
 Conversions: ``to_fmpq`` / ``to_fraction`` (both exact; FLINT keeps fractions in lowest terms, so the Fraction is
 built without a second gcd).
@@ -12,6 +16,7 @@ built without a second gcd).
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from typing import Any
 
@@ -35,6 +40,82 @@ def require() -> Any:
     if _flint is None:
         raise HmmtxError("the fast exact backend needs python-flint: pip install 'hmmtx[exact]' (or python-flint)")
     return _flint
+
+
+class _RowDenominator:
+    """The shared denominator of one output row (an ``fmpz``), with its Python ``int`` made once on demand."""
+
+    __slots__ = ("z", "_int")
+
+    def __init__(self, z: Any) -> None:
+        self.z = z
+        self._int: int | None = None
+
+    @property
+    def int(self) -> int:
+        if self._int is None:
+            self._int = int(self.z)
+        return self._int
+
+
+class LazyFraction(Fraction):
+    """An exact rational ``p / q`` (``p`` an ``fmpz``, ``q`` a row's shared denominator) that is reduced to lowest
+    terms only when its ``numerator`` / ``denominator`` are asked for (one gcd, then cached).
+
+    It *is* a :class:`fractions.Fraction` (``isinstance`` holds, arithmetic and hashing give exactly what the
+    reduced Fraction gives); what it saves is the gcd of every output entry when the caller does not need the
+    canonical pair: ``==`` against a Fraction or another LazyFraction compares cross products (two products
+    instead of a gcd; equal rationals have equal lowest terms, so this is bit-for-bit equality), ``float()``
+    divides the unreduced integers (Python's int true division is correctly rounded, so the float is the same),
+    ``bool()`` tests ``p``. Pickling and ``copy`` give a plain Fraction / the same object.
+    """
+
+    __slots__ = ("_p", "_q", "_pair")
+
+    @classmethod
+    def _make(cls, p: Any, q: _RowDenominator) -> "LazyFraction":
+        self = object.__new__(cls)
+        self._p, self._q, self._pair = p, q, None
+        return self
+
+    def __new__(cls, numerator: Any = 0, denominator: Any = None) -> "LazyFraction":  # noqa: D102
+        f = Fraction(numerator) if denominator is None else Fraction(numerator, denominator)
+        return cls._make(require().fmpz(f.numerator), _RowDenominator(require().fmpz(f.denominator)))
+
+    def _reduced(self) -> tuple[int, int]:
+        if self._pair is None:
+            g = self._p.gcd(self._q.z)
+            self._pair = (int(self._p // g), int(self._q.z // g))
+        return self._pair
+
+    _numerator = property(lambda self: self._reduced()[0])
+    _denominator = property(lambda self: self._reduced()[1])
+
+    def __eq__(self, other: Any) -> Any:
+        if isinstance(other, LazyFraction):
+            return self._p * other._q.z == other._p * self._q.z
+        if isinstance(other, Fraction) or type(other) is int:
+            if self._pair is not None:
+                return self._pair == (other.numerator, other.denominator)
+            return self._p * other.denominator == self._q.z * other.numerator
+        return Fraction.__eq__(self, other)
+
+    __hash__ = Fraction.__hash__
+
+    def __float__(self) -> float:
+        return int(self._p) / self._q.int
+
+    def __bool__(self) -> bool:
+        return bool(self._p)
+
+    def __reduce__(self) -> tuple:
+        return (Fraction, self._reduced())
+
+    def __copy__(self) -> "LazyFraction":
+        return self
+
+    def __deepcopy__(self, memo: Any) -> "LazyFraction":
+        return self
 
 
 def to_fmpq(v: Any) -> Any:
@@ -76,45 +157,77 @@ def normalised_fractions(row: Any) -> list[Fraction] | None:
     return [to_fraction(v / s) for v in q]
 
 
-def _normalised(entries: list, zero: Any) -> list:
-    s = sum(entries, zero)
-    return [e / s for e in entries]
+def integer_matrix(m: Any) -> tuple[Any, int]:
+    """A 2-D array of non-negative exact rationals as ``(N, d)``: an ``fmpz_mat`` N and the least common
+    denominator ``d`` of its entries, ``m = N / d`` exactly."""
+    f = require()
+    rows = [[v if isinstance(v, Fraction) else Fraction(v) for v in r] for r in np.asarray(m, dtype=object).tolist()]
+    d = math.lcm(*(v.denominator for r in rows for v in r))
+    return f.fmpz_mat([[v.numerator * (d // v.denominator) for v in r] for r in rows]), d
+
+
+def _lazy_row(entries: list, den: Any) -> list:
+    q = _RowDenominator(den)
+    return [LazyFraction._make(p, q) for p in entries]
 
 
 def forward_filter_rows(hmm: Any, x: np.ndarray, on_zero: Any) -> tuple:
-    """One sequence (T,) of validated tokens: the recursion of :func:`hmm.reference._forward_filter_exact_one` in
-    FLINT rationals (``joint = alpha D_o``, ``alpha <- joint A``, next-token ``alpha B / 1^T alpha``).
+    """One sequence (T,) of validated tokens: the recursion of :func:`hmm.reference._forward_filter_exact_one` on
+    integer vectors, with the common scale kept apart.
 
-    Returns ``(filtered, predicted, next_token, likelihood)``: three (T, .) object arrays of Fractions and the
+    With ``pi = n_pi / d_pi``, ``A = N_A / d_A``, ``B = N_B / d_B`` (least common denominators), the integer row
+    ``a_t = d_pi (d_A d_B)^t alpha_t`` follows ``a_{t+1} = (a_t o N_B[:, x_t]) N_A`` (FLINT ``fmpz_mat``
+    products); one product ``a_t [N_B | 1]`` gives the next-token numerators and the sums. Every output is a ratio
+    of the step's integers (``pred_t = a_t / 1^T a_t``, ``filt_t = j_t / 1^T j_t``,
+    ``next_t = a_{t+1} N_B / (d_B 1^T a_{t+1})``): the scale cancels, no gcd is taken during the recursion, and
+    each entry is a :class:`LazyFraction` (reduced to lowest terms only when asked for; equal, bit for bit, to the
+    Fraction recursion's output; tested).
+
+    Returns ``(filtered, predicted, next_token, likelihood)``: three (T, .) object arrays of LazyFractions and the
     Fraction ``P(x)``; ``on_zero(t, token)`` returns the exception raised when the sequence has probability zero.
     """
     f = require()
     h = hmm.as_exact()
     S, V = h.num_states, h.num_obs
-    A = fmpq_matrix(h.transition_matrix)
-    B = fmpq_matrix(h.emission_probs)
-    D = []
-    for o in range(V):
-        d = f.fmpq_mat(S, S)
-        for i in range(S):
-            d[i, i] = to_fmpq(h.emission_probs[i, o])
-        D.append(d)
-    alpha = f.fmpq_mat(1, S, [to_fmpq(p) for p in h.initial_probs])
-    zero = f.fmpq(0)
+    NA, dA = integer_matrix(h.transition_matrix)
+    NB, dB = integer_matrix(h.emission_probs)
+    npi, dpi = integer_matrix(np.asarray(h.initial_probs, dtype=object)[None, :])
+    b = NB.entries()
+    NB1 = f.fmpz_mat(S, V + 1, [b[i * V + v] if v < V else 1 for i in range(S) for v in range(V + 1)])
+    cols = [[b[i * V + o] for i in range(S)] for o in range(V)]
+    a = npi.entries()
+    p = (npi * NB1).entries()
     filt, pred, nxt = [], [], []
     for t, o in enumerate(x.tolist()):
-        pred.append(_normalised(alpha.entries(), zero))
-        joint = alpha * D[o]
-        je = joint.entries()
-        if not any(je):
+        pred.append(_lazy_row(a, p[V]))
+        if p[o] == 0:  # 1^T j_t = a_t N_B[:, o]; entries are >= 0, so all of j_t is zero
             raise on_zero(t, o)
-        filt.append(_normalised(je, zero))
-        alpha = joint * A
-        mass = sum(alpha.entries(), zero)
-        nxt.append([e / mass for e in (alpha * B).entries()])
-    lik = to_fraction(sum(alpha.entries(), zero))
-    obj = lambda rows: np.array([[to_fraction(v) for v in r] for r in rows], dtype=object).reshape(len(rows), -1)  # noqa: E731
-    return obj(filt), obj(pred), obj(nxt), lik
+        j = [ai * bi for ai, bi in zip(a, cols[o])]
+        filt.append(_lazy_row(j, p[o]))
+        am = f.fmpz_mat(1, S, j) * NA
+        p = (am * NB1).entries()
+        nxt.append(_lazy_row(p[:V], p[V] * dB))
+        a = am.entries()
+    lik = Fraction(int(p[V]), dpi * (dA * dB) ** len(x))  # P(x) = 1^T alpha_T (rows of A sum to one)
+    obj = lambda rows, n: np.array(rows, dtype=object).reshape(len(rows), n)  # noqa: E731
+    return obj(filt, S), obj(pred, S), obj(nxt, V), lik
 
 
-__all__ = ["available", "require", "normalised_fractions", "to_fmpq", "to_fraction", "fmpq_matrix", "forward_filter_rows"]
+def reduce_all(a: Any) -> None:
+    """Reduce every LazyFraction of an object array to lowest terms now (what an eager backend pays up front)."""
+    for v in np.asarray(a, dtype=object).ravel():
+        v.numerator  # noqa: B018 - the property reduces and caches
+
+
+__all__ = [
+    "available",
+    "require",
+    "LazyFraction",
+    "normalised_fractions",
+    "to_fmpq",
+    "to_fraction",
+    "fmpq_matrix",
+    "integer_matrix",
+    "forward_filter_rows",
+    "reduce_all",
+]

@@ -111,3 +111,102 @@ def test_fast_executor_records_final_only():
     tr = model.run(np.array([0, 1, 0, 1]), "exact", record="all").trace
     assert tr.after_ffn[0] is not None and np.array_equal(
         tr.readouts["next_token"], run_exact(model, model.codec.encode(np.array([0, 1, 0, 1]))).readouts["next_token"])
+
+
+# ------------------------------------------------------------------ the lazy integer-row flint filter, bit for bit
+TINY = [Fraction(1, 10**k) for k in (3, 6, 9, 12)]
+
+
+@st.composite
+def ill_conditioned_hmms(draw, max_states: int = 5, max_obs: int = 3):
+    """Entries among 0, 1 and 1e-3 .. 1e-12 (rows normalised exactly), sticky rows ``1 - eps`` (eps down to 1e-9),
+    S = 1 allowed: zeros in A and B and wildly different denominators in one matrix."""
+    from hmm.model import HMM
+
+    def rows(n, cols):
+        out = []
+        for i in range(n):
+            if cols > 1 and n == cols and draw(st.booleans()):
+                eps = draw(st.sampled_from([Fraction(1, 10**k) for k in (3, 6, 9)]))
+                out.append([1 - eps if j == i else eps / (cols - 1) for j in range(cols)])
+                continue
+            w = draw(st.lists(st.sampled_from([Fraction(0), Fraction(1), Fraction(1, 3)] + TINY), min_size=cols,
+                              max_size=cols))
+            if sum(w) == 0:
+                w[draw(st.integers(0, cols - 1))] = Fraction(1)
+            out.append([v / sum(w) for v in w])
+        return out
+
+    S, V = draw(st.integers(1, max_states)), draw(st.integers(1, max_obs))
+    return HMM.from_arrays(rows(1, S)[0], rows(S, S), rows(S, V), exact=True)
+
+
+def _assert_bit_identical(a, b):
+    """Every entry: equal (the lazy ``==``), the same lowest-terms pair, the same float and hash; likelihood equal."""
+    for f in FIELDS:
+        ra, rb = getattr(a, f), getattr(b, f)
+        assert ra.shape == rb.shape and rb.dtype == object, f
+        assert np.array_equal(ra, rb) and np.array_equal(rb, ra), f
+        for u, v in zip(ra.ravel(), rb.ravel()):
+            assert isinstance(v, Fraction)
+            assert float(v) == float(u) and bool(v) == bool(u), (f, u, v)
+            assert (v.numerator, v.denominator) == (u.numerator, u.denominator), (f, u, v)
+            assert hash(v) == hash(u)
+    assert np.array_equal(a.marginal_loglik, b.marginal_loglik)
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.data())
+def test_lazy_flint_filter_is_bit_identical_on_ill_conditioned_hmms(data):
+    hmm = data.draw(ill_conditioned_hmms())
+    x = data.draw(token_sequences(hmm, max_len=24))
+    _assert_bit_identical(forward_filter_exact(hmm, x, backend="fraction"), forward_filter_exact(hmm, x, backend="flint"))
+
+
+@pytest.mark.parametrize("S,eps,T", [(1, None, 300), (3, Fraction(1, 10**9), 200), (4, Fraction(1, 10**6), 150)])
+def test_lazy_flint_filter_long_sticky_chains_and_one_state(S, eps, T):
+    """S = 1 (every output exactly 1 or B's row) and sticky chains read against their grain, at T in the hundreds
+    (integers of thousands of digits), bit for bit."""
+    from hmm.model import HMM
+
+    if S == 1:
+        hmm = HMM.from_arrays([1], [[1]], [[Fraction(1, 3), Fraction(2, 3)]], exact=True)
+    else:
+        A = [[1 - eps if j == i else eps / (S - 1) for j in range(S)] for i in range(S)]
+        B = [[Fraction(1, 10**12) if v == i % 2 else 1 - Fraction(1, 10**12) for v in range(2)] for i in range(S)]
+        hmm = HMM.from_arrays([Fraction(1, S)] * S, A, B, exact=True)
+    x = np.arange(T) % 2  # against the grain: every token is unlikely in the state that just emitted the other one
+    _assert_bit_identical(forward_filter_exact(hmm, x, backend="fraction"), forward_filter_exact(hmm, x, backend="flint"))
+
+
+def test_lazy_flint_filter_on_a_float_hmm_and_a_batch():
+    """A float HMM (exact binary images: power-of-two denominators near 2^-1074 possible) and an (N, T) batch."""
+    hmm = make("dirichlet", 5, 3, seed=2, concentration=0.2)
+    x = sample(hmm, 3, 40, seed=5).tokens
+    _assert_bit_identical(forward_filter_exact(hmm, x, backend="fraction"), forward_filter_exact(hmm, x, backend="flint"))
+
+
+def test_lazy_fraction_behaves_like_its_reduced_fraction():
+    """LazyFraction p/q (unreduced) against Fraction(p, q): equality both ways (with Fractions, ints, floats, other
+    lazies), ordering, arithmetic, hash, bool, float, str, pickling (a plain Fraction) and copying."""
+    import copy
+    import math
+    import pickle
+
+    from hmm.fastq import LazyFraction
+
+    cases = [(0, 7), (6, 4), (3 * 10**40, 9 * 10**40), (5, 1), (10**30 + 1, 3), (2**80, 2**81)]
+    for p, q in cases:
+        z, f = LazyFraction(p, q), Fraction(p, q)
+        assert type(f) is Fraction and isinstance(z, Fraction)
+        assert z == f and f == z and not (z != f) and z == LazyFraction(2 * p, 2 * q)
+        assert (z == f + Fraction(1, 10**50)) is False and (f + Fraction(1, 10**50) == z) is False
+        assert (z == 1) == (f == 1) and (z == 0.5) == (f == 0.5) and (z == math.nan) is False
+        assert (z < Fraction(1, 2)) == (f < Fraction(1, 2)) and (z >= 0) and (z <= 10**31)
+        assert z - f == 0 and z * 2 == f * 2 and z + Fraction(1, 3) == f + Fraction(1, 3) and -z == -f
+        assert float(z) == float(f) and bool(z) == bool(f) and hash(z) == hash(f) and str(z) == str(f)
+        assert (z.numerator, z.denominator) == (f.numerator, f.denominator)
+        back = pickle.loads(pickle.dumps(z))
+        assert type(back) is Fraction and back == f
+        assert copy.copy(z) is z and copy.deepcopy(z) is z
+        assert {z: 1}[f] == 1
