@@ -39,7 +39,7 @@ from constructions.prefix import (
     prefix_layout,
 )
 from constructions.estimates import prefix_bytes
-from constructions.registry import ConstructionEntry, ProbeHooks, register
+from constructions.registry import ConstructionEntry, ProbeHooks, VerifySweep, register
 from constructions.transformer import BoundReport, ConstructedTransformer, check_attention, spec_for
 from hmm.errors import HmmtxError
 from hmm.mixture import SEP, HMMMixture, flatten_context, validate_context
@@ -262,6 +262,7 @@ ENTRY = register(
         default_tokens="0 1 | 1 0 | 0",
         bound="certified softmax leakage (a posteriori from the hard run) + derived relative round-off bound (hard attention)",
         probe=ProbeHooks("contexts", _probe_build, _probe_tokens),
+        verify=VerifySweep(exact_at_scale=True),  # flint exact reference: verify --full checks S = 8-16 exactly
     )
 )
 

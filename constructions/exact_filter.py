@@ -39,7 +39,7 @@ from constructions.prefix import (
     target_weights,
 )
 from constructions.estimates import prefix_bytes
-from constructions.registry import ConstructionEntry, Param, ProbeHooks, register
+from constructions.registry import ConstructionEntry, Param, ProbeHooks, VerifySweep, register
 from constructions.transformer import BoundReport, ConstructedTransformer, check_attention, spec_for
 from hmm.errors import HmmtxError
 from hmm.model import HMM
@@ -290,6 +290,7 @@ ENTRY = register(
         default_tokens="0 1 0 1",
         bound="certified softmax leakage (a posteriori from the hard run) + derived relative round-off bound (hard attention)",
         probe=ProbeHooks("sequence", _probe_build),
+        verify=VerifySweep(exact_at_scale=True),  # flint exact reference: verify --full checks S = 8-16 exactly
     )
 )
 

@@ -177,12 +177,17 @@ class VerifySweep:
         vocab:  V of the zoo HMMs drawn for ``input_kind="hmm"`` / ``"mixture"`` (at least S for ``observable``)
         tasks:  number of tasks of the zoo mixtures drawn for ``input_kind="mixture"``
         custom: a :class:`CustomSweep` replacing the zoo inputs (required for ``input_kind="none"``)
+        exact_at_scale: the exact reference is fast enough for the plan's large exact-reference points
+                        (``Plan.exact_scale_points`` of ``hmmtx verify --full``: S = 8-16, T up to 1024): verify
+                        then runs the float modes there against the exact reference (``--reference exact``), and
+                        exact mode where ``T <= Plan.exact_scale_max_length``
     """
 
     betas: tuple[float, ...] = DEFAULT_VERIFY_BETAS
     vocab: int = 3
     tasks: int = 2
     custom: CustomSweep | None = None
+    exact_at_scale: bool = False
 
 
 @dataclass(frozen=True)

@@ -213,6 +213,53 @@ def forward_filter_rows(hmm: Any, x: np.ndarray, on_zero: Any) -> tuple:
     return obj(filt, S), obj(pred, S), obj(nxt, V), lik
 
 
+def bayes_predictive_rows(mixture: Any, items: list, on_zero: Any) -> tuple:
+    """The exact Bayes predictive of :func:`hmm.mixture.bayes_predictive_exact` on integer vectors (the same
+    scaling as :func:`forward_filter_rows`): ``a <- (a o N_B[:, x]) N_A`` at an observation (scale ``d_A d_B``),
+    ``a[block k] <- (1^T a[block k]) N_pi[block k]`` at a SEP (scale ``d_pi``); one product ``a [N_B | 1 | E]``
+    (``E`` the block indicators) gives the next-token numerators, the total and the task masses of the item.
+
+    ``items``: the flattened stream (observations, ``SEP`` = -1). Returns ``(next_token, task_posterior,
+    state_predicted, likelihood)``: (N, V), (N, K), (N, S_tot) object arrays of :class:`LazyFraction` s and the
+    Fraction likelihood; ``on_zero(n, token)`` returns the exception raised when no task can emit an observation.
+    """
+    f = require()
+    start, A, B, pi = mixture.joint_arrays(object)
+    S, V, K = len(start), mixture.num_obs, mixture.num_tasks
+    NA, dA = integer_matrix(A)
+    NB, dB = integer_matrix(B)
+    Npi, dpi = integer_matrix(np.asarray(pi, dtype=object)[None, :])
+    Nst, dst = integer_matrix(np.asarray(start, dtype=object)[None, :])
+    block = [k for k, sl in enumerate(mixture.block_slices) for _ in range(sl.start, sl.stop)]
+    b, npi = NB.entries(), Npi.entries()
+    ext = f.fmpz_mat(S, V + 1 + K, [b[i * V + c] if c < V else (1 if c == V or c - V - 1 == block[i] else 0)
+                                    for i in range(S) for c in range(V + 1 + K)])
+    cols = [[b[i * V + o] for i in range(S)] for o in range(V)]
+    a = Nst.entries()
+    p = (Nst * ext).entries()
+    scale = dst
+    nxt, post, pred = [], [], []
+    for n, x in enumerate(items):
+        if x < 0:  # SEP: every task restarts from its initial law, keeping its mass
+            mass = p[V + 1:]
+            a = [mass[block[i]] * npi[i] for i in range(S)]
+            scale *= dpi
+            am = f.fmpz_mat(1, S, a)
+        else:
+            if p[x] == 0:  # 1^T (a o N_B[:, x]) = (a N_B)[x]; entries are >= 0
+                raise on_zero(n, x)
+            am = f.fmpz_mat(1, S, [ai * bi for ai, bi in zip(a, cols[x])]) * NA
+            scale *= dA * dB
+            a = am.entries()
+        p = (am * ext).entries()
+        pred.append(_lazy_row(a, p[V]))
+        post.append(_lazy_row(p[V + 1:], p[V]))
+        nxt.append(_lazy_row(p[:V], p[V] * dB))
+    lik = Fraction(int(p[V]), scale)
+    obj = lambda rows, m: np.array(rows, dtype=object).reshape(len(rows), m)  # noqa: E731
+    return obj(nxt, V), obj(post, K), obj(pred, S), lik
+
+
 def reduce_all(a: Any) -> None:
     """Reduce every LazyFraction of an object array to lowest terms now (what an eager backend pays up front)."""
     for v in np.asarray(a, dtype=object).ravel():
@@ -229,5 +276,6 @@ __all__ = [
     "fmpq_matrix",
     "integer_matrix",
     "forward_filter_rows",
+    "bayes_predictive_rows",
     "reduce_all",
 ]

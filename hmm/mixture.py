@@ -225,11 +225,31 @@ def bayes_predictive(mixture: HMMMixture, segments: Any, dtype: Any = np.float64
     return MixtureResult(nxt, post, pred, loglik, items == SEP)
 
 
-def bayes_predictive_exact(mixture: HMMMixture, segments: Any) -> MixtureResult:
-    """Exact Bayes predictive over Fractions (float mixtures converted exactly). Object arrays of Fractions."""
+#: Exact backends of :func:`bayes_predictive_exact` (as :data:`hmm.reference.EXACT_BACKENDS`).
+EXACT_BACKENDS = ("auto", "fraction", "flint")
+
+
+def _zero_context_error(n: int, x: int) -> HmmtxError:
+    return HmmtxError(f"context: probability zero under every task (token {x} at stream position {n} cannot be emitted)")
+
+
+def bayes_predictive_exact(mixture: HMMMixture, segments: Any, *, backend: str = "auto") -> MixtureResult:
+    """Exact Bayes predictive over Fractions (float mixtures converted exactly). Object arrays of Fractions.
+
+    ``backend``: ``"fraction"`` (the readable recursion below), ``"flint"`` (:func:`hmm.fastq.bayes_predictive_rows`:
+    FLINT integer vectors, entries reduced to lowest terms on demand; equal entry for entry, tested bit for bit) or
+    ``"auto"`` (flint when installed).
+    """
+    from hmm import fastq
+
+    if backend not in EXACT_BACKENDS:
+        raise HmmtxError(f"exact backend must be one of {', '.join(EXACT_BACKENDS)}, got {backend!r}")
     m = mixture.as_exact()
     segs = validate_context(segments, m.num_obs)
     items = flatten_context(segs)
+    if backend == "flint" or (backend == "auto" and fastq.available()):
+        nxt, post, pred, lik = fastq.bayes_predictive_rows(m, items.tolist(), _zero_context_error)
+        return MixtureResult(nxt, post, pred, _frac_log(lik), items == SEP)
     start, A, B, pi = m.joint_arrays(object)
     slices = m.block_slices
     S_tot, V = len(start), m.num_obs
@@ -247,9 +267,7 @@ def bayes_predictive_exact(mixture: HMMMixture, segments: Any) -> MixtureResult:
         else:
             joint = [alpha[i] * Bl[i][x] for i in range(S_tot)]
             if not any(joint):
-                raise HmmtxError(
-                    f"context: probability zero under every task (token {x} at stream position {n} cannot be emitted)"
-                )
+                raise _zero_context_error(n, x)
             # A is block-diagonal, so only in-block terms contribute; the full sum keeps the code obviously right.
             alpha = [sum((joint[i] * Al[i][j] for i in range(S_tot) if Al[i][j]), zero) for j in range(S_tot)]
         total = sum(alpha, zero)

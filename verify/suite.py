@@ -59,6 +59,10 @@ class Plan:
             certified round-off (:mod:`constructions.certified`), the heuristic allowance is reported next to it
         softmax_max_length: softmax-attention variants run only where T is at most this (their certified leakage
             bounds are computed position by position and dominate the time at large T)
+        exact_scale_points: (S, T) points beyond the exact-reference rule at which constructions whose registry
+            entry sets ``VerifySweep.exact_at_scale`` run their float modes (hard attention) against the exact
+            reference (case parameter ``reference=exact``) and exact mode where ``T <= exact_scale_max_length``
+        exact_scale_max_length: longest T of the exact-mode (bit-exact executor) cases at the scale points
     """
 
     preset: str
@@ -72,6 +76,8 @@ class Plan:
     classic_lengths_per_family: int = 0
     softmax_max_length: int = 1 << 30
     certify: bool = False
+    exact_scale_points: tuple[tuple[int, int], ...] = ()
+    exact_scale_max_length: int = 0
 
     def __post_init__(self) -> None:
         if not self.states:
@@ -93,6 +99,9 @@ class Plan:
             raise HmmtxError(f"--seed: {self.seed!r} is not an integer >= 0")
         if self.seeds_per_point < 1:
             raise HmmtxError(f"seeds_per_point: {self.seeds_per_point} must be >= 1")
+        for pt in self.exact_scale_points:
+            if len(pt) != 2 or any(not isinstance(v, int) or v < 1 for v in pt):
+                raise HmmtxError(f"exact_scale_points: {pt!r} is not an (S, T) pair of integers >= 1")
 
     def exact_allowed(self, states: int | None, length: int) -> bool:
         return (states is None or states <= self.exact_max_states) and length <= self.exact_max_length
@@ -110,6 +119,8 @@ class Plan:
             "classic_lengths_per_family": self.classic_lengths_per_family,
             "softmax_max_length": self.softmax_max_length,
             "certify": self.certify,
+            "exact_scale_points": [list(p) for p in self.exact_scale_points],
+            "exact_scale_max_length": self.exact_scale_max_length,
         }
 
     def classic_lengths(self, index: int) -> tuple[int, ...]:
@@ -124,9 +135,12 @@ class Plan:
 #: ``--quick``: small sizes, every mode; under a minute on 2 cores for every registered construction.
 QUICK = Plan(preset="quick", states=(2, 3), lengths=(4, 16), dtypes=DTYPES, seed=0, classic_lengths_per_family=1)
 
-#: ``--full``: S up to 8, T up to 1024; exact mode where S <= 4 and T <= 64; softmax variants up to T = 256.
+#: ``--full``: S up to 8, T up to 1024; exact mode where S <= 4 and T <= 64; softmax variants up to T = 256; and,
+#: for constructions with a fast exact reference (``VerifySweep.exact_at_scale``: H1, H3), float modes against the
+#: exact reference at S = 8, 12, 16 (T = 1024, 512, 1024) with H1/H3 bit-exact (exact mode) at S = 8, T = 256.
 FULL = Plan(preset="full", states=(2, 4, 8), lengths=(16, 64, 256, 1024), dtypes=DTYPES, seed=0,
-            classic_lengths_per_family=2, softmax_max_length=256)
+            classic_lengths_per_family=2, softmax_max_length=256,
+            exact_scale_points=((8, 256), (8, 1024), (12, 512), (16, 1024)), exact_scale_max_length=256)
 
 PRESETS: dict[str, Plan] = {"quick": QUICK, "full": FULL}
 
@@ -497,6 +511,23 @@ class RegistryAdapter:
                         continue
                     for v in self._variants(d, T <= plan.softmax_max_length):
                         out.append(Case(self.name, fam, S, T, d, seed, tuple(v.items())))
+        return out + self._exact_scale_cases(plan, random_f)
+
+    def _exact_scale_cases(self, plan: Plan, random_f: list[str]) -> list[Case]:
+        """Cases at ``plan.exact_scale_points`` (entries with ``verify.exact_at_scale`` only): float modes, hard
+        attention, against the exact reference; exact mode up to ``plan.exact_scale_max_length``. Families rotate
+        over the entry's random families; seeds are derived apart from the regular points'."""
+        if not getattr(self.entry.verify, "exact_at_scale", False) or not random_f:
+            return []
+        out = []
+        for i, (S, T) in enumerate(plan.exact_scale_points):
+            fam = random_f[i % len(random_f)]
+            seed = derived_seed(plan.seed, self.name, "exact-scale", fam, S, T)
+            for d in plan.dtypes:
+                if d not in self.dtypes or (d == "exact" and T > plan.exact_scale_max_length):
+                    continue
+                params = (("attention", "hard"),) + ((("reference", "exact"),) if d != "exact" else ())
+                out.append(Case(self.name, fam, S, T, d, seed, params))
         return out
 
     def _custom_cases(self, plan: Plan) -> list[Case]:
@@ -577,6 +608,7 @@ class RegistryAdapter:
         p = case.param_dict
         attention = p.pop("attention", "hard")
         beta = p.pop("beta", None)
+        p.pop("reference", None)  # see _reference
         values = {q.name: p.get(q.name, q.default) for q in self.entry.params}
         return attention, beta, values
 
@@ -591,12 +623,19 @@ class RegistryAdapter:
         args = ["--mode", case.dtype, "--attention", attention]
         if beta is not None:
             args += ["--beta", repr(float(beta))]
+        if self._reference(case) != "auto":
+            args += ["--reference", self._reference(case)]
         for name, val in values.items():
             if val is not None:
                 args += ["--" + name.replace("_", "-"), str(val)]
         kind = {"hmm": "hmm", "mixture": "tasks"}.get(self.entry.input_kind)
         model = inp.source.to_dict() if kind is not None and inp.source is not None else None
         return Replay(kind if model is not None else None, model, inp.tokens_text, tuple(args))
+
+    @staticmethod
+    def _reference(case: Case) -> str:
+        """The case's ``--reference``: ``exact`` at the exact-scale points, else ``auto`` (the size rule)."""
+        return str(case.param_dict.get("reference", "auto"))
 
     # -------------------------------------------------------------- run
     def run(self, case: Case) -> Outcome:
@@ -611,7 +650,8 @@ class RegistryAdapter:
             refs = {}
             _remember(self._ref_cache, mkey[:4] + (mkey[-1],), refs)
         res = run_construction(self.entry, inp.source, inp.tokens, mode=case.dtype, attention=attention, beta=beta,
-                               params=values, model=self._model_cache.get(mkey), reference_cache=refs)
+                               params=values, reference=self._reference(case), model=self._model_cache.get(mkey),
+                               reference_cache=refs)
         _remember(self._model_cache, mkey, res.model)
         br = res.bound
         allowance = min(float(br.roundoff), float(br.value))
