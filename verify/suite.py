@@ -526,8 +526,7 @@ class RegistryAdapter:
             for d in plan.dtypes:
                 if d not in self.dtypes or (d == "exact" and T > plan.exact_scale_max_length):
                     continue
-                params = (("attention", "hard"),) + ((("reference", "exact"),) if d != "exact" else ())
-                out.append(Case(self.name, fam, S, T, d, seed, params))
+                out.append(Case(self.name, fam, S, T, d, seed, (("attention", "hard"), ("reference", "exact"))))
         return out
 
     def _custom_cases(self, plan: Plan) -> list[Case]:

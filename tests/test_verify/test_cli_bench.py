@@ -144,3 +144,20 @@ def test_scale_interleaved_rounds_and_budget():
     assert [len(cpu[k]) for k in ("ours", "slow", "quick")] == [3, 1, 3] and all(v >= 0 for v in cpu["slow"])
     ratios = _ratios({"ours": [1.0, 2.0, 4.0], "slow": [9.0], "quick": [3.0, 3.0, 3.0]}, impls, "ours")
     assert ratios == {"peer": 1.5}  # per round min(peer) / ours: 3/1, 3/2, 3/4 -> median 1.5
+
+
+def test_exact_target_interleaves_and_checks_identity(tmp_path, capsys):
+    """``bench exact`` at a tiny size: both filters per round, outputs identical (== and lowest terms), H1
+    bit-exact and the exact reference inside the certified balls; bad sizes exit 2."""
+    out_json = tmp_path / "exact.json"
+    code, out, err = _run(capsys, "exact", "--states", "3", "--length", "12", "--rounds", "2", "--no-gmpy2",
+                          "--json", str(out_json))
+    assert code == 0, err
+    data = json.loads(out_json.read_text())
+    assert len(data["filter_flint_seconds_rounds"]) == len(data["filter_fraction_seconds_rounds"]) == 2
+    assert data["flint_identical"] is True and data["flint_bit_identical"] is True
+    assert data["flint_speedup"] > 0 and data["flint_eager_speedup"] > 0 and data["flint_lowest_terms_seconds"] >= 0
+    assert data["h1_bit_identical"] is True and data["exact_inside_enclosure"] is True
+    assert data["machine"]["nproc"] >= 1 and "loadavg_1min" in data["machine_after"]
+    code, _, err = _run(capsys, "exact", "--rounds", "0")
+    assert code == 2 and "--rounds must be at least 1" in err

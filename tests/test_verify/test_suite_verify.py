@@ -28,6 +28,8 @@ def test_plan_validation_names_the_flag():
         Plan("custom", states=(2,), lengths=(4,), dtypes=("float16",))
     with pytest.raises(HmmtxError, match="--seed"):
         Plan("custom", states=(2,), lengths=(4,), dtypes=("exact",), seed=-1)
+    with pytest.raises(HmmtxError, match="exact_scale_points"):
+        Plan("custom", states=(2,), lengths=(4,), dtypes=("exact",), exact_scale_points=((8, 0),))
 
 
 def test_presets_cover_what_the_issue_asks():
@@ -120,6 +122,9 @@ def test_registry_cases_respect_the_plan(plan):
     for a in adapters:
         cases = a.cases(plan)
         assert len({c.case_id for c in cases}) == len(cases), a.name  # no duplicates
+        scale = [c for c in cases if c.param_dict.get("reference") == "exact"]
+        cases = [c for c in cases if c not in scale]
+        _check_exact_scale_cases(a, plan, scale)
         for c in cases:
             if c.dtype == "exact":
                 assert plan.exact_allowed(c.states, c.length) and c.param_dict["attention"] == "hard"
@@ -129,6 +134,46 @@ def test_registry_cases_respect_the_plan(plan):
         assert {c.length for c in cases} == set(plan.lengths)
         fams = {c.family for c in cases}
         assert len(fams) >= min(2, len(a.entry.families)), a.name  # families rotate
+
+
+def _check_exact_scale_cases(a, plan, scale):
+    """The exact-reference cases at scale: only entries that opt in, exactly the plan's scale points, every float
+    mode of the entry there and exact mode up to the plan's bit-exact length, hard attention."""
+    if not a.entry.verify.exact_at_scale:
+        assert scale == [], a.name
+        return
+    want = {(S, T, d) for S, T in plan.exact_scale_points for d in a.dtypes if d in plan.dtypes
+            and (d != "exact" or T <= plan.exact_scale_max_length)}
+    assert {(c.states, c.length, c.dtype) for c in scale} == want and len(scale) == len(want), a.name
+    assert all(c.param_dict["attention"] == "hard" for c in scale)
+
+
+def test_full_checks_h1_and_h3_against_the_exact_reference_at_s8_to_16():
+    """The issue's ask for ``verify --full``: exact-reference cases at S = 8-16 and T up to 1024 (H1 and H3, the
+    entries with a fast exact reference), bit-exact cases at S = 8; quick has none."""
+    assert {S for S, _ in FULL.exact_scale_points} == {8, 12, 16} and max(T for _, T in FULL.exact_scale_points) == 1024
+    assert FULL.exact_scale_max_length >= 256 and QUICK.exact_scale_points == ()
+    opted = {a.name for a in _registry_adapters() if a.entry.verify.exact_at_scale}
+    assert {"exact-filter", "bayes-multitask"} <= opted
+    for a in _registry_adapters():
+        assert not [c for c in a.cases(QUICK) if "reference" in c.param_dict], a.name
+
+
+def test_an_exact_scale_case_runs_against_the_exact_reference():
+    """A scale point beyond the size rule (S = 5 > 4, T = 70 > 64): the float case is compared with the exact
+    reference (not float64), the reproducer says --reference exact, and the exact-mode case is bit-exact."""
+    a = suite.RegistryAdapter(registry.get("exact-filter"))
+    plan = Plan("custom", states=(2,), lengths=(4,), dtypes=("float64", "exact"), exact_scale_points=((5, 70),),
+                exact_scale_max_length=70)
+    scale = [c for c in a.cases(plan) if c.param_dict.get("reference") == "exact"]
+    assert sorted(c.dtype for c in scale) == ["exact", "float64"] and not plan.exact_allowed(5, 70)
+    for c in scale:
+        out = a.run(c)
+        assert out.error <= out.bound + out.allowance and "--reference" in out.replay.run_args
+        assert out.replay.run_args[out.replay.run_args.index("--reference") + 1] == "exact"
+    (refs,) = a._ref_cache.values()
+    assert set(refs) == {True}  # only the exact reference was computed
+    assert out.exact_ok is True  # the exact-mode case (last) is bit-exact at this size
 
 
 def test_case_inputs_are_deterministic_and_replay_files_round_trip():
