@@ -27,6 +27,7 @@ import numpy as np
 
 from constructions.exact_fast import Field, _compile, execute
 from hmm.errors import HmmtxError
+from hmm.ball import interval, is_ball, precision
 from hmm.fastq import require
 
 #: Working precision (bits) of the balls: radii ~2^-128 relative, far below float64 round-off.
@@ -47,21 +48,6 @@ class Certificate(NamedTuple):
     radius: float
     prec: int
     seconds: float
-
-
-class _Prec:
-    """Context manager: ``flint.ctx.prec = bits`` inside, restored on exit."""
-
-    def __init__(self, bits: int) -> None:
-        self.bits = int(bits)
-
-    def __enter__(self) -> None:
-        f = require()
-        self.old = f.ctx.prec
-        f.ctx.prec = self.bits
-
-    def __exit__(self, *exc: Any) -> None:
-        require().ctx.prec = self.old
 
 
 def arb_field() -> Field:
@@ -92,7 +78,7 @@ def enclose(model: Any, tokens: Any, *, prec: int = DEFAULT_PREC) -> Certificate
     softmax at its beta); returns balls containing the exact-arithmetic outputs (decoded like ``model.run``)."""
     t0 = time.perf_counter()
     ids = model.check_input_ids(model.codec.encode(tokens))
-    with _Prec(prec):
+    with precision(prec):
         caches = model.__dict__.setdefault("_certify_cache", {})
         if prec not in caches:
             caches[prec] = _compile(model, arb_field())
@@ -109,6 +95,11 @@ def _is_ball_array(v: Any) -> bool:
     return a.size > 0 and hasattr(a.ravel()[0], "rad")
 
 
+def _fmpq_up(q: Any) -> float:
+    """A non-negative ``flint.fmpq`` as a float rounded up."""
+    return _up(float(Fraction(int(q.p), int(q.q))))
+
+
 def _up(x: float) -> float:
     """``x`` rounded up to the next float (a conversion to float rounds to nearest)."""
     return math.nextafter(x, math.inf) if math.isfinite(x) else x
@@ -117,9 +108,8 @@ def _up(x: float) -> float:
 def certified_roundoff(cert: Certificate, outputs: dict, names: Sequence[str]) -> float:
     """``max |float - mid| + rad`` over the named outputs, rounded up: with the exact-arithmetic output inside
     the ball, ``|float - exact| <= |float - mid| + rad`` for every entry."""
-    f = require()
     worst = 0.0
-    with _Prec(cert.prec):
+    with precision(cert.prec):
         for n in names:
             if n not in cert.balls or n not in outputs:
                 continue
@@ -130,23 +120,40 @@ def certified_roundoff(cert: Certificate, outputs: dict, names: Sequence[str]) -
             for g, b in zip(got.ravel(), balls.ravel()):
                 if not math.isfinite(g):
                     return math.inf
-                d = abs(f.arb(f.fmpq(*float(g).as_integer_ratio())) - b).upper()
-                worst = max(worst, _up(float(d)))
+                worst = max(worst, distance_bound(g, b))
     return worst
 
 
-def contains(cert: Certificate, reference: dict, names: Sequence[str]) -> bool:
-    """True when every exact reference value (Fractions) of the named outputs lies in its ball."""
+def distance_bound(g: float, b: Any) -> float:
+    """An upper bound (a float, rounded up) on ``max |g - v|`` over the ball ``b``, in ball arithmetic at the
+    current precision (a float converts to a ball exactly; ``upper()`` bounds the result from above)."""
     f = require()
-    with _Prec(cert.prec):
-        for n in names:
-            if n not in cert.balls or n not in reference:
-                continue
-            ref = np.asarray(reference[n], dtype=object)
-            for r, b in zip(ref.ravel(), cert.balls[n].ravel()):
-                q = Fraction(r)
-                if not b.contains(f.fmpq(q.numerator, q.denominator)):
+    return _up(float(abs(f.arb(float(g)) - b).upper()))
+
+
+def contains(cert: Certificate, reference: dict, names: Sequence[str]) -> bool:
+    """True when every reference value of the named outputs lies in its ball, decided in exact rational
+    arithmetic on the ball's end points. A reference value is an exact rational (Fraction, or what
+    :func:`hmm.fastq.to_fmpq` accepts), or a ball (:mod:`hmm.ball`: a rigorous enclosure of the exact reference,
+    for sequences too long for rationals): then the reference ball must lie inside the certificate's ball, which
+    proves ``exact reference in reference ball subset certificate ball``."""
+    from hmm.fastq import to_fmpq
+
+    for n in names:
+        if n not in cert.balls or n not in reference:
+            continue
+        ref = np.asarray(reference[n], dtype=object)
+        if ref.shape != cert.balls[n].shape:
+            raise HmmtxError(f"certification: reference '{n}' has shape {ref.shape}, its enclosure "
+                             f"{cert.balls[n].shape}")
+        for r, b in zip(ref.ravel(), cert.balls[n].ravel()):
+            if is_ball(r):
+                if not b.contains(r):  # exact end-point comparison: R subset of C
                     return False
+                continue
+            lo, hi = interval(b)
+            if not lo <= to_fmpq(r) <= hi:
+                return False
     return True
 
 
@@ -201,21 +208,33 @@ def certify_run(res: Any, tokens: Any, *, prec: int = DEFAULT_PREC) -> Certified
 
 def exact_error(outputs: dict, reference: dict, names: Sequence[str]) -> float:
     """``max |float - exact|`` over the named outputs, computed exactly and rounded up (the float64 difference
-    ``|f - fl(exact)|`` can differ from it by half an ulp, which matters against a tight certified bound)."""
+    ``|f - fl(exact)|`` can differ from it by half an ulp, which matters against a tight certified bound).
+
+    A reference value may be a ball of :mod:`hmm.ball` (a rigorous enclosure of the exact value): its entry then
+    contributes ``max |f - v|`` over the ball, a proved upper bound on ``|f - exact|`` that exceeds it by at most
+    the ball's diameter (~1e-70 relative at the default 256 bits)."""
+    from hmm.ball import REFERENCE_PREC
+    from hmm.fastq import to_fmpq
+
     f = require()
-    worst = f.fmpq(0)
-    for n in names:
-        got = _float_array(outputs[n]).ravel()
-        ref = np.asarray(reference[n], dtype=object).ravel()
-        for g, r in zip(got, ref):
-            if not math.isfinite(g):
-                return math.inf
-            q = Fraction(r)
-            d = abs(f.fmpq(*float(g).as_integer_ratio()) - f.fmpq(q.numerator, q.denominator))  # exact, FLINT gcds
-            if d > worst:
-                worst = d
-    return _up(float(Fraction(int(worst.p), int(worst.q))))
+    worst, worst_ball = f.fmpq(0), 0.0
+    with precision(REFERENCE_PREC):  # the working precision of the ball differences (Fractions are exact)
+        for n in names:
+            got = _float_array(outputs[n]).ravel()
+            ref = np.asarray(reference[n], dtype=object).ravel()
+            if got.shape != ref.shape:
+                raise HmmtxError(f"output '{n}' has {got.size} entries, its reference {ref.size}")
+            for g, r in zip(got, ref):
+                if not math.isfinite(g):
+                    return math.inf
+                if is_ball(r):
+                    worst_ball = max(worst_ball, distance_bound(g, r))
+                    continue
+                d = abs(to_fmpq(g) - to_fmpq(r))  # exact, FLINT gcds
+                if d > worst:
+                    worst = d
+    return max(_fmpq_up(worst), worst_ball)
 
 
 __all__ = ["DEFAULT_PREC", "Certificate", "CertifiedVerdict", "arb_field", "enclose", "certified_roundoff",
-           "contains", "certify_run"]
+           "distance_bound", "contains", "exact_error", "certify_run"]

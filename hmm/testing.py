@@ -104,4 +104,73 @@ def rational_mixtures(draw, min_tasks: int = 1, max_tasks: int = 3, max_states: 
     return HMMMixture.from_arrays(rho, tasks, exact=True)
 
 
-__all__ = ["stochastic_rows", "rational_hmms", "token_sequences", "rational_mixtures"]
+#: Tiny entries of the ill-conditioned strategies (1e-3 .. 1e-12).
+TINY_ENTRIES = tuple(Fraction(1, 10**k) for k in (3, 6, 9, 12))
+#: ``eps`` of sticky rows (``1 - eps`` on the diagonal), down to 1e-9.
+STICKY_EPS = tuple(Fraction(1, 10**k) for k in (3, 6, 9))
+
+
+@st.composite
+def ill_conditioned_rows(draw, rows: int, cols: int) -> list[list[Fraction]]:
+    """Probability rows with entries among 0, 1 and 1e-3 .. 1e-12 (weights normalised exactly), or, for square
+    blocks, sticky rows ``1 - eps`` on the diagonal and ``eps / (cols - 1)`` elsewhere (eps down to 1e-9)."""
+    out = []
+    for i in range(rows):
+        if cols > 1 and rows == cols and draw(st.booleans()):
+            eps = draw(st.sampled_from(STICKY_EPS))
+            out.append([1 - eps if j == i else eps / (cols - 1) for j in range(cols)])
+            continue
+        w = draw(st.lists(st.sampled_from((Fraction(0), Fraction(1)) + TINY_ENTRIES), min_size=cols, max_size=cols))
+        if sum(w) == 0:
+            w[draw(st.integers(0, cols - 1))] = Fraction(1)
+        out.append([v / sum(w) for v in w])
+    return out
+
+
+@st.composite
+def ill_conditioned_hmms(draw, max_states: int = 3, num_obs: int | None = None, max_obs: int = 3) -> HMM:
+    """An exact HMM (S = 1 included) whose pi, A and B rows come from :func:`ill_conditioned_rows` (zeros in A
+    and B, entries down to 1e-12, sticky chains)."""
+    S = draw(st.integers(1, max_states))
+    V = num_obs or draw(st.integers(1, max_obs))
+    rows = ill_conditioned_rows
+    return HMM.from_arrays(draw(rows(1, S))[0], draw(rows(S, S)), draw(rows(S, V)), exact=True)
+
+
+def support_walk(hmm: HMM, T: int, choose) -> np.ndarray:
+    """A sequence (T,) of positive probability: at step t, ``choose(t, allowed)`` picks a token among those that
+    keep the prefix possible. Tracks only the support of the predicted state (booleans), so it costs O(T S^2 V)
+    whatever T (no rationals)."""
+    A = np.asarray(hmm.transition_matrix > 0, dtype=bool)
+    B = np.asarray(hmm.emission_probs > 0, dtype=bool)
+    live = np.asarray(hmm.initial_probs > 0, dtype=bool)
+    out = np.empty(T, dtype=np.int64)
+    for t in range(T):
+        allowed = np.flatnonzero(B[live].any(axis=0))
+        v = int(choose(t, allowed))
+        out[t] = v
+        live = (A[live & B[:, v]]).any(axis=0)
+    return out
+
+
+@st.composite
+def long_token_sequences(draw, hmm: HMM, length: int) -> np.ndarray:
+    """A token sequence of exactly ``length`` tokens with positive probability, cheap at any length: either
+    uniform among the allowed tokens (seeded; against the grain of sticky chains) or blocks of ``k`` equal tokens
+    cycling through the alphabet where allowed (``k`` drawn)."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    k = draw(st.sampled_from([0, 1, 7, 64]))  # 0: uniform among allowed
+    rng = np.random.default_rng(seed)
+    V = hmm.num_obs
+
+    def choose(t: int, allowed: np.ndarray) -> int:
+        if k == 0:
+            return int(rng.choice(allowed))
+        want = (t // k) % V
+        return want if want in allowed else int(allowed[0])
+
+    return support_walk(hmm, int(length), choose)
+
+
+__all__ = ["stochastic_rows", "rational_hmms", "token_sequences", "rational_mixtures", "TINY_ENTRIES", "STICKY_EPS",
+           "ill_conditioned_rows", "ill_conditioned_hmms", "support_walk", "long_token_sequences"]
