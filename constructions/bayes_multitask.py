@@ -115,7 +115,6 @@ def build(
     attention: str = "hard",
     beta: float | None = None,
     *,
-    fresh_blocks: bool = True,
     dtype: Any = None,
     device: Any = None,
 ) -> ConstructedTransformer:
@@ -140,7 +139,7 @@ def build(
     L = num_doubling_layers(P)
 
     lay = prefix_layout(n, V, op_desc="held block operator product Q over (task, state); finally ∝ 1 alpha^T",
-                        flags=("is_null", "is_bos", "is_sep"), fresh_blocks=fresh_blocks)
+                        flags=("is_null", "is_bos", "is_sep"))
     lay.freeze()
 
     def blockdiag(make: Any) -> np.ndarray:
@@ -174,11 +173,11 @@ def build(
     joint_labels = [f"k={k},z={i}" for k in range(K) for i in range(mixture.state_sizes[k])]
     readouts = [
         colsum_readout(lay, "next_token", B_stack, [f"x={v}" for v in range(V)], description="Bayes next-token masses",
-                       block=op_block(L, lay)),
+                       block=op_block(L)),
         colsum_readout(lay, "task_posterior", task_ind, [f"task {k}" for k in range(K)], description="task block masses",
-                       block=op_block(L, lay)),
+                       block=op_block(L)),
         colsum_readout(lay, "state_predicted", eye, joint_labels, description="(task, next state) masses",
-                       block=op_block(L, lay)),
+                       block=op_block(L)),
     ]
     spec = spec_for(NAME, lay, layers, max_positions=P, attention=attention, beta=beta, provenance=PROVENANCE,
                     parameters={"K": K, "state_sizes": list(mixture.state_sizes), "n": n, "V": V, "max_len": int(max_len)})
@@ -190,11 +189,13 @@ def build(
     )
 
 
-def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float64") -> BoundReport:
+def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float64", *, trace: Any = None,
+                  product_extra: float = 0.0) -> BoundReport:
     """Same bound as H1's next-token bound (every H3 output is a ``1^T Q M`` readout): 0 exact; round-off
     bound in float (:func:`constructions.roundoff.prefix_roundoff`: derived for hard attention); plus the certified
-    softmax leakage (capped at 1)."""
-    return prefix_claimed_bound(model, tokens, mode, first_output=2)
+    softmax leakage (capped at 1). ``trace`` / ``product_extra``: a compiled variant's own run and per-product
+    term (:func:`~constructions.prefix.prefix_claimed_bound`)."""
+    return prefix_claimed_bound(model, tokens, mode, first_output=2, trace=trace, product_extra=product_extra)
 
 
 def required_beta(model: ConstructedTransformer, tokens: Any, target: float) -> float:
@@ -214,10 +215,9 @@ def _stream_len(tokens: Any) -> int:
     return max(lens)
 
 
-def _build_entry(mixture: HMMMixture, tokens: Any, *, attention: str = "hard", beta: float | None = None,
-                 fresh_blocks: bool = True) -> ConstructedTransformer:
+def _build_entry(mixture: HMMMixture, tokens: Any, *, attention: str = "hard", beta: float | None = None) -> ConstructedTransformer:
     T = 16 if tokens is None else _stream_len(tokens)
-    return build(mixture, max(T, 1), attention, beta, fresh_blocks=fresh_blocks)
+    return build(mixture, max(T, 1), attention, beta)
 
 
 def _reference_entry(mixture: HMMMixture, tokens: Any, *, exact: bool) -> dict:

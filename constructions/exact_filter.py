@@ -93,7 +93,6 @@ def build(
     beta: float | None = None,
     *,
     filtered: bool = True,
-    fresh_blocks: bool = True,
     dtype: Any = None,
     device: Any = None,
 ) -> ConstructedTransformer:
@@ -114,8 +113,7 @@ def build(
     P = int(max_len) + 2
     L = num_doubling_layers(P)
 
-    lay = prefix_layout(S, V, op_desc="held operator product Q (entry sum 1); finally 1 alpha^T / (S 1^T alpha)",
-                        fresh_blocks=fresh_blocks)
+    lay = prefix_layout(S, V, op_desc="held operator product Q (entry sum 1); finally 1 alpha^T / (S 1^T alpha)")
     if filtered:
         lay.add("emis", S, "B[:, x] at observation positions (likelihood of the token held here)")
         lay.add("filtered", S, "unnormalised filtered belief predicted_t * B[:, x_t] (written by the last layer)")
@@ -135,7 +133,7 @@ def build(
 
     layers = [doubling_layer(lay, l, P) for l in range(L)]
     if filtered:
-        final = op_block(L, lay)
+        final = op_block(L)
         head = copy_head(lay, final, "fetched_op", lag_bias(1, P), name="lag1",
                          description="fetch the previous position's final product 1 alpha_pred(t)^T")
         ffn = BilinearBuilder(lay)
@@ -151,9 +149,9 @@ def build(
     state_labels = [f"z={j}" for j in range(S)]
     readouts = [
         colsum_readout(lay, "next_token", B, [f"x={v}" for v in range(V)], description="1^T Q B: next-token masses",
-                       block=op_block(L, lay)),
+                       block=op_block(L)),
         colsum_readout(lay, "predicted", eye, state_labels,
-                       description="1^T Q: predicted-state masses", block=op_block(L, lay)),
+                       description="1^T Q: predicted-state masses", block=op_block(L)),
     ]
     if filtered:
         readouts.append(readout(lay, "filtered", [(j, ("filtered", j), 1) for j in range(S)], (S,),
@@ -168,7 +166,8 @@ def build(
     )
 
 
-def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float64") -> BoundReport:
+def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float64", *, trace: Any = None,
+                  product_extra: float = 0.0) -> BoundReport:
     """Bound on the max-abs error of every output (next_token_probs, predicted_probs, filtered_probs) in ``mode``.
 
     * exact mode (hard attention): 0 (bit-identical).
@@ -178,18 +177,21 @@ def claimed_bound(model: ConstructedTransformer, tokens: Any, mode: str = "float
     * softmax attention: plus the certified leakage bound :func:`~constructions.prefix.prefix_lambda` (computed
       from a hard float64 run on the same tokens) and, for the filtered belief, the lag-1 layer's extension
       (:func:`_filtered_leakage`); capped at the trivial bound 1.
+
+    ``trace`` / ``product_extra``: a compiled variant's own run and per-product term
+    (:func:`~constructions.prefix.prefix_claimed_bound`).
     """
     from constructions.roundoff import unit_log
 
     if "filtered" not in model.readouts:
-        return prefix_claimed_bound(model, tokens, mode, first_output=1)
+        return prefix_claimed_bound(model, tokens, mode, first_output=1, trace=trace, product_extra=product_extra)
     S = model.info.n
     extra_osc = None
     if mode != "exact":
         ub = unit_log(mode)
-        extra_osc = {"filtered": lambda osc: osc + 2.0 * (S + 1) * ub}
+        extra_osc = {"filtered": lambda osc: osc + 2.0 * (S + 1) * ub + product_extra}
     return prefix_claimed_bound(model, tokens, mode, first_output=1, extra=_filtered_leakage, extra_osc=extra_osc,
-                                extra_underflow=_filtered_underflow)
+                                extra_underflow=_filtered_underflow, trace=trace, product_extra=product_extra)
 
 
 def _filtered_underflow(model: ConstructedTransformer, tr: Any) -> list:
@@ -238,10 +240,9 @@ def _filtered_leakage(model: ConstructedTransformer, tr: Any, lam: np.ndarray, i
 
 
 # ---------------------------------------------------------------------------------------------- registry
-def _build_entry(hmm: HMM, tokens: Any, *, attention: str = "hard", beta: float | None = None, filtered: bool = True,
-                 fresh_blocks: bool = True) -> ConstructedTransformer:
+def _build_entry(hmm: HMM, tokens: Any, *, attention: str = "hard", beta: float | None = None, filtered: bool = True) -> ConstructedTransformer:
     T = 16 if tokens is None else int(np.asarray(tokens).shape[-1])
-    return build(hmm, max(T, 1), attention, beta, filtered=filtered, fresh_blocks=fresh_blocks)
+    return build(hmm, max(T, 1), attention, beta, filtered=filtered)
 
 
 def _reference_entry(hmm: HMM, tokens: Any, *, exact: bool, filtered: bool = True) -> dict:

@@ -70,23 +70,19 @@ def num_doubling_layers(max_positions: int) -> int:
     return max(1, math.ceil(math.log2(max_positions - 1)))
 
 
-def op_block(l: int, layout: Layout | None = None) -> str:
+def op_block(l: int) -> str:
     """The block that holds the operator product before doubling layer ``l`` (``op`` for even l, ``op_alt`` for odd
     l); after ``L`` layers the product is in ``op_block(L)``."""
-    if layout is not None and "op_alt" not in layout:
-        return "op"  # a layout built with fresh_blocks=False updates the product in place (see prefix_layout)
     return "op" if l % 2 == 0 else "op_alt"
 
 
-def prefix_layout(n: int, V: int, *, op_desc: str, flags: Sequence[str] = ("is_null", "is_bos"),
-                  fresh_blocks: bool = True) -> Layout:
+def prefix_layout(n: int, V: int, *, op_desc: str, flags: Sequence[str] = ("is_null", "is_bos")) -> Layout:
     """The shared blocks (not frozen, so a construction can append its own): ``op``, ``op_alt`` (n,n) (ping-pong
     blocks of the held product, see :func:`op_block`), ``fetched_op`` (n,n),
     ``one``, the given 0/1 flags, and ``token`` (V one-hot of the observation at that position)."""
     lay = Layout()
     lay.add("op", (n, n), op_desc + " (held before even layers)")
-    if fresh_blocks:  # without it the product is updated in place, Q + (F Q - Q) (kept for the standard variants)
-        lay.add("op_alt", (n, n), "the held product before odd layers (ping-pong partner of op; 0 while op holds it)")
+    lay.add("op_alt", (n, n), "the held product before odd layers (ping-pong partner of op; 0 while op holds it)")
     lay.add("fetched_op", (n, n), "operator fetched by this layer's head (cleared by the FFN)")
     lay.add("one", 1, "constant 1 (linear terms of bilinear units)")
     flag_desc = {
@@ -133,7 +129,7 @@ def product_ffn(layout: Layout, l: int = 0) -> Any:
     ``new[i,j] = sum_k F[i,k] Q[k,j]`` into the fresh block ``op_block(l + 1)`` (0 before), ``-Q`` into
     ``op_block(l)``, ``-F`` into ``fetched_op``.
     """
-    src, dst = op_block(l, layout), op_block(l + 1, layout)
+    src, dst = op_block(l), op_block(l + 1)
     key = (id(layout), src)
     cached = _FFN_CACHE.get(key)
     if cached is not None and cached[0] is layout:
@@ -164,7 +160,7 @@ _FFN_CACHE: dict[tuple[int, str], tuple[Layout, Any]] = {}
 
 def doubling_layer(layout: Layout, l: int, max_positions: int) -> Layer:
     """Layer ``l`` of the parallel prefix product (see module docstring)."""
-    src, dst = op_block(l, layout), op_block(l + 1, layout)
+    src, dst = op_block(l), op_block(l + 1)
     head = copy_head(
         layout, src, "fetched_op", lag_bias(2**l, max_positions),
         name=f"lag{2**l}",
@@ -229,9 +225,9 @@ def prefix_bound_inputs(model: Any, hard_trace: Any, prefix_layers: Sequence[int
         head = model.layers[l].heads[0]
         if not head.positional:
             raise HmmtxError(f"leakage bound: head of {model.layers[l].name} is not purely positional")
-        Q = as_float_array(hard_trace.after_attn[l][..., lay[op_block(l, lay)]]).reshape(N, P, n, n)
+        Q = as_float_array(hard_trace.after_attn[l][..., lay[op_block(l)]]).reshape(N, P, n, n)
         F = as_float_array(hard_trace.after_attn[l][..., f_sl]).reshape(N, P, n, n)
-        X = as_float_array(hard_trace.after_ffn[l][..., lay[op_block(l + 1, lay)]])
+        X = as_float_array(hard_trace.after_ffn[l][..., lay[op_block(l + 1)]])
         Q_mass = Q.sum(axis=(-1, -2))
         F_mass = F.sum(axis=(-1, -2))
         bias = np.array([float(v) for v in head.rel_bias[:P]])
@@ -338,7 +334,7 @@ def prefix_underflow(model: Any, inputs: list[dict], hard_trace: Any, mode: str,
     emb = [abs(float(v)) for _, _, v in nonzeros(model.embedding.W_E)]
     pairs.append(("embedding", np.array([min(emb, default=np.inf)]), np.array([1.0])))
     L = len(model.info.prefix_layers)
-    fin = as_float_array(hard_trace.residuals[-1][..., model.layout[op_block(L, model.layout)]]) if L else None
+    fin = as_float_array(hard_trace.residuals[-1][..., model.layout[op_block(L)]]) if L else None
     if fin is not None:
         qmin = min_positive(fin, (-1,))
         for name, r in model.readouts.items():
@@ -348,7 +344,8 @@ def prefix_underflow(model: Any, inputs: list[dict], hard_trace: Any, mode: str,
 
 
 def prefix_claimed_bound(model: Any, tokens: Any, mode: str, *, first_output: int = 2, extra: Any = None,
-                         extra_osc: dict | None = None, extra_underflow: Any = None) -> Any:
+                         extra_osc: dict | None = None, extra_underflow: Any = None, trace: Any = None,
+                         product_extra: float = 0.0) -> Any:
     """Generic claimed bound of a prefix construction whose outputs are ``1^T Q M``-type readouts of the final
     product at positions ``first_output..`` after the layers in ``model.info.prefix_layers``:
 
@@ -360,6 +357,11 @@ def prefix_claimed_bound(model: Any, tokens: Any, mode: str, *, first_output: in
     ``extra(model, hard_trace, lam, ids, beta) -> (leakage, note)`` lets a construction add outputs of another form
     (H1's filtered belief); the larger leakage is reported. ``extra_osc`` / ``extra_underflow(model, trace)`` extend
     the round-off bound and its underflow check for those outputs.
+
+    A compiled variant of a hard model (the standard-block compilation, ``constructions.standard_variants``) passes
+    ``trace``: its own run in ``mode`` (same layout coordinates, every layer recorded), on which the no-underflow
+    condition is then checked instead of the idealised hard float64 run; and ``product_extra``, a log-ratio added
+    to every product (its gated-MLP activation term, heuristic).
     """
     from constructions.types import MODES, BoundReport
 
@@ -372,12 +374,12 @@ def prefix_claimed_bound(model: Any, tokens: Any, mode: str, *, first_output: in
         if model.attention != "hard":
             raise HmmtxError("exact mode runs hard attention only (softmax weights are not rational)")
         return BoundReport(0.0, 0.0, 0.0, 1.0, "exact rational arithmetic, hard attention: bit-identical", "exact")
-    tr = hard_trace_for_bound(model, ids)
+    if trace is not None and model.attention != "hard":
+        raise HmmtxError("prefix bound: a compiled run's trace is accepted for hard-attention models only")
+    tr = hard_trace_for_bound(model, ids) if trace is None else trace
     ins = prefix_bound_inputs(model, tr, model.info.prefix_layers, n)
     why = prefix_underflow(model, ins, tr, mode, extra_underflow(model, tr) if extra_underflow else ())
-    if "op_alt" not in model.layout:
-        why = "in-place residual update Q + (F Q - Q) (built with fresh_blocks=False): the derived bound does not apply"
-    rb = prefix_roundoff(model, P, mode, extra_osc=extra_osc, valid=not why, why=why)
+    rb = prefix_roundoff(model, P, mode, extra_osc=extra_osc, valid=not why, why=why, product_extra=product_extra)
     leak = 0.0
     note = rb.note
     if model.attention == "softmax":

@@ -92,16 +92,17 @@ def readout_terms(readout: Any) -> tuple[int, int]:
 
 
 def prefix_roundoff(model: Any, P: int, mode: str, *, extra_osc: dict | None = None,
-                    valid: bool = True, why: str = "") -> RoundoffBound:
+                    valid: bool = True, why: str = "", product_extra: float = 0.0) -> RoundoffBound:
     """The round-off bound of a prefix construction with ``L = len(model.info.prefix_layers)`` doubling
     layers on ``P`` positions in ``mode``. ``extra_osc`` maps a readout name to the ``osc`` of the block it reads
     when that is not the final product (H1's filtered belief); every other readout reads the final product.
-    Softmax attention adds the heuristic mixing term (see module docstring)."""
+    Softmax attention adds the heuristic mixing term (see module docstring); ``product_extra`` (a log-ratio, e.g.
+    the gated-MLP activation term of a standard-block variant, heuristic) is added at every doubling layer."""
     ub = unit_log(mode)
     n = int(model.info.n)
     L = len(model.info.prefix_layers)
     soft = model.attention == "softmax"
-    mixing = 2.0 * (P + 2) * ub if soft else 0.0
+    mixing = (2.0 * (P + 2) * ub if soft else 0.0) + float(product_extra)
     osc_final = float(tree_osc(P, L, n, ub, mixing=mixing).max())
     R = 0.0
     for name, r in model.readouts.items():
@@ -109,9 +110,11 @@ def prefix_roundoff(model: Any, P: int, mode: str, *, extra_osc: dict | None = N
         f = (extra_osc or {}).get(name)
         osc = f(osc_final) if f is not None else osc_final
         R = max(R, output_log_ratio(osc, k, w, ub))
-    kind = "heuristic" if soft else "derived"
+    kind = "heuristic" if soft or product_extra > 0 else "derived"
+    terms = ([", softmax mixing term heuristic"] if soft else []) + \
+        ([f", activation term {product_extra:.3g} per product heuristic"] if product_extra > 0 else [])
     note = (f"{kind} round-off bound: |log(p^/p)| <= {R:.3g} (relative, per output; n={n}, L={L}, P={P}, "
-            f"u={UNIT[mode]:.3g}{', softmax mixing term heuristic' if soft else ''})")
+            f"u={UNIT[mode]:.3g}{''.join(terms)})")
     if not valid:
         return RoundoffBound(1.0, math.inf, kind, False, f"{kind} round-off bound not applicable: {why}")
     return RoundoffBound(float(math.expm1(R)), R, kind, True, note)

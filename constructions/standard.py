@@ -19,8 +19,13 @@ layer norms. The substitutions, each with its error in exact arithmetic (derivat
   leakage is below ``P e^{-4096} * (largest value ratio)``, far under every round-off allowance.
 * **bilinear unit -> gated MLP** (ReGLU by default; GeGLU/SwiGLU with ``act="gelu"``/``"silu"``): for any
   activation of the form ``act(a) = a g(a)`` with ``g(a) + g(-a) = 1`` (ReLU, GELU, SiLU all are),
-  ``act(a) b + act(-a) (-b) = a b`` exactly, so one bilinear unit becomes two gated units (one when a factor is the
-  constant coordinate and act is ReLU). *Exact*.
+  ``act(a) b + act(-a) (-b) = a b`` exactly, so one bilinear unit becomes two gated units. *Exact* in exact
+  arithmetic; in floats exact for ReLU (one of the two terms is an exact zero), within a few ulps for GELU/SiLU
+  (the computed ``g(a) + g(-a)`` is not exactly 1). A unit with a constant factor (``c * b``, e.g. the clearing
+  units ``-Q`` of the prefix layers) is one gated unit: ``relu(c) b`` for ReLU, and for GELU/SiLU
+  ``act(64) b * (c / 64)`` with the gate reading :data:`CONST_GATE` = 64 times the constant coordinate:
+  ``gelu(64) = silu(64) = 64`` exactly in float32 and float64 (``erf``/``exp`` saturate), so the unit computes
+  ``c b`` with the same single rounding as the idealised FFN, and ``x + (-x) = 0`` clears exactly.
 * **ReLU MLP -> gated MLP**: ``relu(w.h + c) = relu(w.h + c * one) * one`` with the constant coordinate ``std.one``
   (written by ``W_pos``). *Exact*; needs ``act="relu"``.
 * **projective normalisation: no standard counterpart.** A stock block cannot divide a residual block by a sum
@@ -28,14 +33,14 @@ layer norms. The substitutions, each with its error in exact arithmetic (derivat
   blocks are used only projectively (the prefix products of H1/H3, the window products) drop it
   (``drop_norms=True``): in exact arithmetic the outputs are unchanged (scale invariance), in floating point the
   unnormalised products must stay inside the normal range: the variant works up to a length limit (``docs/export.md``),
-  checked a posteriori by the bound. The update ``Q <- Q + (F Q - Q)`` would cancel catastrophically without the
-  normalisation, so the compiler rewrites it: a lag-0 head moves ``Q`` into a scratch block ``std.held.<block>``
-  (``Q - Q = 0`` exactly) and the gated MLP writes ``F Q`` into the cleared block.
+  checked a posteriori by the bound. The prefix constructions write every product into a fresh block and clear
+  the old one (``op``/``op_alt``, :mod:`constructions.prefix`), so no update cancels and the compiled layers are
+  the idealised ones, head for head and unit for unit.
 * **output normalisation ``z / sum z``: not replaced** (the head emits the unnormalised masses ``z`` as its
   ``logits``; read probabilities as ``z / sum z``, not softmax). ``docs/export.md`` says why.
 
 The compiled model keeps the idealised layout's blocks at the same coordinates and appends its own (``std.one``,
-``std.pos``, ``std.held.*``), so every codec, probe and readout of the construction reads it unchanged.
+``std.pos`` or ``std.pos2``), so every codec, probe and readout of the construction reads it unchanged.
 """
 
 from __future__ import annotations
@@ -62,7 +67,8 @@ ACTIVATIONS = ("relu", "gelu", "silu")
 ONE_BLOCK = "std.one"
 POS_BLOCK = "std.pos"
 QUAD_BLOCK = "std.pos2"
-HELD_PREFIX = "std.held."
+#: Gate input of a gated unit with a constant factor under GELU/SiLU (``act(64) = 64`` exactly in float32/64).
+CONST_GATE = 64.0
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -235,13 +241,11 @@ class StandardInfo(ModelInfo):
     Fields:
         n:             operator size of the idealised construction (1 when it has none)
         dropped_norms: the projectively normalised blocks whose normalisation was dropped (sorted names)
-        rewrites:      ``((layer index, (block, ...)), ...)``: in-place updates rewritten with a lag-0 move head
         mass_scale:    ``((block, c), ...)``: embedding entries of a dropped-norm block multiplied by ``c``
     """
 
     n: int = 1
     dropped_norms: tuple = ()
-    rewrites: tuple = ()
     mass_scale: tuple = ()
 
 
@@ -259,6 +263,16 @@ def _dense(W: Any) -> np.ndarray:
     out = np.zeros(tuple(int(s) for s in W.shape))
     for i, j, v in nonzeros(W):
         out[i, j] = float(v)
+    return out
+
+
+def _scaled_dense(W: Any, scale: Sequence[tuple[slice, Any]]) -> np.ndarray:
+    """Exact 2-D weight -> dense float64 with the columns in each slice of ``scale`` ((slice, c) pairs) multiplied
+    by ``c`` in exact arithmetic first (one rounding per entry, like :func:`_dense`)."""
+    col_c = {j: Fraction(c) for sl, c in scale for j in range(sl.start, sl.stop)}
+    out = np.zeros(tuple(int(s) for s in W.shape))
+    for i, j, v in nonzeros(W):
+        out[i, j] = float(v * col_c[j]) if j in col_c else float(v)
     return out
 
 
@@ -348,12 +362,9 @@ def compile_standard(
         lay.add(QUAD_BLOCK, 2, "(p, p^2) of the position p (written by W_pos): quadratic relative-position scores")
     else:
         lay.add(POS_BLOCK, n_ctx, "one-hot of the position (written by W_pos): relative-position scores")
-    rewrites = _plan_rewrites(model) if has_norms else {}
-    for b in sorted({b for bs in rewrites.values() for b in bs}):
-        lay.add(HELD_PREFIX + b, model.layout.block(b).shape, f"scratch: '{b}' moved here by a lag-0 head, cleared by the MLP")
     lay.freeze()
     consts = constant_coordinates(model) | {lay.index(ONE_BLOCK)}
-    plans = [_plan_layer(model, lay, li, float(beta), consts, rewrites.get(li, ()), act) for li in range(len(model.layers))]
+    plans = [_plan_layer(model, lay, li, float(beta), consts, act) for li in range(len(model.layers))]
     scale = dict(mass_scale or {})
     for b in scale:
         if not any(n.block == b for l in model.layers for n in l.norms):
@@ -365,7 +376,7 @@ def compile_standard(
         Probe(r.name, _pad_rows(_dense(r.W_U).T, lay.width), tuple(r.shape), tuple(r.labels), r.description)
         for r in model.readouts.values()
     )
-    subs = _substitutions(model, float(beta), act, rewrites, has_norms)
+    subs = _substitutions(model, float(beta), act, has_norms)
     spec = ConstructionSpec(
         name or f"{model.spec.name}-std", cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_mlp, n_ctx, "softmax",
         float(beta), f"standard-block compilation of {model.spec.name} ({model.spec.provenance})",
@@ -373,42 +384,8 @@ def compile_standard(
                                                              "width": model.spec.width, "ffn_width": model.spec.ffn_width}},
     )
     info = StandardInfo(n=int(model.info.get("n", 1) or 1), dropped_norms=tuple(sorted({n.block for l in model.layers for n in l.norms})),
-                        rewrites=tuple(sorted(rewrites.items())), mass_scale=tuple(sorted(scale.items())))
+                        mass_scale=tuple(sorted(scale.items())))
     return StandardTransformer(cfg, weights, lay, probes, model, spec, subs, bound_fn=bound_fn, info=info, labels=labels)
-
-
-def _plan_rewrites(model: ConstructedTransformer) -> dict[int, tuple[str, ...]]:
-    """Layers whose FFN updates a normalised block ``B`` in place (``B <- B + (X - B)``: every coordinate of ``B``
-    has a self-clearing unit ``-1 * one * B[k]``): those are rewritten with a lag-0 move head (see module doc)."""
-    out: dict[int, tuple[str, ...]] = {}
-    consts = constant_coordinates(model)
-    for li, layer in enumerate(model.layers):
-        if not layer.norms or not isinstance(layer.ffn, BilinearFFN):
-            continue
-        clears = _self_clear_units(layer.ffn, consts)
-        blocks = []
-        for n in layer.norms:
-            sl = model.layout[n.block]
-            if all(k in clears for k in range(sl.start, sl.stop)):
-                blocks.append(n.block)
-        if blocks:
-            out[li] = tuple(blocks)
-    return out
-
-
-def _self_clear_units(ffn: BilinearFFN, consts: set[int]) -> dict[int, int]:
-    """``{coordinate k: unit u}`` for units computing ``-h[k]`` into ``k`` (one factor a constant coordinate)."""
-    r1, r2, c3 = _rows(ffn.W_1), _rows(ffn.W_2), _rows(_transpose(ffn.W_3))
-    out = {}
-    for u in range(ffn.width):
-        for a, b in ((r1[u], r2[u]), (r2[u], r1[u])):
-            if a and set(a) <= consts and len(b) == 1 and len(c3[u]) == 1:
-                (k, wb), = b.items()
-                (kk, wo), = c3[u].items()
-                if kk == k and sum(a.values()) * wb * wo == -1:
-                    out[k] = u
-                    break
-    return out
 
 
 def _transpose(W: Any) -> Any:
@@ -421,34 +398,21 @@ def _transpose(W: Any) -> Any:
 
 
 def _plan_layer(model: ConstructedTransformer, lay: Layout, li: int, beta: float, consts: set[int],
-                moved: tuple[str, ...], act: str) -> _Plan:
+                act: str) -> _Plan:
     layer = model.layers[li]
     plan = _Plan()
     n_ctx = model.max_positions
     for h in layer.heads:
         plan.heads.append(_head(h, lay, beta, n_ctx))
-    for b in moved:  # lag-0 move head: held.B <- B, B <- 0
-        blk, held = lay.block(b), lay.block(HELD_PREFIX + b)
-        table = -np.arange(n_ctx, dtype=np.float64)  # tent -|lag - 0|: the query itself wins
-        vo = [({blk.start + i: 1.0}, {held.start + i: 1.0, blk.start + i: -1.0}) for i in range(blk.size)]
-        code = _pos_code(lay, table, beta, 0)
-        plan.heads.append({"q": {}, "k": {}, "vo": vo, "d_qk": code[3], "pos": code, "name": f"move:{b}",
-                           "description": f"lag-0 head: {HELD_PREFIX}{b} <- {b}, {b} <- 0 (replaces the in-place update)"})
     f = layer.ffn
     if isinstance(f, BilinearFFN):
-        redirect = {}
-        for b in moved:
-            blk, held = lay.block(b), lay.block(HELD_PREFIX + b)
-            redirect.update({blk.start + i: held.start + i for i in range(blk.size)})
-        clears = _self_clear_units(f, consts) if moved else {}
-        clear_units = {u for k, u in clears.items() if k in redirect}
         r1, r2, c3 = _rows(f.W_1), _rows(f.W_2), _rows(_transpose(f.W_3))
         for u in range(f.width):
-            g = {redirect.get(j, j): float(v) for j, v in r1[u].items()}
-            ln = {redirect.get(j, j): float(v) for j, v in r2[u].items()}
-            out = {(redirect[j] if u in clear_units else j): float(v) for j, v in c3[u].items()}
+            g = {j: float(v) for j, v in r1[u].items()}
+            ln = {j: float(v) for j, v in r2[u].items()}
+            out = {j: float(v) for j, v in c3[u].items()}
             lbl = f.hidden_labels[u] if u < len(f.hidden_labels) else f"u{u}"
-            _bilinear_units(plan, g, ln, out, consts, act, lbl + (" (moved)" if u in clear_units else ""))
+            _bilinear_units(plan, g, ln, out, consts, act, lbl)
     elif isinstance(f, ReLUFFN):
         one = lay.index(ONE_BLOCK)
         rin = _rows(f.W_in)
@@ -464,12 +428,17 @@ def _plan_layer(model: ConstructedTransformer, lay: Layout, li: int, beta: float
 
 
 def _bilinear_units(plan: _Plan, g: dict, ln: dict, out: dict, consts: set[int], act: str, label: str) -> None:
-    """``(g.h)(ln.h)`` written to ``out`` as gated units (see module docstring: act(a) b + act(-a)(-b) = a b)."""
+    """``(g.h)(ln.h)`` written to ``out`` as gated units (see module docstring: act(a) b + act(-a)(-b) = a b).
+    A constant factor ``c`` (one constant coordinate): one unit, ``relu(c) b`` or ``act(64) b * (c / 64)``."""
     if not g or not ln or not out:
         return
     for a, b in ((g, ln), (ln, g)):
         if act == "relu" and set(a) <= consts and sum(a.values()) > 0:
             plan.units.append((a, b, out, label))  # relu(c) = c for the constant coordinate
+            return
+        if act != "relu" and len(a) == 1 and set(a) <= consts:
+            (c_idx, c), = a.items()  # act(CONST_GATE) = CONST_GATE exactly (checked by standard_bound)
+            plan.units.append(({c_idx: CONST_GATE}, b, {j: v * c / CONST_GATE for j, v in out.items()}, label))
             return
     plan.units.append((g, ln, out, label + " [+]"))
     plan.units.append(({j: -v for j, v in g.items()}, {j: -v for j, v in ln.items()}, out, label + " [-]"))
@@ -584,9 +553,7 @@ def _assemble(model: ConstructedTransformer, lay: Layout, plans: list[_Plan], n_
             b_out[c] = v
         blocks.append(BlockWeights(tuple(Wq), tuple(Wk), tuple(Wv), tuple(Wo), SparseMatrix.from_dict((D, m), g),
                                    SparseMatrix.from_dict((D, m), i_), SparseMatrix.from_dict((m, D), o), b_out))
-    W_E = _pad_rows(_dense(model.embedding.W_E).T, D).T.copy()
-    for b, c in scale.items():
-        W_E[:, lay[b]] *= float(c)
+    W_E = _pad_rows(_scaled_dense(model.embedding.W_E, [(lay[b], c) for b, c in scale.items()]).T, D).T.copy()
     W_pos = np.zeros((n_ctx, D))
     if getattr(model.embedding, "W_pos", None) is not None:  # the construction's own absolute positional embedding
         own = _dense(model.embedding.W_pos)[:n_ctx]
@@ -611,23 +578,22 @@ def _assemble(model: ConstructedTransformer, lay: Layout, plans: list[_Plan], n_
     return StandardWeights(W_E, W_pos, tuple(blocks), W_U), cfg
 
 
-def _substitutions(model: ConstructedTransformer, beta: float, act: str, rewrites: dict, has_norms: bool) -> tuple:
+def _substitutions(model: ConstructedTransformer, beta: float, act: str, has_norms: bool) -> tuple:
     subs = [Substitution("relative-position bias b(u - v)", "one-hot learned absolute positions (W_pos) read by W_Q/W_K",
                          "exact")]
     if model.attention == "hard":
         subs.append(Substitution("hard (argmax) attention", f"softmax attention, beta = {beta:g} folded into W_Q",
                                  "off-target weight <= (P - 1) e^-beta per query; exactly 0 in float32/float64 (underflow)"))
     if any(isinstance(l.ffn, BilinearFFN) for l in model.layers):
-        subs.append(Substitution("bilinear FFN unit (W_1 h)(W_2 h)", f"two gated units {act}(a) b + {act}(-a)(-b)", "exact"))
+        err = "exact" if act == "relu" else "exact in exact arithmetic; floats: a few ulps of a b (activation rounding)"
+        subs.append(Substitution("bilinear FFN unit (W_1 h)(W_2 h)", f"two gated units {act}(a) b + {act}(-a)(-b) "
+                                 f"(one, {'relu(c) b' if act == 'relu' else f'{act}(64) b c / 64'}, for a constant factor c)", err))
     if any(isinstance(l.ffn, ReLUFFN) for l in model.layers):
         subs.append(Substitution("ReLU FFN with biases", "gated unit relu(w.h + c one) * one", "exact"))
     if has_norms:
         subs.append(Substitution("projective normalisation (non-standard)", "dropped (scale invariance)",
                                  "exact in exact arithmetic; floats: valid while the unnormalised products stay in the "
                                  "normal range (checked a posteriori by the bound)"))
-    if rewrites:
-        subs.append(Substitution("in-place update Q <- Q + (F Q - Q)", "lag-0 head moves Q to std.held.*, MLP writes F Q",
-                                 "exact (x - x = 0 exactly); removes the cancellation"))
     subs.append(Substitution("output normalisation z / sum z", "not replaced: the head emits masses z as 'logits'",
                              "n/a: read probabilities as z / sum z, not softmax"))
     return tuple(subs)
@@ -740,8 +706,16 @@ class StandardTransformer(torch.nn.Module):
         return RunResult(self.codec.decode(self, trace, tokens), trace, ids, mode)
 
     def read(self, trace: Trace, name: str, positions: Any = slice(None)) -> Any:
-        """Normalised probe ``z / sum z`` (same contract as the idealised model's ``read``)."""
-        return ConstructedTransformer.read(self, trace, name, positions)
+        """Normalised probe ``z / sum z`` (same contract as the idealised model's ``read``). Without the projective
+        normalisation a zero mass may also be an underflow: the error says so."""
+        try:
+            return ConstructedTransformer.read(self, trace, name, positions)
+        except HmmtxError as exc:
+            if not self.info.dropped_norms:
+                raise
+            dt = str(trace.readouts[name].dtype).replace("torch.", "")
+            raise HmmtxError(f"{exc}; or the unnormalised masses of {self.spec.name} underflowed in {dt} (projective "
+                             "normalisation dropped: past the variant's length limit, docs/export.md)") from exc
 
     def claimed_bound(self, tokens: Any, mode: str = "float64") -> Any:
         if self.bound_fn is None:
@@ -808,4 +782,4 @@ def size_table(std: StandardTransformer) -> dict:
 
 __all__ = ["HARD_BETA", "ACTIVATIONS", "StandardConfig", "StandardWeights", "BlockWeights", "Probe", "Substitution",
            "StandardTransformer", "StandardInfo", "BlockLabels", "compile_standard", "constant_coordinates", "size_table", "ONE_BLOCK", "POS_BLOCK", "QUAD_BLOCK",
-           "HELD_PREFIX"]
+           "CONST_GATE"]

@@ -65,6 +65,7 @@ def test_exact_filter_round_trip_within_bound(data):
     h = data.draw(rational_hmms(min_states=1, max_states=3, min_obs=1, max_obs=3))
     x = data.draw(token_sequences(h, min_len=1, max_len=8))
     std, cache = _within_bound("exact-filter-std", h, x)
+    assert std.claimed_bound(x, "float64").roundoff_kind == "derived"  # the idealised derived bound (fresh blocks)
     # hook map (docs/export.md): resid_pre of block l is hmmtx's residual l; the pattern is the hard attention
     ids = std.check_input_ids(std.codec.encode(x))
     own = std.forward(ids)
@@ -72,6 +73,19 @@ def test_exact_filter_round_trip_within_bound(data):
         torch.testing.assert_close(cache[f"blocks.{l}.hook_resid_pre"], own.residuals[l], rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(cache[f"blocks.{l}.attn.hook_pattern"], own.attn_weights[l], rtol=0, atol=0)
         torch.testing.assert_close(cache[f"blocks.{l}.hook_resid_mid"], own.after_attn[l], rtol=1e-12, atol=1e-14)
+
+
+def test_ill_conditioned_v1_round_trips_within_the_derived_bound():
+    """Case V1 of the certified-verdicts issue (off-diagonal entries near 1e-8) through the HookedTransformer."""
+    from pathlib import Path
+
+    from hmm.io import load_hmm
+
+    h = load_hmm(Path(__file__).resolve().parents[1] / "data" / "ill_conditioned" / "v1_h1_float64_illcond.json")
+    x = np.array([1, 0, 1, 0, 1, 1, 1, 0, 0, 0, 1, 1, 0, 1, 0, 0])
+    std, _ = _within_bound("exact-filter-std", h, x, dtypes=("float64",))
+    b = std.claimed_bound(x, "float64")
+    assert b.roundoff_kind == "derived" and b.value <= 1e-12
 
 
 def test_window_bayes_icl_memory_adaptive_round_trips_within_bound():
