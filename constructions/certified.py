@@ -193,14 +193,18 @@ class CertifiedVerdict(NamedTuple):
 
 def certify_run(res: Any, tokens: Any, *, prec: int = DEFAULT_PREC) -> CertifiedVerdict:
     """The certified verdict of a :class:`~constructions.runner.ConstructionRun` (float or exact mode)."""
-    cert = enclose(res.model, tokens, prec=prec)
+    # a standard-block variant: enclose its idealised construction. Its substitutions are exact in exact arithmetic
+    # and, with hard attention, the idealised exact output is the exact reference, so the balls enclose what the
+    # verdict compares with (the variant's float run is then judged against them like any float run)
+    enclosed = getattr(res.model, "idealised", res.model)
+    cert = enclose(enclosed, tokens, prec=prec)
     names = [n for n in res.compared if n in cert.balls] if hasattr(res, "compared") else list(cert.balls)
     rnd = 0.0 if res.result.mode == "exact" else certified_roundoff(cert, res.result.outputs, names)
     leak = float(res.bound.leakage)
     bound = leak + rnd
     # the balls enclose the exact-arithmetic output of the construction as run: with hard attention that is the
     # exact reference; with softmax it differs from it by the leakage, so containment is not expected
-    hard = res.model.attention == "hard"
+    hard = enclosed.attention == "hard"
     inside = contains(cert, res.reference, names) if res.reference_kind == "exact" and hard else None
     err = exact_error(res.result.outputs, res.reference, names) if res.reference_kind == "exact" else res.max_abs_error
     return CertifiedVerdict(rnd, cert.radius, bound, bool(err <= bound), inside, cert.prec, cert.seconds)

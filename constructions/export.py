@@ -53,7 +53,7 @@ def hook_map(std: StandardTransformer) -> list[dict]:
                                                          "code std.pos2 = (p, p^2) or the one-hot std.pos (W_pos)"},
         {"hook": "blocks.{l}.hook_resid_pre", "hmmtx": "residual l (trace.residuals[l]), coordinates labelled in layout.json"},
         {"hook": "blocks.{l}.attn.hook_pattern", "hmmtx": "attention weights of idealised layer l's heads (head order of "
-                                                         "layout.json blocks[l].heads; then move heads; then zero padding)"},
+                                                         "layout.json blocks[l].heads; then zero padding)"},
         {"hook": "blocks.{l}.attn.hook_q / hook_k", "hmmtx": "content dims (the idealised W_Q h, W_K h; beta folded into q) "
                                                            "then the position dims (quadratic: query beta (2(u - c), -1), key (v, v^2); "
                                                            "one-hot: query beta b(u - v), key one-hot v)"},

@@ -303,3 +303,12 @@ def test_past_the_float32_length_limit_the_std_variant_says_why(capsys):
     rc = main(["run", *_case_args("V2"), "--mode", "float32"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "length limit" in err[0], err
+
+
+@pytest.mark.parametrize("case, mode", [("V1", "float64"), ("V4b", "float32")])
+def test_certify_encloses_the_reference_of_a_std_variant_run(tmp_path, case, mode):
+    """``--certify`` on a standard variant encloses its idealised construction (exact substitutions; hard attention:
+    the exact reference) and judges the variant's float run against the balls."""
+    data = _cli_case(tmp_path, *_case_args(case), "--mode", mode, "--certify")
+    c = data["certified"]
+    assert c["contains_reference"] is True and c["within"] is True and c["radius"] < 1e-30

@@ -191,4 +191,5 @@ def test_float32_export_writes_float32_tensors(tmp_path):
 def test_inspect_shows_the_standard_variant_weights_with_labels(tmp_path, capsys):
     assert main(["inspect", "exact-filter-std", "--hmm", str(_hmm_file(tmp_path)), "--layer", "0"]) == 0
     out = capsys.readouterr().out
-    assert "std.pos" in out and "mlp.W_gate" in out and "move.W_O" in out and "lag1.W_Q" in out
+    assert "std.pos" in out and "mlp.W_gate" in out and "lag1.W_O" in out and "lag1.W_Q" in out
+    assert "move" not in out and "std.held" not in out  # the fresh-block layout needs no move head
