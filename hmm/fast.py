@@ -142,7 +142,8 @@ _KERNELS: dict[int, tuple[Any, Any, Any]] = {}
 
 
 def _kernels(S_const: int) -> tuple[Any, Any, Any]:
-    """``(loglik_kernel, full_kernel, lanes_kernel)`` for ``S_const`` states (0: any S, read from the arrays)."""
+    """``(loglik_kernel, full_kernel, lanes_kernel)`` for ``S_const`` states (0: any S, read from the arrays): the
+    first two are one source (``make_filter_kernel``) compiled with ``full`` False / True."""
     if S_const not in _KERNELS:
         _KERNELS[S_const] = _make_kernels(S_const)
     return _KERNELS[S_const]
@@ -155,7 +156,8 @@ def _make_kernels(S_const: int) -> tuple[Any, Any, Any]:
 
     @njit(nogil=True, cache=True, error_model="numpy")  # IEEE division, no zero checks
     def lanes_kernel(pi, A, Bt, x, zero, one, last, ll, bad_t):  # pragma: no cover - compiled
-        """loglik_kernel on blocks of NB sequences at once, sequences on the fast (SIMD) axis: (S, NB) state.
+        """The log-likelihood filter kernel on blocks of NB sequences at once, sequences on the fast (SIMD) axis:
+        (S, NB) state.
 
         The recurrence of one sequence is a chain of dependent steps (latency-bound); NB independent chains side by
         side fill the vector units. Lanes past the end of the batch run on stale tokens and are not written back.
@@ -219,97 +221,81 @@ def _make_kernels(S_const: int) -> tuple[Any, Any, Any]:
                 for i in range(S):
                     last[n0 + l, i] = f[i, l]
 
-    @njit(nogil=True, cache=True, error_model="numpy")  # IEEE division, no zero checks
-    def loglik_kernel(pi, A, Bt, x, zero, one, last, ll, bad_t):  # pragma: no cover - compiled
-        """Per sequence: p = pi; for t: f = p * b_{x_t}; c = sum f; p = A^T (f / c). Keeps (S,) vectors only.
+    def make_filter_kernel(full: bool) -> Any:
+        """The per-sequence filter kernel; ``full`` is a closure constant, so each value compiles without the
+        other's branches (one source for the log-likelihood-only and the all-outputs kernels)."""
 
-        ``ll[n] = log(prod_t c_t)``, the product kept as mantissa ``m`` and binary exponent ``e`` (frexp, exact).
-        """
-        N, T = x.shape
-        S = pi.shape[0] if S_const == 0 else S_const
-        f = np.empty(S, pi.dtype)
-        p = np.empty(S, pi.dtype)
-        for n in range(N):
-            for j in range(S):
-                p[j] = pi[j]
-            m = 1.0
-            e = 0
-            c = one
-            bad_t[n] = -1
-            for t in range(T):
-                b = Bt[x[n, t]]
-                c = zero
-                for i in range(S):
-                    v = p[i] * b[i]
-                    f[i] = v
-                    c += v
-                if not c > zero:
-                    bad_t[n] = t
-                    break
-                m *= c
-                if m < 2.0 ** -400:
-                    mm, ee = math.frexp(m)
-                    m = mm
-                    e += ee
-                r = one / c
-                for j in range(S):
-                    p[j] = zero
-                for i in range(S):
-                    fi = f[i] * r
-                    for j in range(S):
-                        p[j] += fi * A[i, j]
-            ll[n] = math.log(m) + e * 0.6931471805599453
-            for i in range(S):
-                last[n, i] = f[i] / c
+        @njit(nogil=True, cache=True, error_model="numpy")  # IEEE division, no zero checks
+        def filter_kernel(pi, A, Bt, B, x, zero, one, filt, pred, nxt, last, ll, bad_t):  # pragma: no cover
+            """Per sequence: p = pi; for t: f = p * b_{x_t}; c = sum f; p = A^T (f / c). Keeps (S,) vectors only.
 
-    @njit(nogil=True, cache=True, error_model="numpy")  # IEEE division, no zero checks
-    def full_kernel(pi, A, Bt, B, x, zero, one, filt, pred, nxt, ll, bad_t):  # pragma: no cover - compiled
-        """As loglik_kernel, writing the filtered, predicted and next-token rows (N, T, .) at every step."""
-        N, T = x.shape
-        S = pi.shape[0] if S_const == 0 else S_const
-        V = B.shape[1]
-        p = np.empty(S, pi.dtype)
-        for n in range(N):
-            for j in range(S):
-                p[j] = pi[j]
-            m = 1.0
-            e = 0
-            bad_t[n] = -1
-            for t in range(T):
-                b = Bt[x[n, t]]
-                f = filt[n, t]
-                c = zero
-                for i in range(S):
-                    pred[n, t, i] = p[i]
-                    v = p[i] * b[i]
-                    f[i] = v
-                    c += v
-                if not c > zero:
-                    bad_t[n] = t
-                    break
-                m *= c
-                if m < 2.0 ** -400:
-                    mm, ee = math.frexp(m)
-                    m = mm
-                    e += ee
-                for i in range(S):
-                    f[i] /= c
+            ``ll[n] = log(prod_t c_t)``, the product kept as mantissa ``m`` and binary exponent ``e`` (frexp, exact).
+            ``full`` (a compile-time constant: one compiled kernel per value): also writes the filtered
+            (``f / c``), predicted and next-token rows (N, T, .) at every step; otherwise (``filt``, ``pred``,
+            ``nxt`` unused) multiplies by ``1 / c`` (faster) and writes the last filtered belief into ``last``.
+            """
+            N, T = x.shape
+            S = pi.shape[0] if S_const == 0 else S_const
+            V = B.shape[1]
+            f = np.empty(S, pi.dtype)
+            p = np.empty(S, pi.dtype)
+            for n in range(N):
                 for j in range(S):
-                    p[j] = zero
-                for i in range(S):
-                    fi = f[i]
-                    for j in range(S):
-                        p[j] += fi * A[i, j]
-                q = nxt[n, t]
-                for v in range(V):
-                    q[v] = zero
-                for j in range(S):
-                    pj = p[j]
-                    for v in range(V):
-                        q[v] += pj * B[j, v]
-            ll[n] = math.log(m) + e * 0.6931471805599453
+                    p[j] = pi[j]
+                m = 1.0
+                e = 0
+                c = one
+                bad_t[n] = -1
+                for t in range(T):
+                    b = Bt[x[n, t]]
+                    fv = filt[n, t] if full else f  # the filtered row is computed in place
+                    c = zero
+                    for i in range(S):
+                        if full:
+                            pred[n, t, i] = p[i]
+                        v = p[i] * b[i]
+                        fv[i] = v
+                        c += v
+                    if not c > zero:
+                        bad_t[n] = t
+                        break
+                    m *= c
+                    if m < 2.0 ** -400:
+                        mm, ee = math.frexp(m)
+                        m = mm
+                        e += ee
+                    if full:
+                        for i in range(S):
+                            fv[i] /= c
+                        for j in range(S):
+                            p[j] = zero
+                        for i in range(S):
+                            fi = fv[i]
+                            for j in range(S):
+                                p[j] += fi * A[i, j]
+                        q = nxt[n, t]
+                        for v in range(V):
+                            q[v] = zero
+                        for j in range(S):
+                            pj = p[j]
+                            for v in range(V):
+                                q[v] += pj * B[j, v]
+                    else:
+                        r = one / c
+                        for j in range(S):
+                            p[j] = zero
+                        for i in range(S):
+                            fi = f[i] * r
+                            for j in range(S):
+                                p[j] += fi * A[i, j]
+                ll[n] = math.log(m) + e * 0.6931471805599453
+                if not full:
+                    for i in range(S):
+                        last[n, i] = f[i] / c
 
-    return loglik_kernel, full_kernel, lanes_kernel
+        return filter_kernel
+
+    return make_filter_kernel(False), make_filter_kernel(True), lanes_kernel
 
 
 def _run_numba(hmm: HMM, x: np.ndarray, dtype: Any, outputs: str, device: Any,
@@ -329,11 +315,14 @@ def _run_numba(hmm: HMM, x: np.ndarray, dtype: Any, outputs: str, device: Any,
         filt = np.empty((N, T, S), dtype=dt)
         pred = np.empty((N, T, S), dtype=dt)
         nxt = np.empty((N, T, V), dtype=dt)
-        full_kernel(pi, A, Bt, B, x, zero, one, filt, pred, nxt, ll, bad_t)
+        full_kernel(pi, A, Bt, B, x, zero, one, filt, pred, nxt, np.empty((0, 0), dt), ll, bad_t)
         return FastFilterResult(ll, filt[:, -1].copy(), filt, pred, nxt), bad_t
     last = np.empty((N, S), dtype=dt)
-    kernel = lanes_kernel if specialise and N >= LANES // 2 else loglik_kernel
-    kernel(pi, A, Bt, x, zero, one, last, ll, bad_t)
+    if specialise and N >= LANES // 2:
+        lanes_kernel(pi, A, Bt, x, zero, one, last, ll, bad_t)
+    else:
+        none = np.empty((0, 0, 0), dt)
+        loglik_kernel(pi, A, Bt, B, x, zero, one, none, none, none, last, ll, bad_t)
     return FastFilterResult(ll, last if outputs == "last" else None, None, None, None), bad_t
 
 

@@ -161,3 +161,23 @@ def test_exact_target_interleaves_and_checks_identity(tmp_path, capsys):
     assert data["machine"]["nproc"] >= 1 and "loadavg_1min" in data["machine_after"]
     code, _, err = _run(capsys, "exact", "--rounds", "0")
     assert code == 2 and "--rounds must be at least 1" in err
+
+
+@pytest.mark.parametrize("target", ["h1", "exact"])
+def test_h1_and_exact_share_the_problem_flags(target, capsys):
+    """`bench h1` and `bench exact` take --states/--length/--vocab/--seed from one helper: same defaults, same help,
+    values parsed and range-checked alike."""
+    from verify.cli import build_parser
+
+    parser = build_parser()
+    ns = parser.parse_args(["bench", target])
+    assert (ns.states, ns.length, ns.vocab, ns.seed) == (16, 2048, 4, 0)
+    ns = parser.parse_args(["bench", target, "--states", "3", "--length", "5", "--vocab", "2", "--seed", "7"])
+    assert (ns.states, ns.length, ns.vocab, ns.seed) == (3, 5, 2, 7)
+    code, out, _ = _run(capsys, target, "--help")
+    assert code == 0
+    for text in ("hidden states S (default 16)", "sequence length T (default 2048)", "observation symbols V",
+                 "seed of the HMM and the tokens"):
+        assert text in " ".join(out.split()), text
+    code, _, err = _run(capsys, target, "--states", "0")
+    assert code == 2 and "--states" in err

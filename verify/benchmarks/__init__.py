@@ -35,6 +35,15 @@ def register_all(subparsers: Any) -> None:
         importlib.import_module(f"{__name__}.{name}").register(subparsers)
 
 
+def add_problem_args(p: Any, *, states: int = 16, length: int = 2048, vocab: int = 4) -> None:
+    """The problem flags shared by the HMM benchmarks (``bench h1``, ``bench exact``): ``--states``, ``--length``,
+    ``--vocab`` (defaults as given) and ``--seed`` (default 0, seeds the HMM and the tokens)."""
+    p.add_argument("--states", type=int, default=states, help=f"hidden states S (default {states})")
+    p.add_argument("--length", type=int, default=length, help=f"sequence length T (default {length})")
+    p.add_argument("--vocab", type=int, default=vocab, help=f"observation symbols V (default {vocab})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the HMM and the tokens")
+
+
 def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float], Any]:
     """Run ``fn`` ``repeats`` times; returns (best seconds, all seconds, the last result)."""
     times, out = [], None
@@ -76,4 +85,4 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-__all__ = ["discover", "register_all", "positive_int", "best_of", "machine_info"]
+__all__ = ["discover", "register_all", "positive_int", "add_problem_args", "best_of", "machine_info"]

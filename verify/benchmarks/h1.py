@@ -20,6 +20,8 @@ import argparse
 import time
 from typing import Any
 
+from verify.benchmarks import add_problem_args
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -27,10 +29,7 @@ def register(subparsers: Any) -> None:
         help="the H1 exact-filter construction vs the numpy and exact forward filters (S=16, T=2048)",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
-    p.add_argument("--states", type=int, default=16, help="hidden states S (default 16)")
-    p.add_argument("--length", type=int, default=2048, help="sequence length T (default 2048)")
-    p.add_argument("--vocab", type=int, default=4, help="observation symbols V (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the HMM and the tokens")
+    add_problem_args(p)
     p.add_argument("--mode", choices=["float64", "float32"], default="float64", help="number mode (default float64)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of the module (best reported; default 3)")
     p.add_argument("--threads", type=int, default=1,
