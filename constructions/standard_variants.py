@@ -133,7 +133,7 @@ def standard_bound(std: StandardTransformer, tokens: Any, mode: str = "float64")
 
     if QUAD_BLOCK in std.layout and mode == "float32" and 2 * P * P >= 2**24:
         return BoundReport(1.0, 1.0, 0.0, 1.0, note + f"; {P} positions: the quadratic position scores are not exact "
-                           "in float32 beyond 2896 positions (trivial bound only)")
+                           "in float32 beyond 2896 positions (trivial bound only)", "trivial")
     trace = None
     if ideal.attention == "hard":
         bad, trace = _pattern_mismatch(std, ideal, ids, mode)
