@@ -43,19 +43,35 @@ def require() -> Any:
 
 
 class _RowDenominator:
-    """The shared denominator of one output row (an ``fmpz``), with its Python ``int`` made once on demand."""
+    """The shared denominator ``s`` of one output row (an ``fmpz``) and the row's numerators: its Python ``int``
+    and the row's reduction modulus ``G`` are made once, on demand.
 
-    __slots__ = ("z", "_int")
+    ``G = gcd(s, prod_{p_j != 0} p_j mod s)``: every ``gcd(p_i, s)`` (``p_i != 0``) divides it, and it divides ``s``,
+    so ``gcd(p_i, s) = gcd(p_i, G)``. One full-size gcd per row instead of one per entry; ``G`` is usually tiny.
+    """
 
-    def __init__(self, z: Any) -> None:
-        self.z = z
+    __slots__ = ("z", "row", "_int", "_g")
+
+    def __init__(self, z: Any, row: list) -> None:
+        self.z, self.row = z, row
         self._int: int | None = None
+        self._g: Any = None
 
     @property
     def int(self) -> int:
         if self._int is None:
             self._int = int(self.z)
         return self._int
+
+    @property
+    def g(self) -> Any:
+        if self._g is None:
+            prod = self.z.__class__(1)
+            for p in self.row:
+                if p:
+                    prod = prod * p % self.z
+            self._g = self.z.gcd(prod)
+        return self._g
 
 
 class LazyFraction(Fraction):
@@ -79,13 +95,22 @@ class LazyFraction(Fraction):
         return self
 
     def __new__(cls, numerator: Any = 0, denominator: Any = None) -> "LazyFraction":  # noqa: D102
+        fmpz = require().fmpz
+        if type(numerator) is int and type(denominator) is int and denominator != 0:  # kept unreduced
+            sign = -1 if denominator < 0 else 1
+            p = fmpz(sign * numerator)
+            return cls._make(p, _RowDenominator(fmpz(sign * denominator), [p]))
         f = Fraction(numerator) if denominator is None else Fraction(numerator, denominator)
-        return cls._make(require().fmpz(f.numerator), _RowDenominator(require().fmpz(f.denominator)))
+        p = fmpz(f.numerator)
+        return cls._make(p, _RowDenominator(fmpz(f.denominator), [p]))
 
     def _reduced(self) -> tuple[int, int]:
         if self._pair is None:
-            g = self._p.gcd(self._q.z)
-            self._pair = (int(self._p // g), int(self._q.z // g))
+            if not self._p:
+                self._pair = (0, 1)
+            else:
+                g = self._p.gcd(self._q.g)  # = gcd(p, q) (see _RowDenominator)
+                self._pair = (int(self._p // g), self._q.int if g == 1 else int(self._q.z // g))
         return self._pair
 
     _numerator = property(lambda self: self._reduced()[0])
@@ -167,7 +192,7 @@ def integer_matrix(m: Any) -> tuple[Any, int]:
 
 
 def _lazy_row(entries: list, den: Any) -> list:
-    q = _RowDenominator(den)
+    q = _RowDenominator(den, entries)
     return [LazyFraction._make(p, q) for p in entries]
 
 

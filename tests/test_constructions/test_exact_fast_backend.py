@@ -195,17 +195,19 @@ def test_lazy_fraction_behaves_like_its_reduced_fraction():
 
     from hmm.fastq import LazyFraction
 
-    cases = [(0, 7), (6, 4), (3 * 10**40, 9 * 10**40), (5, 1), (10**30 + 1, 3), (2**80, 2**81)]
+    cases = [(0, 7), (6, 4), (3 * 10**40, 9 * 10**40), (5, 1), (10**30 + 1, 3), (2**80, 2**81), (-6, 4), (6, -9),
+             (2 * 3**50 * 7, 3**60 * 14)]
     for p, q in cases:
         z, f = LazyFraction(p, q), Fraction(p, q)
         assert type(f) is Fraction and isinstance(z, Fraction)
         assert z == f and f == z and not (z != f) and z == LazyFraction(2 * p, 2 * q)
         assert (z == f + Fraction(1, 10**50)) is False and (f + Fraction(1, 10**50) == z) is False
         assert (z == 1) == (f == 1) and (z == 0.5) == (f == 0.5) and (z == math.nan) is False
-        assert (z < Fraction(1, 2)) == (f < Fraction(1, 2)) and (z >= 0) and (z <= 10**31)
+        assert (z < Fraction(1, 2)) == (f < Fraction(1, 2)) and (z >= 0) == (f >= 0) and (z <= 10**31)
         assert z - f == 0 and z * 2 == f * 2 and z + Fraction(1, 3) == f + Fraction(1, 3) and -z == -f
         assert float(z) == float(f) and bool(z) == bool(f) and hash(z) == hash(f) and str(z) == str(f)
         assert (z.numerator, z.denominator) == (f.numerator, f.denominator)
+        assert LazyFraction(f) == f and (LazyFraction(f).numerator, LazyFraction(f).denominator) == (f.numerator, f.denominator)
         back = pickle.loads(pickle.dumps(z))
         assert type(back) is Fraction and back == f
         assert copy.copy(z) is z and copy.deepcopy(z) is z
