@@ -7,8 +7,8 @@ the same :class:`~hmm.reference.FilterResult`, entry for entry equal to the Frac
 bit). Its entries are :class:`LazyFraction` s: Fractions whose reduction to lowest terms (one gcd of two integers of
 up to thousands of digits, the dominant cost of any eager exact filter) happens only when the numerator or
 denominator is asked for; ``==``, ``float()`` and ``bool()`` do not need it (``docs/performance.md``: the
-integer recursion alone is ~300x faster than Fractions at S = 16, T = 2048; reducing every entry afterwards costs
-about 25x the recursion). Chosen over gmpy2 ``mpq`` by measurement (``docs/design-decisions.md``).
+integer recursion alone is ~300x faster than Fractions at S = 16, T = 2048; reducing every entry afterwards, one
+full-size gcd per row, costs a few times the recursion). Chosen over gmpy2 ``mpq`` by measurement (``docs/design-decisions.md``).
 
 Conversions: ``to_fmpq`` / ``to_fraction`` (both exact; FLINT keeps fractions in lowest terms, so the Fraction is
 built without a second gcd).
