@@ -95,11 +95,6 @@ def _is_ball_array(v: Any) -> bool:
     return a.size > 0 and hasattr(a.ravel()[0], "rad")
 
 
-def _fmpq_up(q: Any) -> float:
-    """A non-negative ``flint.fmpq`` as a float rounded up."""
-    return _up(float(Fraction(int(q.p), int(q.q))))
-
-
 def _up(x: float) -> float:
     """``x`` rounded up to the next float (a conversion to float rounds to nearest)."""
     return math.nextafter(x, math.inf) if math.isfinite(x) else x
@@ -132,13 +127,11 @@ def distance_bound(g: float, b: Any) -> float:
 
 
 def contains(cert: Certificate, reference: dict, names: Sequence[str]) -> bool:
-    """True when every reference value of the named outputs lies in its ball, decided in exact rational
-    arithmetic on the ball's end points. A reference value is an exact rational (Fraction, or what
-    :func:`hmm.fastq.to_fmpq` accepts), or a ball (:mod:`hmm.ball`: a rigorous enclosure of the exact reference,
+    """True when every reference value of the named outputs lies in its ball, decided in exact arithmetic on the
+    ball's dyadic end points (cross-multiplied integers, no gcd). A reference value is an exact rational (a
+    Fraction, or a float taken exactly), or a ball (:mod:`hmm.ball`: a rigorous enclosure of the exact reference,
     for sequences too long for rationals): then the reference ball must lie inside the certificate's ball, which
     proves ``exact reference in reference ball subset certificate ball``."""
-    from hmm.fastq import to_fmpq
-
     for n in names:
         if n not in cert.balls or n not in reference:
             continue
@@ -152,9 +145,19 @@ def contains(cert: Certificate, reference: dict, names: Sequence[str]) -> bool:
                     return False
                 continue
             lo, hi = interval(b)
-            if not lo <= to_fmpq(r) <= hi:
+            p, q = _parts(r)
+            if not (lo.p * q <= p * lo.q and p * hi.q <= hi.p * q):  # lo <= p/q <= hi, all denominators > 0
                 return False
     return True
+
+
+def _parts(v: Any) -> tuple[Any, Any]:
+    """An exact rational as ``(p, q)`` ``flint.fmpz`` with ``q > 0`` (a Fraction's numerator and denominator; a
+    float converted exactly). Comparisons then cross-multiply instead of building ``fmpq`` (whose canonicalising
+    gcd dominates on the ~10^5-bit entries of a long exact reference)."""
+    f = require()
+    q = v if isinstance(v, Fraction) else Fraction(v)
+    return f.fmpz(q.numerator), f.fmpz(q.denominator)
 
 
 def _float_array(a: Any) -> np.ndarray:
@@ -218,10 +221,9 @@ def exact_error(outputs: dict, reference: dict, names: Sequence[str]) -> float:
     contributes ``max |f - v|`` over the ball, a proved upper bound on ``|f - exact|`` that exceeds it by at most
     the ball's diameter (~1e-70 relative at the default 256 bits)."""
     from hmm.ball import REFERENCE_PREC
-    from hmm.fastq import to_fmpq
 
     f = require()
-    worst, worst_ball = f.fmpq(0), 0.0
+    worst, worst_ball = (f.fmpz(0), f.fmpz(1)), 0.0
     with precision(REFERENCE_PREC):  # the working precision of the ball differences (Fractions are exact)
         for n in names:
             got = _float_array(outputs[n]).ravel()
@@ -234,10 +236,12 @@ def exact_error(outputs: dict, reference: dict, names: Sequence[str]) -> float:
                 if is_ball(r):
                     worst_ball = max(worst_ball, distance_bound(g, r))
                     continue
-                d = abs(to_fmpq(g) - to_fmpq(r))  # exact, FLINT gcds
-                if d > worst:
+                gp, gq = _parts(float(g))
+                rp, rq = _parts(r)
+                d = (abs(gp * rq - rp * gq), gq * rq)  # |g - r| exactly, as an unreduced fraction
+                if d[0] * worst[1] > worst[0] * d[1]:
                     worst = d
-    return max(_fmpq_up(worst), worst_ball)
+    return max(_up(float(Fraction(int(worst[0]), int(worst[1])))), worst_ball)
 
 
 __all__ = ["DEFAULT_PREC", "Certificate", "CertifiedVerdict", "arb_field", "enclose", "certified_roundoff",
