@@ -35,6 +35,7 @@ import torch
 from constructions.blocks import AttentionHead, BilinearFFN, ReLUFFN, nonzeros
 from constructions.layout import Layout
 from hmm.errors import HmmtxError
+from hmm.rounding import float_dtype, round_array, round_exact
 
 #: Rows (sequence positions) per chunk of a ReLU FFN evaluation (bounds the hidden activations' memory).
 RELU_CHUNK = 4096
@@ -86,9 +87,9 @@ class SupportMap:
             self.perm = None if perm == list(range(len(perm))) else torch.as_tensor(perm, device=device)
         else:
             self.kind = "dense"
-            W = np.zeros((len(rows), len(cols)))
+            W = np.zeros((len(rows), len(cols)), dtype=float_dtype(dtype))
             for (i, j), v in items:
-                W[r_pos[i], c_pos[j]] = float(v)
+                W[r_pos[i], c_pos[j]] = round_exact(v, dtype)  # one correct rounding (hmm.rounding)
             self.W_T = torch.as_tensor(W.T.copy(), dtype=dtype, device=device)
 
     @classmethod
@@ -154,7 +155,7 @@ class HeadPlan:
             self.k = SupportMap.of(head.W_K, dtype, device)
         self.bias64 = np.array([float(v) for v in head.rel_bias], dtype=np.float64)
         self.bias_exact = all(Fraction(f) == v for f, v in zip(self.bias64, head.rel_bias))
-        self.bias = torch.as_tensor(self.bias64, dtype=dtype, device=device)
+        self.bias = torch.as_tensor(round_array(head.rel_bias, dtype), dtype=dtype, device=device)
         self._shared: dict[tuple, Any] = {}
 
     def shared_weights(self, P: int, mode: str, beta: float | None) -> tuple[str, torch.Tensor]:
@@ -290,12 +291,12 @@ class BilinearPlan:
             blk = [layout.block(n) for n in (ba, bb, bz)]
             shp = [b.shape if b.shape else (1,) for b in blk]
             self.terms.append(EinsumTerm(blk[0].slice, shp[0], blk[1].slice, shp[1], blk[2].slice, shp[2], spec,
-                                         float(coef)))
+                                         round_exact(coef, dtype)))
         self.rest = None
         if rest:
             a, b, z, c = zip(*rest)
             t = lambda v: torch.as_tensor(v, dtype=torch.long, device=device)  # noqa: E731
-            self.rest = (t(a), t(b), t(z), torch.as_tensor([float(v) for v in c], dtype=dtype, device=device))
+            self.rest = (t(a), t(b), t(z), torch.as_tensor(round_array(c, dtype), dtype=dtype, device=device))
         self.wide = None
         if wide:
             sub = lambda rows: {(k, c): v for k, u in enumerate(wide) for c, v in rows[u]}  # noqa: E731
@@ -380,8 +381,8 @@ class ReLUPlan:
     def __init__(self, ffn: ReLUFFN, dtype: torch.dtype, device: Any) -> None:
         self.w_in = SupportMap.of(ffn.W_in, dtype, device)
         self.w_out = SupportMap.of(ffn.W_out, dtype, device)
-        self.b_in = torch.as_tensor([float(v) for v in ffn.b_in], dtype=dtype, device=device)
-        self.b_out = torch.as_tensor([float(v) for v in ffn.b_out], dtype=dtype, device=device)
+        self.b_in = torch.as_tensor(round_array(ffn.b_in, dtype), dtype=dtype, device=device)
+        self.b_out = torch.as_tensor(round_array(ffn.b_out, dtype), dtype=dtype, device=device)
 
     def add_update(self, x: torch.Tensor) -> torch.Tensor:
         """``x + d`` (d the FFN output) written into ``x`` (owned by the caller)."""

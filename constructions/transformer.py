@@ -42,6 +42,7 @@ from constructions.types import (  # noqa: F401 - re-exported: the shared types 
     norm_error,
 )
 from hmm.errors import HmmtxError
+from hmm.rounding import float_dtype, round_array
 
 
 def torch_dtype(mode: str) -> torch.dtype:
@@ -68,13 +69,13 @@ class _Lin(torch.nn.Module):
         nz = nonzeros(W)
         r = np.array([e[0] for e in nz], dtype=np.int64)
         c = np.array([e[1] for e in nz], dtype=np.int64)
-        v = np.array([float(e[2]) for e in nz], dtype=np.float64)
+        v = round_array([e[2] for e in nz], dtype)  # one correct rounding per weight (hmm.rounding)
         rows_nnz = np.bincount(r, minlength=out_dim) if nz else np.zeros(out_dim, dtype=int)
         cols_nnz = np.bincount(c, minlength=in_dim) if nz else np.zeros(in_dim, dtype=int)
         if rows_nnz.max(initial=0) <= 1:
             self.kind = "gather"
             idx = np.zeros(out_dim, dtype=np.int64)
-            scale = np.zeros(out_dim)
+            scale = np.zeros(out_dim, dtype=v.dtype)
             idx[r], scale[r] = c, v
             self.register_buffer("idx", torch.as_tensor(idx, device=device))
             self.register_buffer("scale", torch.as_tensor(scale, dtype=dtype, device=device))
@@ -98,7 +99,7 @@ class _Lin(torch.nn.Module):
                 )
         else:
             self.kind = "dense"
-            dense = np.zeros((out_dim, in_dim))
+            dense = np.zeros((out_dim, in_dim), dtype=v.dtype)
             dense[r, c] = v
             self.register_buffer("W", torch.as_tensor(dense, dtype=dtype, device=device))
 
@@ -129,15 +130,18 @@ class _Lin(torch.nn.Module):
 
 
 def _dense_float(W: Any, dtype: torch.dtype, device: Any) -> torch.Tensor:
-    """A 2-D exact weight (dense or SparseFrac) as a dense torch tensor."""
-    out = np.zeros(W.shape)
-    for i, j, v in nonzeros(W):
-        out[i, j] = float(v)
+    """A 2-D exact weight (dense or SparseFrac) as a dense torch tensor (one correct rounding per entry)."""
+    nz = nonzeros(W)
+    out = np.zeros(W.shape, dtype=float_dtype(dtype))
+    if nz:
+        r, c, _ = zip(*nz)
+        out[list(r), list(c)] = round_array([e[2] for e in nz], dtype)
     return torch.as_tensor(out, dtype=dtype, device=device)
 
 
 def _fvec(a: np.ndarray, dtype: torch.dtype, device: Any) -> torch.Tensor:
-    return torch.as_tensor(np.array([float(v) for v in a.ravel()]).reshape(a.shape), dtype=dtype, device=device)
+    """An exact vector/array as a torch tensor (one correct rounding per entry)."""
+    return torch.as_tensor(round_array(a.ravel(), dtype, a.shape), dtype=dtype, device=device)
 
 
 class _TorchHead(torch.nn.Module):
