@@ -7,7 +7,8 @@ errors are measured as **log-ratios**: for exact ``X >= 0`` and computed ``X^`` 
 ``osc(X^, X) = max_ij log(X^_ij / X_ij) - min_ij log(X^_ij / X_ij)`` (over the non-zeros; a scale factor common to
 all entries does not count, which is what projective normalisation needs). With ``ub = -log(1 - u)``:
 
-* a rounded input entry, a product or a quotient: ``2 ub`` each;
+* a rounded input entry (an exact weight rounded ONCE to the dtype, :mod:`hmm.rounding`), a product or a quotient:
+  ``2 ub`` each;
 * a sum of ``k`` non-negative terms in any order (any summation tree, FMA or not; adding an exact zero is exact):
   each term passes through at most ``k - 1`` roundings, so the sum's log-ratio lies in ``[-(k-1) ub, (k-1) ub]``;
 * the product ``F Q`` of the doubling FFN: ``osc(F^ Q^) <= osc(F^) + osc(Q^) + 2 n ub`` (one product, ``n - 1``

@@ -58,6 +58,7 @@ from constructions.layout import Layout
 from constructions.transformer import ConstructedTransformer, torch_dtype
 from constructions.types import MODES, ConstructionSpec, ModelInfo, RunResult, Trace
 from hmm.errors import HmmtxError
+from hmm.rounding import round_exact
 
 #: Inverse temperature replacing hard attention (a power of two, so ``beta * score`` is exact in float32/float64).
 HARD_BETA = 4096.0
@@ -211,6 +212,9 @@ class StandardWeights:
     W_pos: np.ndarray
     blocks: tuple
     W_U: np.ndarray
+    #: float32 copies of W_E / W_U rounded once from the exact values (None: round the float64 arrays)
+    W_E32: np.ndarray | None = None
+    W_U32: np.ndarray | None = None
 
     def dense_size(self) -> int:
         """Number of parameters once dense (what an export writes)."""
@@ -258,21 +262,21 @@ class Substitution(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _dense(W: Any) -> np.ndarray:
-    """Exact 2-D weight (object array or SparseFrac) -> dense float64."""
-    out = np.zeros(tuple(int(s) for s in W.shape))
+def _dense(W: Any, dtype: Any = np.float64) -> np.ndarray:
+    """Exact 2-D weight (object array or SparseFrac) -> dense ``dtype``, one correct rounding per entry."""
+    out = np.zeros(tuple(int(s) for s in W.shape), dtype=dtype)
     for i, j, v in nonzeros(W):
-        out[i, j] = float(v)
+        out[i, j] = round_exact(v, dtype)
     return out
 
 
-def _scaled_dense(W: Any, scale: Sequence[tuple[slice, Any]]) -> np.ndarray:
+def _scaled_dense(W: Any, scale: Sequence[tuple[slice, Any]], dtype: Any = np.float64) -> np.ndarray:
     """Exact 2-D weight -> dense float64 with the columns in each slice of ``scale`` ((slice, c) pairs) multiplied
     by ``c`` in exact arithmetic first (one rounding per entry, like :func:`_dense`)."""
     col_c = {j: Fraction(c) for sl, c in scale for j in range(sl.start, sl.stop)}
-    out = np.zeros(tuple(int(s) for s in W.shape))
+    out = np.zeros(tuple(int(s) for s in W.shape), dtype=dtype)
     for i, j, v in nonzeros(W):
-        out[i, j] = float(v * col_c[j]) if j in col_c else float(v)
+        out[i, j] = round_exact(v * col_c[j] if j in col_c else v, dtype)
     return out
 
 
@@ -519,7 +523,7 @@ def _position_coo(pos_part: tuple | None, n_ctx: int, lay: Layout) -> tuple[tupl
 
 
 def _pad_rows(M: np.ndarray, D: int) -> np.ndarray:
-    out = np.zeros((D,) + M.shape[1:])
+    out = np.zeros((D,) + M.shape[1:], dtype=M.dtype)
     out[: M.shape[0]] = M
     return out
 
@@ -553,7 +557,10 @@ def _assemble(model: ConstructedTransformer, lay: Layout, plans: list[_Plan], n_
             b_out[c] = v
         blocks.append(BlockWeights(tuple(Wq), tuple(Wk), tuple(Wv), tuple(Wo), SparseMatrix.from_dict((D, m), g),
                                    SparseMatrix.from_dict((D, m), i_), SparseMatrix.from_dict((m, D), o), b_out))
-    W_E = _pad_rows(_scaled_dense(model.embedding.W_E, [(lay[b], c) for b, c in scale.items()]).T, D).T.copy()
+    escale = [(lay[b], c) for b, c in scale.items()]
+    W_E = _pad_rows(_scaled_dense(model.embedding.W_E, escale).T, D).T.copy()
+    # float32 copies rounded once from the exact values (float64 -> float32 would round twice; hmm.rounding)
+    W_E32 = _pad_rows(_scaled_dense(model.embedding.W_E, escale, np.float32).T, D).T.copy()
     W_pos = np.zeros((n_ctx, D))
     if getattr(model.embedding, "W_pos", None) is not None:  # the construction's own absolute positional embedding
         own = _dense(model.embedding.W_pos)[:n_ctx]
@@ -568,14 +575,16 @@ def _assemble(model: ConstructedTransformer, lay: Layout, plans: list[_Plan], n_
     if model.readouts:
         first = next(iter(model.readouts.values()))
         W_U = _pad_rows(_dense(first.W_U).T, D)
+        W_U32 = _pad_rows(_dense(first.W_U, np.float32).T, D)
     elif head_blocks:
         cols = [c for b in head_blocks for c in range(lay[b].start, lay[b].stop)]
         W_U = np.zeros((D, len(cols)))
         W_U[cols, np.arange(len(cols))] = 1.0
+        W_U32 = W_U.astype(np.float32)  # 0/1: exact
     else:
         raise HmmtxError(f"construction '{model.spec.name}' has no readout: name the residual blocks its head reads")
     cfg = StandardConfig(len(plans), D, n_ctx, d_head, H, m, W_E.shape[0], W_U.shape[1], act)
-    return StandardWeights(W_E, W_pos, tuple(blocks), W_U), cfg
+    return StandardWeights(W_E, W_pos, tuple(blocks), W_U, W_E32, W_U32), cfg
 
 
 def _substitutions(model: ConstructedTransformer, beta: float, act: str, has_norms: bool) -> tuple:
@@ -624,9 +633,10 @@ class StandardTransformer(torch.nn.Module):
         self.attention, self.beta = "softmax", spec.beta
         self.dtype = dtype
         t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)  # noqa: E731
-        self.register_buffer("W_E", t(weights.W_E))
+        f32 = dtype == torch.float32
+        self.register_buffer("W_E", t(weights.W_E32 if f32 and weights.W_E32 is not None else weights.W_E))
         self.register_buffer("W_pos", t(weights.W_pos))
-        self.register_buffer("W_U", t(weights.W_U))
+        self.register_buffer("W_U", t(weights.W_U32 if f32 and weights.W_U32 is not None else weights.W_U))
         self._blocks = [
             {"W_Q": [w.right_multiplier(dtype) for w in b.W_Q], "W_K": [w.right_multiplier(dtype) for w in b.W_K],
              "W_V": [w.right_multiplier(dtype) for w in b.W_V], "W_O": [w.right_multiplier(dtype) for w in b.W_O],

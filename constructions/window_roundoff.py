@@ -10,8 +10,8 @@ Model (IEEE 754, round to nearest, gradual underflow): ``fl(a op b) = (a op b)(1
 the result is at least ``tiny`` (smallest normal). All quantities are non-negative. Every computed normalised vector
 is written ``v^ = v o exp(theta) + a``: a relative part whose log-ratios ``theta`` spread over at most ``osc``
 (a scale common to all entries does not count: projective normalisation) and an absolute part ``|a_c| <= alpha_c``.
-``ub = -log(1 - u)`` per rounding; a weight is an exact rational rounded once to float64, then (float32 mode) once
-more: ``wb = ub + ub64`` (``ub`` in float64).
+``ub = -log(1 - u)`` per rounding; a weight is an exact rational rounded once to the dtype (:mod:`hmm.rounding`);
+``wb = ub + ub64`` (``ub`` in float64) is the older double-rounding allowance, kept (an upper bound of ``ub``).
 
 Relative part (product readout = the normalised vector chain of :mod:`constructions.window_filter`):
 

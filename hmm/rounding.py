@@ -34,7 +34,10 @@ _OVERFLOW = {np.dtype(np.float64): Fraction(2**1024 - 2**970), np.dtype(np.float
 
 def float_dtype(dtype: Any) -> np.dtype:
     """The numpy float dtype of ``dtype`` (a numpy/torch dtype or "float32"/"float64")."""
-    name = str(dtype).replace("torch.", "")
+    try:
+        name = np.dtype(dtype).name  # numpy dtypes, scalar types and names
+    except TypeError:
+        name = str(dtype).replace("torch.", "")  # torch.float32 / torch.float64
     if name not in ("float32", "float64"):
         raise HmmtxError(f"rounding: dtype must be float32 or float64, got {dtype!r}")
     return np.dtype(name)

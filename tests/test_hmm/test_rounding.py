@@ -120,3 +120,23 @@ def test_float32_construction_weights_are_rounded_once() -> None:
     held = {float(x) for t in m32.state_dict().values() if t.is_floating_point() for x in t.flatten().tolist()}
     assert new <= held
     assert not (old - new) & held
+
+
+def test_standard_variant_float32_weights_are_rounded_once() -> None:
+    """exact-filter-std in float32: the embedding/unembedding (where the HMM's entries live) hold the single
+    rounding; every other weight is a float32 number already (so its float64 -> float32 conversion is exact)."""
+    from constructions import registry
+    from hmm.model import HMM
+
+    a = Fraction(3, 4) + Fraction(1, 2**25) + Fraction(1, 2**70)
+    h = HMM.from_arrays([Fraction(1, 3), Fraction(2, 3)], [[a, 1 - a], [1 - a, a]],
+                        [[a, 1 - a], [Fraction(1, 7), Fraction(6, 7)]])
+    e = registry.get("exact-filter-std")
+    std = e.build(h, np.array([0, 1, 1]), attention=e.attention.attention, beta=e.attention.beta)
+    for k, v in std.weights.state_dict().items():
+        if k not in ("embed.W_E", "unembed.W_U"):
+            v = np.asarray(v)
+            assert np.array_equal(v.astype(np.float32).astype(np.float64), v), k
+    m = std.materialise(torch.float32)
+    held = set(m.W_E.flatten().tolist()) | set(m.W_U.flatten().tolist())
+    assert round_exact(a, "float32") in held and float(np.float32(float(a))) not in held

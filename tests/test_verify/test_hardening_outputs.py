@@ -236,3 +236,43 @@ def test_interrupting_experiment_grid_then_rerun_completes(tmp_path):
                            capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0 and f"already finished {len(got)}" in rerun.stderr, rerun.stderr[-3000:]
     assert len(list(runs.glob("*.json"))) == 3 and not list((tmp_path / "out" / "failed").iterdir())
+
+
+_SLOW_FINALIZER_ABORT = '''
+import atexit, os, sys, threading, time
+import multiprocessing.synchronize as ms
+from multiprocessing import resource_tracker
+from verify.experiments.runner import _LocalEngine
+
+
+def slow_cleanup(name):  # widen the race: a semaphore finalized outside the main thread is slow to unregister
+    from _multiprocessing import sem_unlink
+    sem_unlink(name)
+    if threading.current_thread() is not threading.main_thread():
+        time.sleep(0.3)
+    resource_tracker.unregister(name, "semaphore")
+
+
+if __name__ == "__main__":
+    ms.SemLock._cleanup = staticmethod(slow_cleanup)
+    eng = _LocalEngine(1, progress=sys.argv[1] == "progress")
+    eng.pool.submit(time.sleep, 30)
+    time.sleep(0.5)
+    eng.close(abort=True)
+    atexit._run_exitfuncs()  # what verify.cli.entry does after an interrupt
+    sys.stderr.flush()
+    os._exit(143)
+'''
+
+
+@pytest.mark.parametrize("progress", ["progress", "quiet"])
+def test_aborted_worker_pool_releases_its_semaphores_before_exit(tmp_path, progress):
+    """An aborted local engine joins the pool's manager thread, so the pool's queues (and their semaphores) are
+    released in the main thread before ``close`` returns; an ``os._exit`` right after it leaves the resource
+    tracker nothing to warn about. (Before: the manager thread released them after ``close`` returned, racing the
+    exit: "leaked semaphore objects" warnings on stderr, made certain here by a slow finalizer.)"""
+    script = tmp_path / "abort.py"
+    script.write_text(_SLOW_FINALIZER_ABORT)
+    proc = subprocess.run([sys.executable, str(script), progress], cwd=tmp_path, env=cli_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143 and proc.stderr == "", proc.stderr[-3000:]

@@ -167,14 +167,27 @@ class _LocalEngine:
         return out
 
     def close(self, abort: bool) -> None:
+        """Stop the pool; on ``abort`` terminate the workers, then wait for the pool's manager thread to finish.
+
+        ``shutdown(wait=False)`` drops the executor's references to its call/result queues, but its manager thread
+        still holds them; when that thread ends (after it notices the terminated workers) the queues are collected
+        *in that thread*, and their semaphores' finalizers (``sem_unlink`` + unregister with multiprocessing's
+        resource tracker) run there. If the process leaves with ``os._exit`` meanwhile (``verify.cli.entry`` after
+        an interrupt), the tracker is left with registered semaphores and prints "leaked semaphore objects"
+        warnings at shutdown. Joining the thread and dropping its last reference here runs those finalizers in
+        this thread, before ``close`` returns."""
         if abort:
-            procs = list(getattr(self.pool, "_processes", {}).values())  # no public API on Python 3.11
+            procs = list((getattr(self.pool, "_processes", None) or {}).values())  # no public API on Python 3.11
+            manager = getattr(self.pool, "_executor_manager_thread", None)
             self.pool.shutdown(wait=False, cancel_futures=True)
             for p in procs:
                 if p.is_alive():
                     p.terminate()
             for p in procs:
                 p.join(timeout=5)
+            if manager is not None:
+                manager.join(timeout=30)  # prompt: every worker is gone, so the pool is broken and it exits
+            del manager  # the last reference: its queues' semaphores are released here, in this thread
         else:
             self.pool.shutdown(wait=True)
         if self.queue is not None:
