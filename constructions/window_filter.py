@@ -22,9 +22,9 @@ sequence start?", which decides between the prior ``mu`` and ``initial_probs``):
   is the marker); then one bilinear layer per lag ``l = r-1..1`` applies that slot's operator to the running vector,
   ``v[l] ∝ v[l+1] diag(B[:, x]) A`` (``(sum v) pi`` at the marker), writing a fresh block that is normalised to sum
   1; a final bilinear layer applies the current token: ``belief ∝ v diag(B[:, x_t])``, ``pred ∝ v diag(B[:, x_t])
-  A``. Each unit multiplies the vector entry by ``B[c, x]`` before ``A[c, j]`` (two factors, never the product
-  ``B A`` as one weight), so no weight or intermediate leaves the float range merely because the HMM's entries are
-  tiny; every quantity is a normalised window belief. Depth ``ceil(log2(r+1)) + r``, FFN width ``S (V + 1)``.
+  A``. Each unit multiplies the vector entry by ``B[c, x]`` before ``A[c, j]`` (every weight one HMM entry);
+  every quantity is a normalised window belief and every sum has at most S non-negative terms, so a product below
+  the normal range is an absolute error of a subnormal against a vector of mass 1. Depth ``ceil(log2(r+1)) + r``, FFN width ``S (V + 1)``.
   Float round-off: a derived **relative** bound (:mod:`constructions.window_roundoff`).
 
 Readouts: ``next_token = B^T pred`` (unnormalised masses; output ``z / sum z``) and ``belief`` (the window-filtered
@@ -317,7 +317,7 @@ def _chain_layer(lay: Layout, plan: Gather, pi: list, A: list, B: list, l: int, 
     ``Op_marker = 1 pi^T``, then ``v[l]`` is normalised to sum 1.
 
     Units ``(B[c, x] src[c]) * slot[l][x]`` write ``A[c, j]`` into ``v[l][j]`` (the emission scales the first
-    factor, the transition is the output weight: the product ``B A`` is never one weight); marker units
+    factor, the transition is the output weight: every weight is one HMM entry); marker units
     ``src[c] * slot[l][marker]`` write ``pi[j]``. Exact because the slot is a one-hot; every output is a sum of at most
     S non-negative terms (no cancellation), written into a fresh block."""
     S, V = len(A), len(B[0])

@@ -26,9 +26,11 @@ Relative part (product readout = the normalised vector chain of :mod:`constructi
   ``R = osc + 2 (wb + k ub) + w ub`` (the belief readout, weight 1: ``osc + w ub``).
 
 Absolute part (:class:`UnderflowTracker`, run alongside the float64 chain :func:`hmm.window.window_filter` on the
-same tokens): a term ``T`` whose float64 value is at least ``4 tiny`` of the mode, or exactly zero, has no absolute
-error in the run either (the run's values are within ``exp(R + R64) < 2`` of the float64 chain's); any other
-exactly-positive term adds at most ``2 eta`` (two products). With ``g = exp(2 wb + 2 (S + 1) ub)`` (the rounding
+same tokens): an exactly zero term is computed exactly; a term whose float64 value ``T64`` satisfies
+``T64 / 2 - slack >= tiny`` of the mode (``slack`` = the absolute uncertainty it inherits from ``alpha``) is normal
+in the run too (the run's relative parts are within ``exp(R + R64) < 2`` of the float64 chain's), so it has no
+absolute error; any other exactly-positive term adds at most ``2 eta`` (two products). The same test decides
+whether a quotient may be subnormal (``+ eta / 2``). With ``g = exp(2 wb + 2 (S + 1) ub)`` (the rounding
 factors an absolute error can pick up in a step) a step gives ``beta_j = g (sum_c alpha_c B[c, x] A[c, j] + 2 eta
 n_j)`` (``n_j`` = underflowing terms of ``z_j``) and, normalised by a sum ``c`` at least half the float64 chain's
 (checked: ``sum beta <= c / 32``), ``alpha'_j = 2 g beta_j / c + eta / 2`` where the quotient is below ``4 tiny``
@@ -113,7 +115,7 @@ class UnderflowTracker:
     def __init__(self, hmm, r: int, mode: str) -> None:
         h = hmm.as_exact()
         self.r, self.mode = r, mode
-        self.eta, self.low = ETA[mode], 4.0 * TINY[mode]
+        self.eta, self.tiny = ETA[mode], TINY[mode]
         S = h.num_states
         ub, wb = unit_log(mode), weight_log(mode)
         self.g = math.exp(2.0 * wb + 2.0 * (S + 1) * ub)
@@ -133,23 +135,27 @@ class UnderflowTracker:
                            f"mass of {float(np.min(c[bad])):.3g} ({self.mode})")
             self.absolute = math.inf
 
-    def _tiny(self, v: np.ndarray, sup: np.ndarray) -> np.ndarray:
-        return sup & (v < self.low)
+    def _risky(self, v: np.ndarray, sup: np.ndarray, slack: np.ndarray | float = 0.0) -> np.ndarray:
+        """Where an exactly positive quantity whose float64 value is ``v`` may be below ``tiny`` in the run: the
+        run's value is at least ``v / 2 - slack`` (``slack``: the absolute uncertainty it inherits)."""
+        return sup & (0.5 * v - slack < self.tiny)
 
     def prior(self, p: np.ndarray) -> None:
         N, T, S = p.shape
         reaches = np.arange(T) <= self.r - 1
         self.sup = np.broadcast_to(np.where(reaches[:, None], self.pos_pi[None, :], True)[None], p.shape).copy()
-        self.alpha = np.where(self._tiny(p, self.sup), self.eta / 2, 0.0)
+        self.alpha = np.where(self._risky(p, self.sup), self.eta / 2, 0.0)
 
     def marker(self, idx: np.ndarray) -> None:
         """``v <- (sum v) pi`` normalised, for windows ``idx`` (their ``v`` is ``pi``): terms ``pi_j pi_c``."""
         a, sp = self.alpha[:, idx], self.sup[:, idx]
         terms = self.pi[None, :] * self.pi[:, None]  # [c, j]
-        n = (sp[..., :, None] & self.pos_pi[None, :] & (terms < self.low)).sum(axis=-2)
+        slack = self.g * a[..., :, None] * self.pi[None, :]
+        n = self._risky(terms, sp[..., :, None] & self.pos_pi[None, :], slack).sum(axis=-2)
         beta = self.g * (a.sum(axis=-1, keepdims=True) * self.pi + 2 * self.eta * n)
         self._fail("marker step", beta, np.ones(beta.shape[:-1]))
-        self.alpha[:, idx] = 2 * self.g * beta + np.where(self._tiny(self.pi, self.pos_pi), self.eta / 2, 0.0)
+        a2 = 2 * self.g * beta
+        self.alpha[:, idx] = a2 + np.where(self._risky(self.pi, self.pos_pi, a2), self.eta / 2, 0.0)
         self.sup[:, idx] = self.pos_pi
 
     def _terms(self, xs: np.ndarray, p: np.ndarray, a: np.ndarray, sp: np.ndarray) -> tuple:
@@ -158,7 +164,7 @@ class UnderflowTracker:
         sB = sp & self.posB.T[xs]
         terms = (p * Bx)[..., :, None] * self.A  # [.., c, j]
         tsup = sB[..., :, None] & self.posA
-        n = (tsup & (terms < self.low)).sum(axis=-2)
+        n = self._risky(terms, tsup, self.g * (a * Bx)[..., :, None] * self.A).sum(axis=-2)
         beta = self.g * ((a * Bx) @ self.A + 2 * self.eta * n)
         return beta, tsup.any(axis=-2), Bx, sB
 
@@ -166,13 +172,13 @@ class UnderflowTracker:
         beta, sup, _, _ = self._terms(xs, p, self.alpha[:, idx], self.sup[:, idx])
         self._fail("chain step", beta, c)
         with np.errstate(divide="ignore", invalid="ignore"):
-            v = z / c[..., None]
-            self.alpha[:, idx] = 2 * self.g * beta / c[..., None] + np.where(self._tiny(v, sup), self.eta / 2, 0.0)
+            a2 = 2 * self.g * beta / c[..., None]
+            self.alpha[:, idx] = a2 + np.where(self._risky(z / c[..., None], sup, a2), self.eta / 2, 0.0)
         self.sup[:, idx] = sup
 
     def final(self, x: np.ndarray, p: np.ndarray, joint: np.ndarray, pred: np.ndarray) -> None:
         beta_p, sup_p, Bx, sB = self._terms(x, p, self.alpha, self.sup)
-        beta_b = self.g * (self.alpha * Bx + 2 * self.eta * self._tiny(joint, sB))
+        beta_b = self.g * (self.alpha * Bx + 2 * self.eta * self._risky(joint, sB, self.g * self.alpha * Bx))
         c = joint.sum(axis=-1)
         self._fail("current token (belief)", beta_b, c)
         self._fail("current token (pred)", beta_p, c)
@@ -180,11 +186,14 @@ class UnderflowTracker:
             return
         half = self.eta / 2
         with np.errstate(divide="ignore", invalid="ignore"):
-            a_b = 2 * self.g * beta_b / c[..., None] + np.where(self._tiny(joint / c[..., None], sB), half, 0.0)
+            a_b = 2 * self.g * beta_b / c[..., None]
+            a_b = a_b + np.where(self._risky(joint / c[..., None], sB, a_b), half, 0.0)
             q = pred / c[..., None]
-            a_p = 2 * self.g * beta_p / c[..., None] + np.where(self._tiny(q, sup_p), half, 0.0)
+            a_p = 2 * self.g * beta_p / c[..., None]
+            a_p = a_p + np.where(self._risky(q, sup_p, a_p), half, 0.0)
         terms = q[..., :, None] * self.B  # [.., j, v]: the next-token readout's products
-        n = ((sup_p[..., :, None] & self.posB) & (terms < self.low)).sum(axis=-2)
+        slack = self.g * a_p[..., :, None] * self.B
+        n = self._risky(terms, sup_p[..., :, None] & self.posB, slack).sum(axis=-2)
         beta_n = self.g * (a_p @ self.B + 2 * self.eta * n)
         self.absolute = float(max(np.max(2 * self.g * a_b + half, initial=0.0),
                                   np.max(2 * self.g * beta_n + half, initial=0.0)))
