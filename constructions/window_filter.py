@@ -24,8 +24,9 @@ sequence start?", which decides between the prior ``mu`` and ``initial_probs``):
   1; a final bilinear layer applies the current token: ``belief ∝ v diag(B[:, x_t])``, ``pred ∝ v diag(B[:, x_t])
   A``. Each unit multiplies the vector entry by ``B[c, x]`` before ``A[c, j]`` (every weight one HMM entry);
   every quantity is a normalised window belief and every sum has at most S non-negative terms, so a product below
-  the normal range is an absolute error of a subnormal against a vector of mass 1. Depth ``ceil(log2(r+1)) + r``, FFN width ``S (V + 1)``.
-  Float round-off: a derived **relative** bound (:mod:`constructions.window_roundoff`).
+  the normal range is an absolute error of a subnormal against a vector of mass 1. Depth ``ceil(log2(r+1)) + r``,
+  FFN width ``S (V + 1)``. Float round-off: a derived relative bound plus an absolute underflow term
+  (:mod:`constructions.window_roundoff`).
 
 Readouts: ``next_token = B^T pred`` (unnormalised masses; output ``z / sum z``) and ``belief`` (the window-filtered
 state distribution). At BOS/NULL both blocks hold ``initial_probs``.
@@ -624,8 +625,8 @@ def _register() -> Any:
         outputs=("next_token_probs", "filtered_probs"),
         default_tokens="0 1 0 1 1 0",
         bound="vs the window filter: derived relative round-off bound (+ certified softmax leakage: lookup readout "
-              "always, product readout for strictly positive HMMs); memory error vs the true filter reported separately "
-              "with a-priori and a-posteriori bounds",
+              "always, product readout for strictly positive HMMs); memory error vs the true filter reported "
+              "separately with a-priori and a-posteriori bounds",
         report=_report_entry,
         probe=ProbeHooks("sequence", _probe_build),
     ))
