@@ -132,8 +132,8 @@ def _sticky(eps: Fraction) -> HMM:
 
 @pytest.mark.parametrize("case", ["S1", "sticky1e-9", "extreme1e-170"])
 def test_window_long_inputs(case):
-    """T = 4096: S = 1 and a sticky chain with eps = 1e-9 read against its grain; T = 512 with entries 1e-170 (the
-    C1 family, whose exact reference is slow; float64 only: float32 cannot hold them)."""
+    """T = 4096: S = 1 and a sticky chain with eps = 1e-9 read against its grain (also certified); T = 512 with
+    entries 1e-170 (the C1 family, whose exact reference is slow; float64 only: float32 cannot hold them)."""
     T = 512 if case == "extreme1e-170" else 4096
     if case == "S1":
         hmm = HMM.from_arrays([1], [[1]], [[Fraction(1, 3), Fraction(2, 3)]], exact=True)
@@ -152,3 +152,8 @@ def test_window_long_inputs(case):
     if case != "extreme1e-170":
         out32 = model.run(x, "float32", record="final").outputs
         assert exact_error(out32, refs, NAMES) <= model.claimed_bound(x, "float32").value
+    if case == "sticky1e-9":  # certified mode at T = 4096 (about 7 s of ball arithmetic)
+        cert = enclose(model, x)
+        assert contains(cert, refs, NAMES)
+        assert err <= certified_roundoff(cert, out, NAMES)
+        assert exact_error(out32, refs, NAMES) <= certified_roundoff(cert, out32, NAMES)
