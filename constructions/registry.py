@@ -181,6 +181,10 @@ class VerifySweep:
                         (``Plan.exact_scale_points`` of ``hmmtx verify --full``: S = 8-16, T up to 1024): verify
                         then runs the float modes there against the exact reference (``--reference exact``), and
                         exact mode where ``T <= Plan.exact_scale_max_length``
+        max_lengths: the construction's stated length limit per number mode, ``((mode, T_max), ...)``: verify
+                     plans no case of that mode with ``T > T_max`` (a standard variant without projective
+                     normalisation, whose unnormalised float32 masses underflow on long inputs: ``docs/export.md``).
+                     A mode not listed has no limit.
     """
 
     betas: tuple[float, ...] = DEFAULT_VERIFY_BETAS
@@ -188,6 +192,17 @@ class VerifySweep:
     tasks: int = 2
     custom: CustomSweep | None = None
     exact_at_scale: bool = False
+    max_lengths: tuple[tuple[str, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        for pair in self.max_lengths:
+            if (len(pair) != 2 or not isinstance(pair[0], str) or isinstance(pair[1], bool)
+                    or not isinstance(pair[1], int) or pair[1] < 1):
+                raise HmmtxError(f"VerifySweep.max_lengths: {pair!r} is not a (mode, length >= 1) pair")
+
+    def max_length(self, mode: str) -> int | None:
+        """The stated length limit in ``mode`` (None: none stated)."""
+        return dict(self.max_lengths).get(mode)
 
 
 @dataclass(frozen=True)

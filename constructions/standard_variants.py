@@ -49,6 +49,12 @@ from hmm.errors import HmmtxError
 
 #: Normal-range limits of the unnormalised masses (log2), per float mode.
 MASS_RANGE_LOG2 = {"float64": 1000, "float32": 100}
+#: The stated float32 length limit of the prefix variants (H1, H3 without projective normalisation): ``hmmtx
+#: verify`` plans no float32 case longer than this (``VerifySweep.max_lengths``). Past it the unnormalised masses of
+#: the zoo's near-deterministic families (cyclic at S = 8) underflow float32 at T = 1024 and the output cannot be
+#: read (zero total mass); at T <= 256 every ``--full`` case runs. A stated limit, not a guarantee for every input:
+#: the bound's a-posteriori mass check still decides per input (``docs/export.md``, "What does not export").
+PREFIX_FLOAT32_MAX_LENGTH = 256
 #: Heuristic allowance (ulps) for the computed GELU/SiLU value ``act(a)`` in a gated pair ``act(a) b + act(-a)(-b)``
 #: (not proved: torch's erf/exp accuracy is not specified; the whole pair measured within 2.4 ulps of ``a b``).
 ACT_ULPS = 8
@@ -303,10 +309,13 @@ def _memory_inputs(point: SweepPoint, seed: int) -> Any:
     return inputs(point, seed)
 
 
+#: The prefix variants' sweep: hard attention only, float32 up to their stated length limit.
+_PREFIX_SWEEP = VerifySweep(betas=(), max_lengths=(("float32", PREFIX_FLOAT32_MAX_LENGTH),))
+
 VARIANTS = (
-    Variant(exact_filter.ENTRY, drop_norms=lambda p: True, mass_scale=_op_scale),
+    Variant(exact_filter.ENTRY, drop_norms=lambda p: True, mass_scale=_op_scale, verify=_PREFIX_SWEEP),
     Variant(window_filter.ENTRY, drop_norms=lambda p: p.get("readout", "lookup") == "product"),
-    Variant(bayes_multitask.ENTRY, drop_norms=lambda p: True, mass_scale=_op_scale),
+    Variant(bayes_multitask.ENTRY, drop_norms=lambda p: True, mass_scale=_op_scale, verify=_PREFIX_SWEEP),
     Variant(icl.ENTRY),
     Variant(adaptive_memory.ENTRY, head_blocks=("y",), verify=_hard_float_sweep(adaptive_memory.ENTRY.verify)),
     Variant(memory_kernel.ENTRY, head_blocks=("y", "mem"),
@@ -316,4 +325,5 @@ VARIANTS = (
 ENTRIES = tuple(register_variant(v) for v in VARIANTS)
 
 __all__ = ["Variant", "VARIANTS", "ENTRIES", "standard_bound", "prefix_std_bound", "register_variant", "MASS_RANGE_LOG2",
+           "PREFIX_FLOAT32_MAX_LENGTH",
            "ACT_ULPS"]

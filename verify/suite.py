@@ -507,11 +507,18 @@ class RegistryAdapter:
             for k in range(plan.seeds_per_point):
                 seed = derived_seed(plan.seed, self.name, fam, S, T, k)
                 for d in plan.dtypes:
-                    if d not in self.dtypes or (d == "exact" and not plan.exact_allowed(S, T)):
+                    if not self._planned(d, T) or (d == "exact" and not plan.exact_allowed(S, T)):
                         continue
                     for v in self._variants(d, T <= plan.softmax_max_length):
                         out.append(Case(self.name, fam, S, T, d, seed, tuple(v.items())))
         return out + self._exact_scale_cases(plan, random_f)
+
+    def _planned(self, dtype: str, length: int) -> bool:
+        """Whether a case of ``dtype`` at length ``length`` is planned: the construction runs the mode and ``length``
+        is within its stated length limit for it (``VerifySweep.max_lengths``): a case the construction says in
+        advance it cannot run is not planned, never run to crash."""
+        limit = self.entry.verify.max_length(dtype)
+        return dtype in self.dtypes and (limit is None or length <= limit)
 
     def _exact_scale_cases(self, plan: Plan, random_f: list[str]) -> list[Case]:
         """Cases at ``plan.exact_scale_points`` (entries with ``verify.exact_at_scale`` only): float modes, hard
@@ -524,7 +531,7 @@ class RegistryAdapter:
             fam = random_f[i % len(random_f)]
             seed = derived_seed(plan.seed, self.name, "exact-scale", fam, S, T)
             for d in plan.dtypes:
-                if d not in self.dtypes or (d == "exact" and T > plan.exact_scale_max_length):
+                if not self._planned(d, T) or (d == "exact" and T > plan.exact_scale_max_length):
                     continue
                 out.append(Case(self.name, fam, S, T, d, seed, (("attention", "hard"), ("reference", "exact"))))
         return out
@@ -541,7 +548,8 @@ class RegistryAdapter:
                 for k in range(plan.seeds_per_point):
                     seed = derived_seed(plan.seed, self.name, label, pt.length, k)
                     for d in plan.dtypes:
-                        if d in self.dtypes and d in pt.modes and (d != "exact" or plan.exact_allowed(None, pt.length)):
+                        if (self._planned(d, pt.length) and d in pt.modes
+                                and (d != "exact" or plan.exact_allowed(None, pt.length))):
                             out.append(Case(self.name, label, None, pt.length, d, seed, (("config", label),)))
         return out
 

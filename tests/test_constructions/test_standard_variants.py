@@ -312,3 +312,33 @@ def test_certify_encloses_the_reference_of_a_std_variant_run(tmp_path, case, mod
     data = _cli_case(tmp_path, *_case_args(case), "--mode", mode, "--certify")
     c = data["certified"]
     assert c["contains_reference"] is True and c["within"] is True and c["radius"] < 1e-30
+
+
+@pytest.mark.parametrize("name", ["exact-filter-std", "bayes-multitask-std"])
+def test_verify_plans_no_float32_case_past_the_stated_length_limit(name):
+    """verify --full used to plan float32 cases at T = 1024 for the prefix variants, whose unnormalised masses
+    underflow there on the cyclic family (S = 8): 5 crashes "zero total mass". The variants state their float32 limit
+    (VerifySweep.max_lengths) and verify plans no case beyond it; float64 still runs at T = 1024, float32 at 256."""
+    from constructions.standard_variants import PREFIX_FLOAT32_MAX_LENGTH
+    from verify.suite import FULL, adapter_for
+
+    entry = registry.get(name)
+    assert entry.verify.max_length("float32") == PREFIX_FLOAT32_MAX_LENGTH == 256
+    assert entry.verify.max_length("float64") is None
+    cases = adapter_for(entry).cases(FULL)
+    f32 = [c.length for c in cases if c.dtype == "float32"]
+    f64 = [c.length for c in cases if c.dtype == "float64"]
+    assert f32 and max(f32) == PREFIX_FLOAT32_MAX_LENGTH
+    assert max(f64) == max(FULL.lengths) == 1024
+    # the idealised constructions (projectively normalised) keep their float32 cases at T = 1024
+    base = [c.length for c in adapter_for(registry.get(name[:-4])).cases(FULL) if c.dtype == "float32"]
+    assert max(base) == 1024
+
+
+def test_verify_sweep_refuses_a_malformed_length_limit():
+    from constructions.registry import VerifySweep
+
+    for bad in [("float32",), ("float32", 0), ("float32", True), (32, 256)]:
+        with pytest.raises(HmmtxError, match="max_lengths"):
+            VerifySweep(max_lengths=(bad,))
+    assert VerifySweep(max_lengths=(("float32", 8),)).max_length("float32") == 8
