@@ -4,6 +4,7 @@ ill-conditioned HMMs)."""
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 
 import numpy as np
@@ -333,6 +334,9 @@ def test_verify_plans_no_float32_case_past_the_stated_length_limit(name):
     # the idealised constructions (projectively normalised) keep their float32 cases at T = 1024
     base = [c.length for c in adapter_for(registry.get(name[:-4])).cases(FULL) if c.dtype == "float32"]
     assert max(base) == 1024
+    # the reported crashing selection (float32, T = 1024) now plans no case of theirs
+    plan = dataclasses.replace(FULL, lengths=(1024,), dtypes=("float32",))
+    assert adapter_for(entry).cases(plan) == []
 
 
 def test_verify_sweep_refuses_a_malformed_length_limit():

@@ -203,7 +203,7 @@ def main(args: argparse.Namespace) -> int:
     if not results:  # a filter that selects nothing is a usage error, never "all 0 cases within their bounds"
         raise HmmtxError("the selection runs no case: " + " ".join(canonical_command(args)[1:])
                          + " (check --construction, --dtype, --states and --lengths; `hmmtx verify --list` shows "
-                         "each construction's number modes)")
+                         "each construction's number modes; some state a length limit per mode, docs/export.md)")
 
     reproducers = rep.write_reproducers(results, repro_dir) if results else {}
     info = {a.name: (a.summary, a.provenance) for a in selected}
