@@ -100,6 +100,24 @@ def test_h1_bit_exact_at_s8_t256():
     assert np.array_equal(out["predicted_probs"], ref.predicted_probs)
 
 
+@settings(deadline=None, max_examples=3)
+@given(st.data())
+def test_h1_bit_exact_property_up_to_s8_t256(data):
+    """Hypothesis over S <= 8 and T <= 256, ill-conditioned HMMs included (zeros, entries down to 1e-12, sticky
+    chains): H1 run by the fast exact executor equals the exact filter (flint), bit for bit."""
+    from constructions.exact_filter import build
+    from hmm.testing import ill_conditioned_hmms, long_token_sequences
+
+    hmm = data.draw(st.one_of(rational_hmms(min_states=5, max_states=8, max_obs=3),
+                              ill_conditioned_hmms(max_states=8, max_obs=3)))
+    T = data.draw(st.sampled_from([1, 17, 128, 256]))
+    x = data.draw(long_token_sequences(hmm, T))
+    out = build(hmm, T, filtered=False).run(x, "exact", record="final").outputs
+    ref = forward_filter_exact(hmm, x)
+    assert np.array_equal(out["next_token_probs"], ref.next_token_probs)
+    assert np.array_equal(out["predicted_probs"], ref.predicted_probs)
+
+
 def test_fast_executor_records_final_only():
     from constructions.exact_filter import build
 
