@@ -137,6 +137,18 @@ def ill_conditioned_hmms(draw, max_states: int = 3, num_obs: int | None = None, 
     return HMM.from_arrays(draw(rows(1, S))[0], draw(rows(S, S)), draw(rows(S, V)), exact=True)
 
 
+@st.composite
+def ill_conditioned_mixtures(draw, max_tasks: int = 2, max_states: int = 2, max_obs: int = 2) -> HMMMixture:
+    """An exact mixture of 1..``max_tasks`` :func:`ill_conditioned_hmms` over one alphabet, with an ill-conditioned
+    task prior (uniform when a drawn prior has a zero entry, so every task stays possible)."""
+    V = draw(st.integers(1, max_obs))
+    tasks = [draw(ill_conditioned_hmms(max_states=max_states, num_obs=V)) for _ in range(draw(st.integers(1, max_tasks)))]
+    rho = draw(ill_conditioned_rows(1, len(tasks)))[0]
+    if any(r == 0 for r in rho):
+        rho = [Fraction(1, len(tasks))] * len(tasks)
+    return HMMMixture.from_arrays(rho, tasks, exact=True)
+
+
 def support_walk(hmm: HMM, T: int, choose) -> np.ndarray:
     """A sequence (T,) of positive probability: at step t, ``choose(t, allowed)`` picks a token among those that
     keep the prefix possible. Tracks only the support of the predicted state (booleans), so it costs O(T S^2 V)
@@ -172,5 +184,5 @@ def long_token_sequences(draw, hmm: HMM, length: int) -> np.ndarray:
     return support_walk(hmm, int(length), choose)
 
 
-__all__ = ["stochastic_rows", "rational_hmms", "token_sequences", "rational_mixtures", "TINY_ENTRIES", "STICKY_EPS",
+__all__ = ["ill_conditioned_mixtures", "stochastic_rows", "rational_hmms", "token_sequences", "rational_mixtures", "TINY_ENTRIES", "STICKY_EPS",
            "ill_conditioned_rows", "ill_conditioned_hmms", "support_walk", "long_token_sequences"]

@@ -23,9 +23,8 @@ from hmm.errors import HmmtxError
 from hmm.mixture import HMMMixture
 from hmm.model import HMM
 from hmm.reference import forward_filter_exact
-from hmm.testing import ill_conditioned_hmms, ill_conditioned_rows, long_token_sequences, token_sequences
+from hmm.testing import ill_conditioned_hmms, ill_conditioned_mixtures, long_token_sequences, token_sequences
 
-ill_rows = ill_conditioned_rows
 ill_hmms = ill_conditioned_hmms
 H1_NAMES = ["next_token_probs", "predicted_probs", "filtered_probs"]
 H3_NAMES = ["next_token_probs", "task_posterior", "state_predicted"]
@@ -91,12 +90,8 @@ def test_h3_ill_conditioned(data):
     from constructions.bayes_multitask import build
     from hmm.mixture import bayes_predictive_exact
 
-    V = data.draw(st.integers(1, 2))
-    tasks = [data.draw(ill_hmms(max_states=2, num_obs=V)) for _ in range(data.draw(st.integers(1, 2)))]
-    rho = data.draw(ill_rows(1, len(tasks)))[0]
-    if any(r == 0 for r in rho):
-        rho = [Fraction(1, len(tasks))] * len(tasks)
-    mix = HMMMixture.from_arrays(rho, tasks, exact=True)
+    mix = data.draw(ill_conditioned_mixtures())
+    tasks = mix.tasks
     x = data.draw(token_sequences(tasks[0], max_len=10))  # possible under task 0, hence under the mixture
     ref = bayes_predictive_exact(mix, [x])
     refs = {"next_token_probs": ref.next_token_probs, "task_posterior": ref.task_posterior,
@@ -194,12 +189,8 @@ def test_h3_long_ill_conditioned(data):
     """H3 at T = 4096 on drawn ill-conditioned mixtures (one or two tasks, ball references)."""
     from constructions.bayes_multitask import build
 
-    V = data.draw(st.integers(1, 2))
-    tasks = [data.draw(ill_hmms(max_states=2, num_obs=V)) for _ in range(data.draw(st.integers(1, 2)))]
-    rho = data.draw(ill_rows(1, len(tasks)))[0]
-    if any(r == 0 for r in rho):
-        rho = [Fraction(1, len(tasks))] * len(tasks)
-    mix = HMMMixture.from_arrays(rho, tasks, exact=True)
+    mix = data.draw(ill_conditioned_mixtures())
+    tasks = mix.tasks
     T = 4096
     x = data.draw(long_token_sequences(tasks[0], T))  # possible under task 0, hence under the mixture
     _check_float_and_certified(build(mix, T), [x], _h3_ball_refs(mix, x), H3_NAMES, bound_modes=("float64",),

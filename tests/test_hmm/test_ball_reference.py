@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from hmm.ball import bayes_predictive_ball, contains_exact, forward_filter_ball, interval, precision
 from hmm.errors import HmmtxError
 from hmm.fastq import to_fmpq
-from hmm.mixture import HMMMixture, bayes_predictive_exact
+from hmm.mixture import bayes_predictive_exact
 from hmm.model import HMM
 from hmm.reference import forward_filter_exact
 from hmm.testing import (
     ill_conditioned_hmms,
-    ill_conditioned_rows,
+    ill_conditioned_mixtures,
     long_token_sequences,
     support_walk,
     token_sequences,
@@ -43,12 +43,8 @@ def test_filter_balls_contain_the_fraction_reference(data):
 @settings(deadline=None, max_examples=15)
 @given(st.data())
 def test_mixture_balls_contain_the_fraction_reference(data):
-    V = data.draw(st.integers(1, 3))
-    tasks = [data.draw(ill_conditioned_hmms(max_states=2, num_obs=V)) for _ in range(data.draw(st.integers(1, 3)))]
-    rho = data.draw(ill_conditioned_rows(1, len(tasks)))[0]
-    if any(r == 0 for r in rho):
-        rho = [Fraction(1, len(tasks))] * len(tasks)
-    mix = HMMMixture.from_arrays(rho, tasks, exact=True)
+    mix = data.draw(ill_conditioned_mixtures(max_tasks=3, max_obs=3))
+    tasks = mix.tasks
     segs = [data.draw(token_sequences(tasks[0], max_len=12)) for _ in range(data.draw(st.integers(1, 3)))]
     exact = bayes_predictive_exact(mix, segs)
     balls = bayes_predictive_ball(mix, segs)
