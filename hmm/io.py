@@ -279,16 +279,22 @@ MAX_JSON_DEPTH = 32
 MAX_INT_DIGITS = 64
 
 
+def env_size_limit(name: str, default: float, unit: str, unit_bytes: int, cap: float) -> int:
+    """A size limit in bytes from the environment variable ``name`` (a positive number of ``unit``s, at most
+    ``cap`` of them; ``default`` when unset); HmmtxError naming the variable when it is not such a number."""
+    text = os.environ.get(name, "").strip()
+    try:
+        n = float(text) if text else default
+    except ValueError:
+        raise HmmtxError(f"{name}: {text!r} is not a number of {unit}") from None
+    if not (math.isfinite(n) and n > 0):
+        raise HmmtxError(f"{name}: must be a positive number of {unit}, got {text!r}")
+    return int(min(n, cap) * unit_bytes)
+
+
 def max_input_bytes() -> int:
     """The input-file size limit in bytes (HMMTX_MAX_INPUT_MB, default 64 MiB)."""
-    text = os.environ.get("HMMTX_MAX_INPUT_MB", "").strip()
-    try:
-        mb = float(text) if text else DEFAULT_MAX_INPUT_MB
-    except ValueError:
-        raise HmmtxError(f"HMMTX_MAX_INPUT_MB: {text!r} is not a number of MiB") from None
-    if not (math.isfinite(mb) and mb > 0):
-        raise HmmtxError(f"HMMTX_MAX_INPUT_MB: must be a positive number of MiB, got {text!r}")
-    return int(min(mb, 2.0**40) * 2**20)
+    return env_size_limit("HMMTX_MAX_INPUT_MB", DEFAULT_MAX_INPUT_MB, "MiB", 2**20, 2.0**40)
 
 
 def read_input_bytes(path: str | os.PathLike, what: str = "file") -> bytes:
@@ -493,6 +499,7 @@ __all__ = [
     "read_json",
     "read_input_bytes",
     "parse_json_bytes",
+    "env_size_limit",
     "max_input_bytes",
     "check_output_path",
     "check_output_folder",

@@ -255,14 +255,9 @@ def check_paths(ns: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------- size budget
 def max_memory_bytes() -> int:
     """The memory limit of one command (HMMTX_MAX_MEMORY_GB, set by ``hmmtx --max-memory-gb``; default 8 GiB)."""
-    text = os.environ.get("HMMTX_MAX_MEMORY_GB", "").strip()
-    try:
-        gb = float(text) if text else DEFAULT_MAX_MEMORY_GB
-    except ValueError:
-        raise HmmtxError(f"HMMTX_MAX_MEMORY_GB: {text!r} is not a number of GiB") from None
-    if not (math.isfinite(gb) and gb > 0):
-        raise HmmtxError(f"HMMTX_MAX_MEMORY_GB: must be a positive number of GiB, got {text!r}")
-    return int(min(gb, 2.0**20) * 2**30)
+    from hmm.io import env_size_limit
+
+    return env_size_limit("HMMTX_MAX_MEMORY_GB", DEFAULT_MAX_MEMORY_GB, "GiB", 2**30, 2.0**20)
 
 
 def fmt_bytes(n: float) -> str:

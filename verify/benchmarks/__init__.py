@@ -86,3 +86,26 @@ def machine_info() -> dict[str, Any]:
 
 
 __all__ = ["discover", "register_all", "positive_int", "add_problem_args", "best_of", "machine_info"]
+
+
+def print_result(title: str, res: dict, skip: tuple, json_path: Any, skip_lists: bool = False) -> int:
+    """Print a benchmark's result dict as a quantity/value table (leaving out the keys in ``skip``, and list values
+    with ``skip_lists``),
+    write it as JSON (atomically) when ``json_path`` is given; the command's exit status (0)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from hmm.io import atomic_write_json
+
+    tab = Table(title=title)
+    tab.add_column("quantity")
+    tab.add_column("value", justify="right")
+    for k, v in res.items():
+        if k in skip or (skip_lists and isinstance(v, list)):
+            continue
+        tab.add_row(k, f"{v:.3g}" if isinstance(v, float) else str(v))
+    Console().print(tab)
+    if json_path:
+        atomic_write_json(json_path, res)
+    return 0
+

@@ -187,20 +187,8 @@ def _bench_h1(hmm: Any, x: Any, fl: Any) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
+    from verify.benchmarks import print_result
 
     res = bench_exact(args.states, args.length, args.vocab, args.seed, args.fraction, args.gmpy2, args.h1, args.rounds)
-    tab = Table(title=f"exact backend, S={res['S']} T={res['T']} V={res['V']}")
-    tab.add_column("quantity")
-    tab.add_column("value", justify="right")
-    for k, v in res.items():
-        if k in ("S", "T", "V", "machine", "machine_after") or isinstance(v, list):
-            continue
-        tab.add_row(k, f"{v:.3g}" if isinstance(v, float) else str(v))
-    Console().print(tab)
-    if args.json:
-        from hmm.io import atomic_write_json
-
-        atomic_write_json(args.json, res)
-    return 0
+    return print_result(f"exact backend, S={res['S']} T={res['T']} V={res['V']}", res,
+                        ("S", "T", "V", "machine", "machine_after"), args.json, skip_lists=True)

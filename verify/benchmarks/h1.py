@@ -152,8 +152,8 @@ def bench_h1(S: int = 16, T: int = 2048, V: int = 4, seed: int = 0, mode: str = 
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from rich.console import Console
-    from rich.table import Table
+
+    from verify.benchmarks import print_result
 
     if args.threads is not None:
         from hmm.errors import HmmtxError
@@ -163,16 +163,5 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     res = bench_h1(args.states, args.length, args.vocab, args.seed, args.mode, args.repeats, args.exact_reference,
                    args.rational, args.dense)
-    tab = Table(title=f"H1 exact filter, S={res['S']} T={res['T']} V={res['V']} ({res['mode']})")
-    tab.add_column("quantity")
-    tab.add_column("value", justify="right")
-    for k, v in res.items():
-        if k in ("construction", "S", "T", "V", "mode", "seconds_all_rounds"):
-            continue
-        tab.add_row(k, f"{v:.3g}" if isinstance(v, float) else str(v))
-    Console().print(tab)
-    if args.json:
-        from hmm.io import atomic_write_json
-
-        atomic_write_json(args.json, res)
-    return 0
+    return print_result(f"H1 exact filter, S={res['S']} T={res['T']} V={res['V']} ({res['mode']})", res,
+                        ("construction", "S", "T", "V", "mode", "seconds_all_rounds"), args.json)
