@@ -163,6 +163,13 @@ def test_local_grid_writes_every_run_and_tabulates(local_run):
     assert s["tv"].n == 2 and 0 <= s["tv"].mean <= 1 and s["tv"].lo <= s["tv"].mean <= s["tv"].hi
     # the construction gathers lag 1 exactly (accuracy 1 from residual 1 on), whatever the seed
     assert layer_curves(cs[1])["tok_k1"][1].mean == 1.0
+    # cost columns: CPU seconds per run are recorded and tabulated beside wall seconds (CPU <= wall + slack)
+    from verify.experiments.markdown import summary_markdown
+    from verify.experiments.tables import cell_cpu_seconds, cell_seconds
+    cpu, wall = cell_cpu_seconds(cs[0]), cell_seconds(cs[0])
+    assert cpu.n == 2 and 0 < cpu.mean <= wall.mean * 1.5 + 1.0
+    head = summary_markdown(results, ["tv"], seconds=True).splitlines()[0]
+    assert head.endswith("| wall s / run | cpu s / run |")
     # rerun: nothing recomputed, files untouched
     before = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
     again = run_grid(grid, out, workers=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from verify.experiments.tables import SUMMARY_GROUPS, cell_seconds, cell_summary, cells, fig1_curves, fmt, layer_curves, setting_text
+from verify.experiments.tables import SUMMARY_GROUPS, cell_cpu_seconds, cell_seconds, cell_summary, cells, fig1_curves, fmt, layer_curves, setting_text
 
 
 def _row(cells_: Sequence[str]) -> str:
@@ -13,12 +13,12 @@ def _row(cells_: Sequence[str]) -> str:
 
 def summary_markdown(results: Sequence[dict], keys: Sequence[str], seconds: bool = False) -> str:
     names, cs = cells(results)
-    head = ["kind", *names, "n", *keys] + (["wall s / run"] if seconds else [])
+    head = ["kind", *names, "n", *keys] + (["wall s / run", "cpu s / run"] if seconds else [])
     lines = [_row(head), _row(["---"] * len(head))]
     for c in cs:
         s = cell_summary(c)
         row = [c.kind, *[setting_text(c, n) for n in names], str(len(c.seeds)), *[fmt(s[k], 2) for k in keys]]
-        lines.append(_row(row + ([fmt(cell_seconds(c), 0)] if seconds else [])))
+        lines.append(_row(row + ([fmt(cell_seconds(c), 0), fmt(cell_cpu_seconds(c), 0)] if seconds else [])))
     return "\n".join(lines)
 
 

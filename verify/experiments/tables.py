@@ -193,6 +193,13 @@ def cell_seconds(cell: Cell) -> Interval:
     return mean_ci([r["timing"]["subject_s"] + r["timing"]["probe_s"] for r in cell.results])
 
 
+def cell_cpu_seconds(cell: Cell) -> Interval:
+    """Mean CPU seconds per run of the worker process (``timing.cpu_s``; a machine-load-independent cost, unlike
+    wall seconds, which include waiting for the CPU and any pause of the grid). Runs made before the field
+    existed are left out (the interval's ``n`` says how many had it)."""
+    return mean_ci([r["timing"]["cpu_s"] for r in cell.results if "cpu_s" in r["timing"]])
+
+
 def layer_curves(cell: Cell) -> dict[str, list[Interval]]:
     """Per residual index (probes) or per layer (``pi``): mean and CI over the cell's seeds."""
     curves: dict[str, list[list[float]]] = {}
@@ -237,5 +244,5 @@ def fmt(iv: Interval, digits: int = 3) -> str:
     return f"{iv.mean:.{digits}f} [{iv.lo:.{digits}f}, {iv.hi:.{digits}f}]"
 
 
-__all__ = ["SUMMARY_GROUPS", "SUMMARY_KEYS", "setting_text", "t_quantile", "Interval", "mean_ci", "summarise", "Cell", "cells", "cell_summary", "cell_seconds",
+__all__ = ["SUMMARY_GROUPS", "SUMMARY_KEYS", "setting_text", "t_quantile", "Interval", "mean_ci", "summarise", "Cell", "cells", "cell_summary", "cell_seconds", "cell_cpu_seconds",
            "layer_curves", "fig1_curves", "fmt"]

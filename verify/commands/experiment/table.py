@@ -9,7 +9,7 @@ from typing import Any
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("table", help="tabulate a grid's results (mean and 95%% t-interval over seeds)",
                               description="Summaries per cell (runs equal apart from the seed): mean and two-sided "
-                                          "95%% Student-t interval over seeds. --layers adds per-layer curves, "
+                                          "95% Student-t interval over seeds (wall and CPU seconds per run beside them). --layers adds per-layer curves, "
                                           "--markdown FILE writes everything as Markdown.")
     p.add_argument("dir", metavar="DIR", help="result folder of `hmmtx experiment grid`")
     p.add_argument("--layers", action="store_true", help="also print per-layer curves and Figure-1 grids per cell")
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 def print_tables(results: list, console: Any, layers: bool = False) -> None:
     from rich.table import Table
 
-    from verify.experiments.tables import SUMMARY_GROUPS, cell_seconds, cell_summary, cells, fmt, layer_curves, setting_text
+    from verify.experiments.tables import SUMMARY_GROUPS, cell_cpu_seconds, cell_seconds, cell_summary, cells, fmt, layer_curves, setting_text
 
     if not results:
         console.print("no finished runs")
@@ -47,10 +47,10 @@ def print_tables(results: list, console: Any, layers: bool = False) -> None:
     sums = [cell_summary(c) for c in cs]
     for gi, (title, keys) in enumerate(SUMMARY_GROUPS):
         t = Table(title=f"{title}: mean [95% t-interval] over seeds (definitions: docs/diagnostics.md)")
-        for col in ["kind", *names, "n", *keys] + (["wall s/run"] if gi == 0 else []):
+        for col in ["kind", *names, "n", *keys] + (["wall s/run", "cpu s/run"] if gi == 0 else []):
             t.add_column(col, justify="right")
         for c, s in zip(cs, sums):
-            extra = [fmt(cell_seconds(c), 0)] if gi == 0 else []
+            extra = [fmt(cell_seconds(c), 0), fmt(cell_cpu_seconds(c), 0)] if gi == 0 else []
             t.add_row(c.kind.replace("constructed:", "c:"), *[setting_text(c, n) for n in names], str(len(c.seeds)),
                       *[fmt(s[k], 2) for k in keys], *extra)
         console.print(t)
