@@ -11,10 +11,18 @@ layout and the Bayes predictive is a law over observations only).
 every layer's pre-softmax attention logits, the same protocol the constructions expose, so the probes run on
 both.
 
-Determinism: :func:`train` seeds torch and numpy from ``config.seed``, runs on the CPU with
+Determinism: :func:`train` seeds torch and numpy from ``config.seed``, runs with
 ``torch.use_deterministic_algorithms(True)`` and ``torch.set_num_threads(config.threads)`` (both restored on
 exit); the data are fresh samples every step from ``numpy.random.default_rng(seed)``. Same seed, same threads,
-same machine -> bit-identical weights.
+same machine, same device -> bit-identical weights.
+
+Device: ``train(config, device=...)`` takes ``"cpu"`` (the default), ``"cuda"`` / ``"cuda:N"`` or ``"auto"`` (CUDA
+when ``torch.cuda.is_available()``, else the CPU); see :func:`resolve_device`. The device is not part of the
+config: it decides speed, not the experiment, but a CUDA run is not bit-identical to a CPU run (different
+kernels), so callers record it beside their results. The weights are initialised on the CPU (same initial weights
+on every device), trained on the device, and the model returned on the CPU, so evaluation, probes and
+checkpoints never depend on it. On CUDA, cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` for deterministic
+algorithms; :func:`train` sets it when unset.
 """
 
 from __future__ import annotations
@@ -302,6 +310,24 @@ def build_model(config: TrainConfig):
 
 
 # ---------------------------------------------------------------------------------------------------- training
+def resolve_device(name: str) -> str:
+    """``"auto"`` -> ``"cuda"`` if ``torch.cuda.is_available()`` else ``"cpu"``; ``"cpu"``, ``"cuda"``, ``"cuda:N"``
+    are checked (a CUDA device that is not there is a :class:`HmmtxError`, never a silent fall-back)."""
+    torch = _torch()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    kind, _, index = name.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise HmmtxError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if not torch.cuda.is_available():
+        raise HmmtxError(f"device {name!r}: no CUDA device is available here (torch.cuda.is_available() is False)")
+    if index and int(index) >= torch.cuda.device_count():
+        raise HmmtxError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return name
+
+
 @contextmanager
 def deterministic_torch(threads: int) -> Iterator[None]:
     """CPU determinism for the duration: deterministic algorithms on, ``threads`` intra-op threads; restored after."""
@@ -448,15 +474,22 @@ def lr_at(step: int, c: TrainConfig) -> float:
     return c.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
 
 
-def train(config: TrainConfig, *, progress: bool = False, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Train :class:`TinyGPT` on fresh in-context mixture data; deterministic from ``config.seed``."""
+def train(config: TrainConfig, *, device: str = "cpu", progress: bool = False,
+          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train :class:`TinyGPT` on fresh in-context mixture data; deterministic from ``config.seed`` (and the
+    device: module docstring). The returned model is on the CPU."""
+    import os
+
     torch = _torch()
+    dev = resolve_device(device)
+    if dev != "cpu":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS determinism (module docstring)
     mixture = make_mixture(config)
     layout = config.layout
     with deterministic_torch(config.threads):
         torch.manual_seed(config.seed)
         rng = np.random.default_rng(config.seed)
-        model = build_model(config)
+        model = build_model(config).to(dev)  # initialised on the CPU: the same start on every device
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "rpe_bias" not in n]
         no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "rpe_bias" not in n)]
         opt = torch.optim.AdamW(
@@ -470,8 +503,8 @@ def train(config: TrainConfig, *, progress: bool = False, on_step: Callable[[int
             task_id = pb.add_task("training", total=config.steps, loss=float("nan")) if pb is not None else None
             for step in range(config.steps):
                 batch = sample_context_batch(mixture, layout, config.batch_size, rng)
-                tokens = torch.as_tensor(batch.tokens)
-                mask = torch.as_tensor(target_mask(batch))
+                tokens = torch.as_tensor(batch.tokens, device=dev)
+                mask = torch.as_tensor(target_mask(batch), device=dev)
                 targets = torch.zeros_like(tokens)
                 targets[:, :-1] = tokens[:, 1:]
                 logits = model(tokens)
@@ -485,6 +518,7 @@ def train(config: TrainConfig, *, progress: bool = False, on_step: Callable[[int
                 if on_step is not None:
                     on_step(step, lv)
         seconds = time.perf_counter() - t0
+        model = model.to("cpu")
         model.eval()
         eval_rng = np.random.default_rng([config.seed, 1])  # held-out stream, independent of the training draws
         metrics = evaluate(model, mixture, sample_context_batch(mixture, layout, config.eval_contexts, eval_rng))

@@ -98,6 +98,7 @@ def test_cli_malformed_file_and_unreachable_cluster(tmp_path, capsys):
     for args in (["experiment", "grid", str(bad), *out], ["experiment", "grid", str(tmp_path / "missing.toml"), *out],
                  ["experiment", "grid", str(good), "--cluster", "not-an-address", *out],
                  ["experiment", "grid", str(good), "--cluster", "tcp://127.0.0.1:9", "--connect-timeout", "1", *out],
+                 ["experiment", "grid", str(good), "--device", "tpu", *out],
                  ["experiment", "table", str(tmp_path / "nothing")]):
         assert main(args) == 2, args
         err = capsys.readouterr().err
@@ -163,6 +164,11 @@ def test_local_grid_writes_every_run_and_tabulates(local_run):
     assert s["tv"].n == 2 and 0 <= s["tv"].mean <= 1 and s["tv"].lo <= s["tv"].mean <= s["tv"].hi
     # the construction gathers lag 1 exactly (accuracy 1 from residual 1 on), whatever the seed
     assert layer_curves(cs[1])["tok_k1"][1].mean == 1.0
+    # every result records the device its model was trained on (auto resolves to the CPU without CUDA)
+    import torch
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert {r["timing"]["device"] for r in results if r["run"]["kind"] == "trained"} == {want}
+    assert {r["timing"]["device"] for r in results if r["run"]["kind"] != "trained"} == {"cpu"}
     # cost columns: CPU seconds per run are recorded and tabulated beside wall seconds (CPU <= wall + slack)
     from verify.experiments.markdown import summary_markdown
     from verify.experiments.tables import cell_cpu_seconds, cell_seconds

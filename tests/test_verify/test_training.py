@@ -56,6 +56,47 @@ def test_training_is_deterministic_given_the_seed():
     assert a.metrics == b.metrics
 
 
+def test_device_resolution_and_an_absent_cuda_is_an_error(monkeypatch):
+    from verify.training import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    for bad in ("tpu", "cuda:x", "", "CPU"):
+        with pytest.raises(HmmtxError, match="device must be auto, cpu, cuda or cuda:N"):
+            resolve_device(bad)
+    # without CUDA: auto is the CPU and an explicit cuda request is an error, never a silent fall-back
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    for name in ("cuda", "cuda:0"):
+        with pytest.raises(HmmtxError, match="no CUDA device is available"):
+            resolve_device(name)
+    with pytest.raises(HmmtxError, match="no CUDA device is available"):
+        train(preset("tiny", **MICRO), device="cuda")
+    # with CUDA (faked): auto picks it, an index past the device count is an error
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:0") == "cuda:0"
+    with pytest.raises(HmmtxError, match="only 1 CUDA device"):
+        resolve_device("cuda:1")
+
+
+def test_training_on_the_cpu_device_returns_a_cpu_model_equal_to_the_default():
+    a = train(preset("tiny", **MICRO), device="cpu")
+    b = train(preset("tiny", **MICRO))  # the default device is the CPU
+    assert all(p.device.type == "cpu" for p in a.model.parameters())
+    assert a.losses == b.losses
+
+
+def test_cli_train_on_an_absent_cuda_is_one_error_line(tmp_path, monkeypatch, capsys):
+    from verify.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "m.pt"
+    assert main(["train", "--config", "tiny", "--device", "cuda", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no CUDA device is available" in err, err
+    assert not out.exists()
+
+
 def test_deterministic_torch_restores_global_settings():
     before = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
     with deterministic_torch(1):

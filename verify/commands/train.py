@@ -9,7 +9,7 @@ from typing import Any
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a small Transformer on in-context HMM mixtures (CPU, deterministic) and save a checkpoint",
+        help="train a small Transformer on in-context HMM mixtures (deterministic) and save a checkpoint",
         description=(
             "Train a pre-LN GPT-style Transformer on BOS demo SEP ... SEP test contexts drawn from a mixture of "
             "random HMMs, with next-token loss; deterministic from --seed. Prints the next-token total-variation "
@@ -26,6 +26,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--pos", choices=["learned", "rpe"], default=None, help="positions: learned absolute or RPE bias")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: the preset's, 1)")
     p.add_argument("--mixture-seed", type=int, default=None, help="seed of the random task mixture")
+    p.add_argument("--device", default="cpu", metavar="DEV",
+                   help="train on cpu (default), cuda, cuda:N or auto (CUDA when available); the model is saved from the CPU")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the config and metrics as JSON")
     p.set_defaults(func=run)
@@ -54,13 +56,16 @@ def run(args: argparse.Namespace) -> int:
 
     require_fits(f"training a {config.n_layers}-layer d={config.d_model} model", config.estimated_bytes(),
                  "reduce --layers or use a smaller --config")
+    from verify.training import resolve_device
+
+    device = resolve_device(args.device)  # an absent CUDA: one error line before anything is printed
     console = Console(stderr=True)
     console.print(
-        f"training {config.n_layers}-layer d={config.d_model} model ({config.pos} positions) for {config.steps} steps, "
+        f"training on {device}: {config.n_layers}-layer d={config.d_model} model ({config.pos} positions) for {config.steps} steps, "
         f"seed {config.seed}, {config.threads} thread(s); mixture of {config.num_tasks} tasks "
         f"(S={config.num_states}, V={config.vocab_size}), {config.n_demos} demos x {config.demo_len} + test {config.test_len}"
     )
-    result = train(config, progress=not args.no_progress)
+    result = train(config, device=device, progress=not args.no_progress)
     save_checkpoint(result, out)
     m = result.metrics
     table = Table(title=f"held-out next-token quality ({m.n_positions} positions, {config.eval_contexts} contexts)")

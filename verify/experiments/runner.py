@@ -115,15 +115,15 @@ def _put(q: Any, msg: tuple) -> None:
         pass
 
 
-def _execute_local(run_dict: dict) -> dict:
+def _execute_local(run_dict: dict, device: str) -> dict:
     from verify.experiments.work import execute
 
     run = RunSpec.from_dict(run_dict)
     q = _QUEUE
-    return execute(run, None if q is None else (lambda ph, d, t: _put(q, (run.key, ph, d, t))))
+    return execute(run, None if q is None else (lambda ph, d, t: _put(q, (run.key, ph, d, t))), device)
 
 
-def _execute_dask(run_dict: dict, queue_name: str | None) -> dict:
+def _execute_dask(run_dict: dict, queue_name: str | None, device: str) -> dict:
     from verify.experiments.work import execute
 
     run = RunSpec.from_dict(run_dict)
@@ -133,7 +133,7 @@ def _execute_dask(run_dict: dict, queue_name: str | None) -> dict:
 
         q = Queue(queue_name)
         report = lambda ph, d, t: _put(q, (run.key, ph, d, t))  # noqa: E731
-    return execute(run, report)
+    return execute(run, report, device)
 
 
 # ---------------------------------------------------------------------------------------------- engines
@@ -149,8 +149,8 @@ class _LocalEngine:
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_local,
                                         initargs=(self.queue,))
 
-    def submit(self, run: RunSpec) -> Any:
-        return self.pool.submit(_execute_local, run.to_dict())
+    def submit(self, run: RunSpec, device: str) -> Any:
+        return self.pool.submit(_execute_local, run.to_dict(), device)
 
     def wait(self, handles: Sequence[Any], timeout: float) -> set:
         from concurrent.futures import FIRST_COMPLETED, wait
@@ -206,18 +206,18 @@ class _InlineEngine:
         self.inbox: list = []
         self.progress = progress
 
-    def submit(self, run: RunSpec) -> Any:
+    def submit(self, run: RunSpec, device: str) -> Any:
         f = self._future()
-        self.pending.append((f, run))
+        self.pending.append((f, run, device))
         return f
 
     def wait(self, handles: Sequence[Any], timeout: float) -> set:
         from verify.experiments.work import execute
 
-        f, run = self.pending.pop(0)
+        f, run, device = self.pending.pop(0)
         report = (lambda ph, d, t: self.inbox.append((run.key, ph, d, t))) if self.progress else None
         try:
-            f.set_result(execute(run, report))
+            f.set_result(execute(run, report, device))
         except Exception as exc:
             f.set_exception(exc)
         return {f}
@@ -257,8 +257,8 @@ class _DaskEngine:
 
             self.queue = Queue(self.queue_name, client=self.client)
 
-    def submit(self, run: RunSpec) -> Any:
-        return self.client.submit(_execute_dask, run.to_dict(), self.queue_name, key=f"hmmtx-run-{run.key}-{uuid.uuid4().hex[:8]}",
+    def submit(self, run: RunSpec, device: str) -> Any:
+        return self.client.submit(_execute_dask, run.to_dict(), self.queue_name, device, key=f"hmmtx-run-{run.key}-{uuid.uuid4().hex[:8]}",
                                   pure=False)
 
     def wait(self, handles: Sequence[Any], timeout: float) -> set:
@@ -335,13 +335,14 @@ def _one_line(exc: BaseException) -> str:
 
 
 def run_grid(grid: GridSpec, out: str | Path, *, workers: int = 1, cluster: str | None = None,
-             progress: bool = False, log: Any = None) -> GridOutcome:
+             progress: bool = False, log: Any = None, device: str = "auto") -> GridOutcome:
     """Compute every run of ``grid`` that has no finished result in ``out`` (see the module docstring).
 
     ``workers`` local processes (0: inside this process, one run at a time), or the Dask scheduler at ``cluster``. SIGTERM is handled like Ctrl-C: the workers
     are stopped, finished results stay, and KeyboardInterrupt propagates (unless the caller installed its own
     SIGTERM handler, as ``hmmtx`` does: its exception propagates then, exit 143). ``log(text)`` receives one line per
-    finished or failed run.
+    finished or failed run. ``device`` trains the models (``auto``: CUDA where the worker has it, else the CPU;
+    resolved on each worker's machine; recorded as ``timing.device`` in every result).
     """
     if cluster is None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
         raise HmmtxError(f"--workers must be an integer >= 0, got {workers!r}")
@@ -375,7 +376,7 @@ def run_grid(grid: GridSpec, out: str | Path, *, workers: int = 1, cluster: str 
         pending = {}
         for run in todo:
             bars.label(run.key, run.label)
-            pending[engine.submit(run)] = run
+            pending[engine.submit(run, device)] = run
         while pending:
             done = engine.wait(list(pending), timeout=0.25)
             for key, phase, d, t in engine.messages():

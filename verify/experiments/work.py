@@ -17,8 +17,10 @@ Result fields (all numbers are Python floats/ints; per-layer arrays are lists):
   R^2 (the task's token-pair law regressed; measurable at 1024 tasks); with majority rates and Bayes ceilings;
 * ``independence``: per attention layer, mean and std over permutation draws (None for layers without attention);
 * ``timing``: wall seconds of training (or building) and of probing, and the CPU seconds of the whole run in its
-  worker process (``cpu_s``: on a shared machine, the better estimate of the wall time on an idle core); the only
-  fields that differ between repeated runs.
+  worker process (``cpu_s``: on a shared machine, the better estimate of the wall time on an idle core), and the
+  ``device`` the model was trained on (``cpu`` or ``cuda[:N]``; results made before the field existed: ``cpu``);
+  the only fields that differ between repeated runs. The run's key does not include the device: a run finished
+  on one device is not recomputed on another.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def fig1_accuracy(probs: np.ndarray, batch: Any) -> np.ndarray:
     return out
 
 
-def _subject(run: RunSpec, report: Report | None) -> tuple[Any, Any, dict]:
+def _subject(run: RunSpec, report: Report | None, device: str) -> tuple[Any, Any, dict]:
     """(subject, mixture, train-info) for a run."""
     from verify.probes import ConstructedSubject, TrainedSubject
     from verify.training import make_mixture, train
@@ -85,7 +87,7 @@ def _subject(run: RunSpec, report: Report | None) -> tuple[Any, Any, dict]:
         if report is not None:
             every = max(1, c.steps // 50)
             cb = lambda step, loss: report("train", step + 1, c.steps) if (step + 1) % every == 0 or step + 1 == c.steps else None  # noqa: E731
-        res = train(c, on_step=cb)
+        res = train(c, device=device, on_step=cb)
         info = {"metrics": dict(res.metrics._asdict()), "final_loss": res.losses[-1],
                 "weights_sha256": weights_sha256(res.model), "seconds": res.seconds}
         return TrainedSubject(res.model, name="trained"), res.mixture, info
@@ -102,14 +104,17 @@ def _subject(run: RunSpec, report: Report | None) -> tuple[Any, Any, dict]:
     return ConstructedSubject(model, name=run.kind, tokens=entry.probe.tokens), mixture, {}
 
 
-def execute(run: RunSpec, report: Report | None = None) -> dict:
+def execute(run: RunSpec, report: Report | None = None, device: str = "cpu") -> dict:
     """Run ``run`` to completion and return its result dict (module docstring). Deterministic apart from
-    ``timing``: same run, same machine -> identical result."""
+    ``timing``: same run, same machine, same device -> identical result. ``device`` (cpu, cuda, cuda:N, auto:
+    :func:`verify.training.resolve_device`, resolved on the worker's machine) trains the model; probing and
+    constructions run on the CPU."""
     from verify.probes import make_probe_data, position_independence, run_probes
-    from verify.training import deterministic_torch
+    from verify.training import deterministic_torch, resolve_device
 
     t0, c0 = time.perf_counter(), time.process_time()
-    subject, mixture, info = _subject(run, report)
+    dev = resolve_device(device) if run.kind == "trained" else "cpu"
+    subject, mixture, info = _subject(run, report, dev)
     t1 = time.perf_counter()
     c, p = run.config, run.probe
     if report is not None:
@@ -134,7 +139,8 @@ def execute(run: RunSpec, report: Report | None = None) -> dict:
                    "state": cls(rep.state), "belief_r2": rep.belief.r2, "task": cls(rep.task),
                    "task_law": None if rep.task_law is None else {"r2": rep.task_law.r2, "ceiling": rep.task_law.ceiling}},
         "independence": None if pi is None else {"layers": list(pi.layers), "mean": pi.mean, "std": pi.std},
-        "timing": {"subject_s": t1 - t0, "probe_s": time.perf_counter() - t1, "cpu_s": time.process_time() - c0},
+        "timing": {"subject_s": t1 - t0, "probe_s": time.perf_counter() - t1, "cpu_s": time.process_time() - c0,
+                   "device": dev},
     }
     if info:
         out["train"] = {k: v for k, v in info.items() if k != "seconds"}

@@ -22,6 +22,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cluster", default=None, metavar="ADDR", help="Dask scheduler address, e.g. tcp://host:8786")
     p.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
                    help="seconds to wait for the --cluster scheduler (default 5)")
+    p.add_argument("--device", default="auto", metavar="DEV",
+                   help="train on auto (CUDA where a worker has it, else CPU; default), cpu, cuda or cuda:N")
     p.add_argument("--dry-run", action="store_true", help="list the runs and which are finished; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -54,7 +56,11 @@ def run(args: argparse.Namespace) -> int:
             raise HmmtxError(f"--connect-timeout must be > 0, got {args.connect_timeout}")
         connect_dask(args.cluster, args.connect_timeout).close()  # fail fast, before any bar is drawn
     progress = not args.no_progress and sys.stderr.isatty()
-    outcome = run_grid(grid, out, workers=args.workers, cluster=args.cluster, progress=progress,
+    if args.cluster is None:
+        from verify.training import resolve_device
+
+        resolve_device(args.device)  # a bad or absent device: one error line before anything runs
+    outcome = run_grid(grid, out, workers=args.workers, cluster=args.cluster, device=args.device, progress=progress,
                        log=lambda line: err.print(line, highlight=False, markup=False))
     err.print(f"grid {grid.name}: {len(grid.runs)} runs; computed {len(outcome.computed)}, already finished "
               f"{len(outcome.skipped)}, failed {len(outcome.failed)}; {outcome.seconds:.1f} s; results in {out}",
