@@ -176,6 +176,9 @@ def test_local_grid_writes_every_run_and_tabulates(local_run):
     assert cpu.n == 2 and 0 < cpu.mean <= wall.mean * 1.5 + 1.0
     head = summary_markdown(results, ["tv"], seconds=True).splitlines()[0]
     assert head.endswith("| wall s / run | cpu s / run |")
+    from verify.experiments.markdown import markdown_report
+    report = markdown_report(results)
+    assert report.startswith("### Findings") and "| demos-help | tokens-fade |" in report
     # rerun: nothing recomputed, files untouched
     before = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
     again = run_grid(grid, out, workers=0)
@@ -292,3 +295,48 @@ def test_summaries_by_hand():
     r["probes"]["state"]["accuracy"] = [0.34, 0.32, 0.35, 0.34, 0.33]
     s = summarise(r)
     assert math.isnan(s["state_at"]) and math.isnan(s["task_late"]) and s["task_at"] == pytest.approx(3 / 4)
+
+
+def test_finding_verdicts_by_hand():
+    from verify.experiments.findings import FINDINGS, verdict
+    from verify.experiments.tables import Interval
+
+    late = next(f for f in FINDINGS if f.key == "task-late")  # claim: task_late > 0
+    early = next(f for f in FINDINGS if f.key == "state-early")  # claim: state_at <= 1/2
+    nan = math.nan
+    assert verdict(Interval(0.3, 0.1, 0.5, 3), late) == "yes"
+    assert verdict(Interval(0.1, -0.1, 0.3, 3), late) == "unclear"
+    assert verdict(Interval(-0.3, -0.5, -0.1, 3), late) == "no"
+    assert verdict(Interval(0.0, 0.0, 0.0, 3), late) == "no"  # zero in every seed: not later
+    assert verdict(Interval(0.2, nan, nan, 1), late) == "yes (n=1)"
+    assert verdict(Interval(nan, nan, nan, 0), late) == "-"
+    assert verdict(Interval(0.2, 0.1, 0.3, 3), early) == "yes"
+    assert verdict(Interval(0.5, 0.5, 0.5, 3), early) == "yes"  # exactly half the depth counts as early
+    assert verdict(Interval(0.5, 0.3, 0.7, 3), early) == "unclear"
+    assert verdict(Interval(0.8, 0.6, 1.0, 3), early) == "no"
+
+
+def test_findings_table_from_runs():
+    """Three seeds of a hand-made 4-layer run: every finding's verdict and interval follow from the statistics."""
+    from verify.experiments.findings import findings_markdown, run_statistics
+
+    runs = []
+    for seed, (t3, sa) in enumerate([(0.87, 0.69), (0.86, 0.69), (0.88, 0.70)]):
+        r = _fake_result([0.3, 0.4, 0.5, t3, 0.88])
+        r["probes"]["state"]["accuracy"] = [0.5, sa, 0.7, 0.7, 0.7]
+        r["run"] = {"kind": "trained", "config": {"num_tasks": 4, "n_layers": 4, "seed": seed}, "probe": {}}
+        runs.append(r)
+    s = run_statistics(runs[0])
+    assert s["acc_gain"] == pytest.approx(0.65 - 0.4, abs=1e-12) and s["tok_fade"] == pytest.approx(0.3, abs=1e-12)
+    md = findings_markdown(runs)
+    row = next(line for line in md.splitlines() if line.startswith("| trained"))
+    cols = [c.strip() for c in row.strip("|").split("|")]
+    # kind, n, then demos-help, tokens-fade, peak-deeper, state-early, task-late, law-late, pi-rise
+    assert cols[1] == "3"
+    assert cols[2] == "yes: 0.25 [0.25, 0.25]" and cols[3] == "yes: 0.30 [0.30, 0.30]"
+    assert cols[4] == "yes: 0.50 [0.50, 0.50]"  # lag 4 peaks at residual 3, lag 1 at residual 1
+    assert cols[5] == "yes: 0.25 [0.25, 0.25]"  # state within 0.02 of its best at residual 1 of 4
+    assert cols[6] == "yes: 0.50 [0.50, 0.50]"  # task at residual 3: later than the state
+    assert cols[7] == "-"  # no task-law probe in these results
+    assert cols[8].startswith("yes: 0.75")
+    assert "- **task-late**" in md and "yes 1, no 0, unclear 0" in md

@@ -49,8 +49,12 @@ def cell_markdown(cell) -> str:
 
 
 def markdown_report(results: Sequence[dict]) -> str:
+    from verify.experiments.findings import findings_markdown
+
     _, cs = cells(results)
-    parts = []
+    parts = ["### Findings: verdict per cell, mean [95% t-interval] of its statistic over seeds", "",
+             "Definitions and the verdict rule: `verify/experiments/findings.py` (docs/experiments/grids.md §4).", "",
+             findings_markdown(results), ""]
     for title, keys in SUMMARY_GROUPS:
         parts += [f"### {title}: mean [95% t-interval] over seeds", "",
                   summary_markdown(results, keys, seconds=title.startswith("next-token")), ""]

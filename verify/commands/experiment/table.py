@@ -9,10 +9,12 @@ from typing import Any
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("table", help="tabulate a grid's results (mean and 95%% t-interval over seeds)",
                               description="Summaries per cell (runs equal apart from the seed): mean and two-sided "
-                                          "95% Student-t interval over seeds (wall and CPU seconds per run beside them). --layers adds per-layer curves, "
+                                          "95% Student-t interval over seeds (wall and CPU seconds per run beside them). --layers adds per-layer curves, --findings the verdicts on Hao et al.'s findings, "
                                           "--markdown FILE writes everything as Markdown.")
     p.add_argument("dir", metavar="DIR", help="result folder of `hmmtx experiment grid`")
     p.add_argument("--layers", action="store_true", help="also print per-layer curves and Figure-1 grids per cell")
+    p.add_argument("--findings", action="store_true",
+                   help="also print the verdict per cell on each of Hao et al.'s layerwise findings (Markdown)")
     p.add_argument("--markdown", default=None, metavar="FILE", help="write the tables as Markdown (atomically)")
     p.set_defaults(func=run)
 
@@ -29,6 +31,10 @@ def run(args: argparse.Namespace) -> int:
     results = ResultStore(args.dir).results()
     console = Console() if sys.stdout.isatty() else Console(width=220)
     print_tables(results, console, layers=args.layers)
+    if args.findings and results:
+        from verify.experiments.findings import findings_markdown
+
+        print(findings_markdown(results))
     if args.markdown:
         atomic_write_text(args.markdown, markdown_report(results))
         console.print(f"wrote {args.markdown}")

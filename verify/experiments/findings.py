@@ -1,0 +1,118 @@
+"""Verdicts per cell on the layerwise findings of Hao et al. 2025 (in the spirit of the paper, whose full text was
+not available; the list below is what is known of its Figures 1-3, ``shared/papers/hao2025_hmm.md``).
+
+Each finding is a claim about one statistic of a run (``docs/diagnostics.md`` §7), computed per run, then averaged
+over the cell's seeds with its two-sided 95 % Student-t interval (:func:`verify.experiments.tables.mean_ci`):
+
+* ``demos-help`` (Figure 1): ``acc_gain = acc_test - acc_demo1 > 0``, accuracy rises with demonstrations seen;
+* ``tokens-fade`` (Figure 3b): ``tok_fade = tok_k1 - tok_kmax > 0``, previous tokens fade with distance;
+* ``peak-deeper`` (Figure 3b): ``tok_peak_shift > 0``, the farther token peaks deeper;
+* ``state-early`` (Figure 3a): ``state_at <= 1/2``, the hidden state is read within the first half of the depth;
+* ``task-late`` (Figure 3a): ``task_late > 0``, task identity (classifier) becomes readable after the state;
+* ``law-late`` (Figure 3a): ``law_late > 0``, the same with the task-law probe (works with 1024 tasks);
+* ``pi-rise`` (Figure 2): ``pi_rise > 0``, upper attention layers are more position-independent.
+
+Verdict of a cell (``n`` seeds, interval ``[lo, hi]``; for ``state-early`` read ``> 0`` as ``<= 1/2``):
+``yes`` when the whole interval is on the claimed side (``lo > 0``), ``no`` when none of it is (``hi <= 0``: the
+opposite, or exactly zero in every seed), ``unclear`` when it straddles; with one seed the sign of the value
+followed by ``(n=1)``; ``-`` when the statistic is undefined in every seed (e.g. no state probe signal at 1024
+tasks). The thresholds are ours; the paper states its findings qualitatively.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+from verify.experiments.tables import Cell, Interval, cells, fmt, mean_ci, setting_text, summarise
+
+
+class Finding(NamedTuple):
+    key: str  # short name, a column of the verdict table
+    claim: str  # what the paper reports, in words
+    statistic: str  # per-run statistic (a summary key or a derived one, :func:`run_statistics`)
+    side: str  # ">": claimed statistic > threshold; "<=": claimed statistic <= threshold
+    threshold: float
+
+
+FINDINGS = (
+    Finding("demos-help", "Figure 1: accuracy rises with the demonstrations seen", "acc_gain", ">", 0.0),
+    Finding("tokens-fade", "Figure 3b: previous tokens are less decodable the further back", "tok_fade", ">", 0.0),
+    Finding("peak-deeper", "Figure 3b: a farther token is best decoded deeper", "tok_peak_shift", ">", 0.0),
+    Finding("state-early", "Figure 3a: the hidden state is decodable early", "state_at", "<=", 0.5),
+    Finding("task-late", "Figure 3a: task identity later than the state (classifier)", "task_late", ">", 0.0),
+    Finding("law-late", "Figure 3a: task identity later than the state (task-law probe)", "law_late", ">", 0.0),
+    Finding("pi-rise", "Figure 2: upper attention layers more position-independent", "pi_rise", ">", 0.0),
+)
+VERDICTS = ("yes", "no", "unclear")
+
+
+def run_statistics(result: dict) -> dict[str, float]:
+    """The summary statistics of one run plus the derived differences ``acc_gain`` and ``tok_fade`` (paired within
+    the run, so their interval over seeds is that of the difference)."""
+    s = summarise(result)
+    s["acc_gain"] = s["acc_test"] - s["acc_demo1"]
+    s["tok_fade"] = s["tok_k1"] - s["tok_kmax"]
+    return s
+
+
+def finding_interval(cell: Cell, finding: Finding) -> Interval:
+    return mean_ci([run_statistics(r)[finding.statistic] for r in cell.results])
+
+
+def _margin(finding: Finding, x: float) -> float:
+    """How far ``x`` is on the claimed side of the threshold (negative: on the other side)."""
+    return x - finding.threshold if finding.side == ">" else finding.threshold - x
+
+
+def _claimed(finding: Finding, x: float) -> bool:
+    m = _margin(finding, x)
+    return m > 0 or (finding.side == "<=" and m == 0)  # "<=": state_at exactly 1/2 still counts as early
+
+
+def verdict(iv: Interval, finding: Finding) -> str:
+    """``yes`` / ``no`` / ``unclear`` (module docstring); ``yes (n=1)`` / ``no (n=1)`` for one seed; ``-`` undefined."""
+    if iv.n == 0 or not math.isfinite(iv.mean):
+        return "-"
+    if iv.n == 1:
+        return ("yes" if _claimed(finding, iv.mean) else "no") + " (n=1)"
+    worst, best = sorted((iv.lo, iv.hi), key=lambda x: _margin(finding, x))
+    if _claimed(finding, worst):
+        return "yes"
+    if not _claimed(finding, best):
+        return "no"
+    return "unclear"
+
+
+def cell_label(cell: Cell, names: Sequence[str]) -> str:
+    parts = [f"{n}={v}" for n in names if (v := setting_text(cell, n)) != "."]
+    return f"{cell.kind} " + " ".join(parts)
+
+
+def findings_markdown(results: Sequence[dict]) -> str:
+    """The verdict table (one row per cell, one column per finding: verdict, mean and interval) and, per finding,
+    the cells grouped by verdict."""
+    names, cs = cells(results)
+    head = ["kind", *names, "n", *[f.key for f in FINDINGS]]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    by: dict[str, dict[str, list[str]]] = {f.key: {v: [] for v in VERDICTS} for f in FINDINGS}
+    for c in cs:
+        row = [c.kind, *[setting_text(c, n) for n in names], str(len(c.seeds))]
+        for f in FINDINGS:
+            iv = finding_interval(c, f)
+            v = verdict(iv, f)
+            row.append("-" if v == "-" else f"{v}: {fmt(iv, 2)}".replace(" (n=1): ", ": "))
+            if v in VERDICTS:
+                by[f.key][v].append(cell_label(c, names))
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Per finding, the cells by verdict (cells with one seed or an undefined statistic are left out):", ""]
+    for f in FINDINGS:
+        counts = ", ".join(f"{v} {len(by[f.key][v])}" for v in VERDICTS)
+        lines.append(f"- **{f.key}** ({f.claim}; `{f.statistic} {f.side} {f.threshold:g}`): {counts}.")
+        for v in VERDICTS:
+            if by[f.key][v]:
+                lines.append(f"  - {v}: " + "; ".join(by[f.key][v]))
+    return "\n".join(lines)
+
+
+__all__ = ["Finding", "FINDINGS", "VERDICTS", "run_statistics", "finding_interval", "verdict", "findings_markdown"]
