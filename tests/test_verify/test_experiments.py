@@ -186,6 +186,19 @@ def test_local_grid_writes_every_run_and_tabulates(local_run):
     assert before == {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
 
 
+def test_table_cli_findings_and_plot(local_run, tmp_path):
+    _, out, _ = local_run
+    png, md = tmp_path / "curves.png", tmp_path / "t.md"
+    p = cli("experiment", "table", str(out), "--findings", "--plot", str(png), "--markdown", str(md))
+    assert p.returncode == 0, p.stderr
+    assert "| demos-help | tokens-fade | peak-deeper | state-early | task-late | law-late | pi-rise |" in p.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    assert md.read_text().startswith("### Findings")
+    # a plot into a missing folder: one error line, exit 2, nothing written
+    bad = cli("experiment", "table", str(out), "--plot", str(tmp_path / "missing" / "c.png"))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+
+
 def test_dask_local_cluster_equals_local_run_bit_for_bit(local_run, tmp_path):
     distributed = pytest.importorskip("distributed")
     from dataclasses import replace

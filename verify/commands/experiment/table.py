@@ -15,6 +15,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--layers", action="store_true", help="also print per-layer curves and Figure-1 grids per cell")
     p.add_argument("--findings", action="store_true",
                    help="also print the verdict per cell on each of Hao et al.'s layerwise findings (Markdown)")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="write the per-layer curves (probes and position independence) as one figure (atomically)")
     p.add_argument("--markdown", default=None, metavar="FILE", help="write the tables as Markdown (atomically)")
     p.set_defaults(func=run)
 
@@ -28,6 +30,10 @@ def run(args: argparse.Namespace) -> int:
     from verify.experiments.markdown import markdown_report
     from verify.experiments.runner import ResultStore
 
+    if args.plot:
+        from verify.plots import require_matplotlib
+
+        require_matplotlib()
     results = ResultStore(args.dir).results()
     console = Console() if sys.stdout.isatty() else Console(width=220)
     print_tables(results, console, layers=args.layers)
@@ -35,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
         from verify.experiments.findings import findings_markdown
 
         print(findings_markdown(results))
+    if args.plot and results:
+        from verify.experiments.plots import plot_layer_curves
+
+        console.print(f"wrote {plot_layer_curves(results, args.plot)}")
     if args.markdown:
         atomic_write_text(args.markdown, markdown_report(results))
         console.print(f"wrote {args.markdown}")
