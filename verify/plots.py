@@ -110,12 +110,12 @@ def render_construction(results: Sequence[CaseResult], construction: str, axis: 
     return buf.getvalue()
 
 
-def require_matplotlib() -> None:
+def require_matplotlib(flag: str = "--plots") -> None:
     """HmmtxError (one line, exit 2) when matplotlib, an optional extra, is not installed."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise HmmtxError("--plots needs matplotlib, an optional extra: pip install 'hmmtx[plot]'") from None
+        raise HmmtxError(f"{flag} needs matplotlib, an optional extra: pip install 'hmmtx[plot]'") from None
 
 
 def write_plots(results: Sequence[CaseResult], folder: Path | str) -> list[Path]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
@@ -260,7 +261,7 @@ def _build_model_class():
             N, T = tokens.shape
             if T > self.max_len:
                 raise HmmtxError(f"tokens: length {T} exceeds the model's maximum {self.max_len}")
-            pos = torch.arange(T)
+            pos = torch.arange(T, device=tokens.device)  # on the tokens' device (CUDA training)
             lags = pos[:, None] - pos[None, :]
             mask = lags >= 0
             x = self.W_E(tokens)
@@ -310,17 +311,26 @@ def build_model(config: TrainConfig):
 
 
 # ---------------------------------------------------------------------------------------------------- training
+_DEVICE_NAME = re.compile(r"auto|cpu|cuda(:(0|[1-9][0-9]*))?", re.ASCII)
+
+
+def check_device_name(name: str) -> str:
+    """The syntax of a device name alone (no torch, nothing probed): ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    if not isinstance(name, str) or not _DEVICE_NAME.fullmatch(name):
+        raise HmmtxError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return name
+
+
 def resolve_device(name: str) -> str:
     """``"auto"`` -> ``"cuda"`` if ``torch.cuda.is_available()`` else ``"cpu"``; ``"cpu"``, ``"cuda"``, ``"cuda:N"``
     are checked (a CUDA device that is not there is a :class:`HmmtxError`, never a silent fall-back)."""
+    check_device_name(name)
     torch = _torch()
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return "cpu"
-    kind, _, index = name.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
-        raise HmmtxError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    index = name.partition(":")[2]
     if not torch.cuda.is_available():
         raise HmmtxError(f"device {name!r}: no CUDA device is available here (torch.cuda.is_available() is False)")
     if index and int(index) >= torch.cuda.device_count():

@@ -99,6 +99,7 @@ def test_cli_malformed_file_and_unreachable_cluster(tmp_path, capsys):
                  ["experiment", "grid", str(good), "--cluster", "not-an-address", *out],
                  ["experiment", "grid", str(good), "--cluster", "tcp://127.0.0.1:9", "--connect-timeout", "1", *out],
                  ["experiment", "grid", str(good), "--device", "tpu", *out],
+                 ["experiment", "grid", str(good), "--device", "gpu", "--cluster", "tcp://127.0.0.1:9", *out],
                  ["experiment", "table", str(tmp_path / "nothing")]):
         assert main(args) == 2, args
         err = capsys.readouterr().err
@@ -353,3 +354,28 @@ def test_findings_table_from_runs():
     assert cols[7] == "-"  # no task-law probe in these results
     assert cols[8].startswith("yes: 0.75")
     assert "- **task-late**" in md and "yes 1, no 0, unclear 0" in md
+    # a seed whose state probe finds nothing: state-early and task-late rest on the other two seeds, and say so
+    runs[2]["probes"]["state"]["accuracy"] = [0.5, 0.5, 0.5, 0.5, 0.5]
+    cols = [c.strip() for c in next(line for line in findings_markdown(runs).splitlines()
+                                     if line.startswith("| trained")).strip("|").split("|")]
+    assert cols[5] == "yes: 0.25 [0.25, 0.25] (2 of 3 seeds)" and cols[6].endswith("(2 of 3 seeds)")
+    assert cols[2] == "yes: 0.25 [0.25, 0.25]"  # defined in every seed: no count
+
+
+def test_cells_sort_numbers_by_value_and_note_devices():
+    from verify.experiments.tables import device_note
+
+    runs = []
+    for k, dev in [(1024, "cpu"), (4, "cpu"), (64, "cuda"), (64, "cpu")]:
+        r = _fake_result([0.3, 0.4, 0.5, 0.87, 0.88])
+        seed = len([x for x in runs if x["run"]["config"]["num_tasks"] == k])
+        r["run"] = {"kind": "trained", "config": {"num_tasks": k, "seed": seed}, "probe": {}}
+        r["timing"] = {"subject_s": 1.0, "probe_s": 1.0, "cpu_s": 1.0, "device": dev}
+        runs.append(r)
+    _, cs = cells(runs)
+    assert [c.setting["num_tasks"] for c in cs] == [4, 64, 1024]
+    note = device_note(cs)
+    assert note.startswith("trained on: cpu, cuda") and "cells mixing devices" in note and "64" in note
+    for r in runs:
+        r["timing"].pop("device")  # results from before the field: the CPU, and no note
+    assert device_note(cells(runs)[1]) is None

@@ -81,5 +81,5 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.json:
         atomic_write_json(args.json, {"config": config.to_dict(), "metrics": dict(m._asdict()),
-                                      "seconds": result.seconds, "checkpoint": str(out)})
+                                      "seconds": result.seconds, "device": device, "checkpoint": str(out)})
     return 0

@@ -16,7 +16,12 @@ Verdict of a cell (``n`` seeds, interval ``[lo, hi]``; for ``state-early`` read 
 ``yes`` when the whole interval is on the claimed side (``lo > 0``), ``no`` when none of it is (``hi <= 0``: the
 opposite, or exactly zero in every seed), ``unclear`` when it straddles; with one seed the sign of the value
 followed by ``(n=1)``; ``-`` when the statistic is undefined in every seed (e.g. no state probe signal at 1024
-tasks). The thresholds are ours; the paper states its findings qualitatively.
+tasks). Seeds where the statistic is undefined are left out of the interval, and the table says so (``k of n
+seeds``): a verdict resting on fewer seeds than the cell has is weaker than it looks, since "undefined" means the
+probe found nothing to locate. The statistics are discrete (multiples of ``1/L`` for the ``*_at``, ``*_late`` and
+``peak`` statistics), so seeds often agree exactly and the interval has zero width: read ``[x, x]`` as "all seeds
+gave x", not as certainty beyond the seeds run. The thresholds are ours; the paper states its findings
+qualitatively.
 """
 
 from __future__ import annotations
@@ -101,7 +106,10 @@ def findings_markdown(results: Sequence[dict]) -> str:
         for f in FINDINGS:
             iv = finding_interval(c, f)
             v = verdict(iv, f)
-            row.append("-" if v == "-" else f"{v}: {fmt(iv, 2)}".replace(" (n=1): ", ": "))
+            text = "-" if v == "-" else f"{v}: {fmt(iv, 2)}".replace(" (n=1): ", ": ")
+            if 1 < iv.n < len(c.seeds):  # the statistic is undefined in some seeds: say how many it rests on
+                text += f" ({iv.n} of {len(c.seeds)} seeds)"
+            row.append(text)
             if v in VERDICTS:
                 by[f.key][v].append(cell_label(c, names))
         lines.append("| " + " | ".join(row) + " |")

@@ -58,6 +58,11 @@ def markdown_report(results: Sequence[dict]) -> str:
     for title, keys in SUMMARY_GROUPS:
         parts += [f"### {title}: mean [95% t-interval] over seeds", "",
                   summary_markdown(results, keys, seconds=title.startswith("next-token")), ""]
+    from verify.experiments.tables import device_note
+
+    note = device_note(cs)
+    if note is not None:
+        parts += [f"Devices: {note}.", ""]
     parts += ["### Per-layer curves per cell", ""]
     for c in cs:
         parts += [cell_markdown(c), ""]

@@ -1,7 +1,11 @@
 """Per-layer curves of a result store as one figure (``hmmtx experiment table DIR --plot FILE``): the analogues of
 Hao et al. 2025's Figure 3 (state, task and previous-token probes per residual) and Figure 2 (position
 independence per attention layer), mean over seeds with the 95 % t-interval shaded; one panel row per number of
-tasks, one colour per depth, solid learned / dashed relative positions, the constructions in black."""
+tasks, one colour per depth, solid learned / dashed relative positions, the constructions in black.
+
+Cells are told apart by ``num_tasks`` (row), ``n_layers`` (colour) and ``pos`` (line style) only, the axes of
+``grids/hao-ablation.toml``; a grid that varies another axis (``steps``, ``n_demos``, ...) draws cells that differ
+there alike: use ``--layers`` / ``--markdown`` for those."""
 
 from __future__ import annotations
 

@@ -173,8 +173,15 @@ def cells(results: Sequence[dict]) -> tuple[list[str], list[Cell]]:
         rs = sorted(rs, key=lambda r: r["run"]["config"]["seed"])
         c = rs[0]["run"]["config"]
         out.append(Cell(kind, {k: c[k] for k in names}, [r["run"]["config"]["seed"] for r in rs], rs))
-    out.sort(key=lambda cl: (cl.kind != "trained", cl.kind, [json_key(cl.setting[k]) for k in names]))
+    out.sort(key=lambda cl: (cl.kind != "trained", cl.kind, [_order(cl.setting[k]) for k in names]))
     return names, out
+
+
+def _order(x: Any) -> tuple:
+    """Sort key of an axis value: numbers by value (4 < 64 < 1024), anything else by its JSON text after them."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return (0, float(x), "")
+    return (1, 0.0, json_key(x))
 
 
 def json_key(x: Any) -> str:
@@ -198,6 +205,18 @@ def cell_cpu_seconds(cell: Cell) -> Interval:
     wall seconds, which include waiting for the CPU and any pause of the grid). Runs made before the field
     existed are left out (the interval's ``n`` says how many had it)."""
     return mean_ci([r["timing"]["cpu_s"] for r in cell.results if "cpu_s" in r["timing"]])
+
+
+def device_note(cs: Sequence[Cell]) -> str | None:
+    """A line naming the devices the models were trained on, when any was not the CPU (``timing.device``; results
+    from before the field existed were trained on the CPU), and the cells that mix devices (CUDA does not
+    reproduce CPU bits, so such a cell's seeds differ by more than the seed); None when everything ran on the CPU."""
+    devs = {id(c): sorted({r["timing"].get("device", "cpu") for r in c.results}) for c in cs}
+    if all(d == ["cpu"] for d in devs.values()):
+        return None
+    mixed = [f"{c.kind} {c.setting}" for c in cs if len(devs[id(c)]) > 1]
+    used = sorted({d for ds in devs.values() for d in ds})
+    return f"trained on: {', '.join(used)}" + (f"; cells mixing devices: {'; '.join(mixed)}" if mixed else "")
 
 
 def layer_curves(cell: Cell) -> dict[str, list[Interval]]:
@@ -244,5 +263,5 @@ def fmt(iv: Interval, digits: int = 3) -> str:
     return f"{iv.mean:.{digits}f} [{iv.lo:.{digits}f}, {iv.hi:.{digits}f}]"
 
 
-__all__ = ["SUMMARY_GROUPS", "SUMMARY_KEYS", "setting_text", "t_quantile", "Interval", "mean_ci", "summarise", "Cell", "cells", "cell_summary", "cell_seconds", "cell_cpu_seconds",
+__all__ = ["SUMMARY_GROUPS", "SUMMARY_KEYS", "setting_text", "t_quantile", "Interval", "mean_ci", "summarise", "Cell", "cells", "cell_summary", "cell_seconds", "cell_cpu_seconds", "device_note",
            "layer_curves", "fig1_curves", "fmt"]

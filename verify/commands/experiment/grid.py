@@ -51,15 +51,16 @@ def run(args: argparse.Namespace) -> int:
             state = "done" if store.load(r.key) is not None else "todo"
             print(f"{r.key}  {state}  {r.label}")
         return 0
+    from verify.training import check_device_name, resolve_device
+
+    check_device_name(args.device)  # a misspelt device: one error line before anything runs, cluster or not
+    if args.cluster is None:
+        resolve_device(args.device)  # an absent CUDA device here: one error line (a cluster's workers resolve it)
     if args.cluster is not None:
         if not args.connect_timeout > 0:
             raise HmmtxError(f"--connect-timeout must be > 0, got {args.connect_timeout}")
         connect_dask(args.cluster, args.connect_timeout).close()  # fail fast, before any bar is drawn
     progress = not args.no_progress and sys.stderr.isatty()
-    if args.cluster is None:
-        from verify.training import resolve_device
-
-        resolve_device(args.device)  # a bad or absent device: one error line before anything runs
     outcome = run_grid(grid, out, workers=args.workers, cluster=args.cluster, device=args.device, progress=progress,
                        log=lambda line: err.print(line, highlight=False, markup=False))
     err.print(f"grid {grid.name}: {len(grid.runs)} runs; computed {len(outcome.computed)}, already finished "

@@ -33,15 +33,15 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from verify.plots import require_matplotlib
 
-        require_matplotlib()
+        require_matplotlib("--plot")
     results = ResultStore(args.dir).results()
     console = Console() if sys.stdout.isatty() else Console(width=220)
     print_tables(results, console, layers=args.layers)
-    if args.findings and results:
+    if args.findings:
         from verify.experiments.findings import findings_markdown
 
         print(findings_markdown(results))
-    if args.plot and results:
+    if args.plot:  # an empty store: one error line (nothing to draw), like --markdown
         from verify.experiments.plots import plot_layer_curves
 
         console.print(f"wrote {plot_layer_curves(results, args.plot)}")
@@ -70,6 +70,11 @@ def print_tables(results: list, console: Any, layers: bool = False) -> None:
             t.add_row(c.kind.replace("constructed:", "c:"), *[setting_text(c, n) for n in names], str(len(c.seeds)),
                       *[fmt(s[k], 2) for k in keys], *extra)
         console.print(t)
+    from verify.experiments.tables import device_note
+
+    note = device_note(cs)
+    if note is not None:
+        console.print(note, highlight=False, markup=False)
     if not layers:
         return
     for c in cs:
