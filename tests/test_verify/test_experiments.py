@@ -192,7 +192,7 @@ def test_table_cli_findings_and_plot(local_run, tmp_path):
     png, md = tmp_path / "curves.png", tmp_path / "t.md"
     p = cli("experiment", "table", str(out), "--findings", "--plot", str(png), "--markdown", str(md))
     assert p.returncode == 0, p.stderr
-    assert "| demos-help | tokens-fade | peak-deeper | state-early | task-late | law-late | pi-rise |" in p.stdout
+    assert "| demos-help | tokens-fade | peak-deeper | state-early | task-late | law-late | law-share-late | pi-rise |" in p.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     assert md.read_text().startswith("### Findings")
     # a plot into a missing folder: one error line, exit 2, nothing written
@@ -345,20 +345,30 @@ def test_findings_table_from_runs():
     md = findings_markdown(runs)
     row = next(line for line in md.splitlines() if line.startswith("| trained"))
     cols = [c.strip() for c in row.strip("|").split("|")]
-    # kind, n, then demos-help, tokens-fade, peak-deeper, state-early, task-late, law-late, pi-rise
+    # kind, n, then demos-help, tokens-fade, peak-deeper, state-early, task-late, law-late, law-share-late, pi-rise
     assert cols[1] == "3"
     assert cols[2] == "yes: 0.25 [0.25, 0.25]" and cols[3] == "yes: 0.30 [0.30, 0.30]"
     assert cols[4] == "yes: 0.50 [0.50, 0.50]"  # lag 4 peaks at residual 3, lag 1 at residual 1
     assert cols[5] == "yes: 0.25 [0.25, 0.25]"  # state within 0.02 of its best at residual 1 of 4
     assert cols[6] == "yes: 0.50 [0.50, 0.50]"  # task at residual 3: later than the state
-    assert cols[7] == "-"  # no task-law probe in these results
-    assert cols[8].startswith("yes: 0.75")
+    assert cols[7] == "-" and cols[8] == "-"  # no task-law probe in these results
+    assert cols[9].startswith("yes: 0.75")
     assert "- **task-late**" in md and "yes 1, no 0, unclear 0" in md
     # a seed whose state probe finds nothing: state-early and task-late rest on the other two seeds, and say so
     runs[2]["probes"]["state"]["accuracy"] = [0.5, 0.5, 0.5, 0.5, 0.5]
     cols = [c.strip() for c in next(line for line in findings_markdown(runs).splitlines()
                                      if line.startswith("| trained")).strip("|").split("|")]
     assert cols[5] == "yes: 0.25 [0.25, 0.25] (2 of 3 seeds)" and cols[6].endswith("(2 of 3 seeds)")
+    # the share statistic by hand: the task law gains 0.8 over the embedding, 0.2 of it after the first block; the
+    # state gains 0.2, 0.1 of it after the first block -> 0.25 - 0.5 < 0: the task is not later by this measure
+    from verify.experiments.findings import late_share
+    r = runs[0]
+    r["probes"]["task_law"] = {"r2": [0.1, 0.7, 0.8, 0.85, 0.9], "ceiling": 1.0}
+    r["probes"]["state"]["accuracy"] = [0.5, 0.6, 0.65, 0.7, 0.7]
+    assert late_share(r["probes"]["task_law"]["r2"]) == pytest.approx(0.25, abs=1e-12)
+    assert run_statistics(r)["law_share_late"] == pytest.approx(0.25 - 0.5, abs=1e-12)
+    assert math.isnan(late_share([0.5, 0.5, 0.51]))  # gains less than 0.02: nothing to share
+    assert math.isnan(late_share([0.5, None, 0.9]))
     assert cols[2] == "yes: 0.25 [0.25, 0.25]"  # defined in every seed: no count
 
 

@@ -10,6 +10,10 @@ over the cell's seeds with its two-sided 95 % Student-t interval (:func:`verify.
 * ``state-early`` (Figure 3a): ``state_at <= 1/2``, the hidden state is read within the first half of the depth;
 * ``task-late`` (Figure 3a): ``task_late > 0``, task identity (classifier) becomes readable after the state;
 * ``law-late`` (Figure 3a): ``law_late > 0``, the same with the task-law probe (works with 1024 tasks);
+* ``law-share-late`` (Figure 3a, a check of the two above that does not hinge on their 0.02 tolerance):
+  ``law_share_late = share(task-law R^2) - share(state accuracy) > 0``, where ``share(a) = (a_L - a_1) / (a_L - a_0)``
+  is the part of a probe's gain over the embedding made *after* the first block (undefined when ``a_L - a_0 <
+  0.02``): the task information accumulates later through the depth than the state's;
 * ``pi-rise`` (Figure 2): ``pi_rise > 0``, upper attention layers are more position-independent.
 
 Verdict of a cell (``n`` seeds, interval ``[lo, hi]``; for ``state-early`` read ``> 0`` as ``<= 1/2``):
@@ -47,17 +51,35 @@ FINDINGS = (
     Finding("state-early", "Figure 3a: the hidden state is decodable early", "state_at", "<=", 0.5),
     Finding("task-late", "Figure 3a: task identity later than the state (classifier)", "task_late", ">", 0.0),
     Finding("law-late", "Figure 3a: task identity later than the state (task-law probe)", "law_late", ">", 0.0),
+    Finding("law-share-late", "Figure 3a: task information accumulates later than the state's (share after block 1)",
+            "law_share_late", ">", 0.0),
     Finding("pi-rise", "Figure 2: upper attention layers more position-independent", "pi_rise", ">", 0.0),
 )
 VERDICTS = ("yes", "no", "unclear")
 
 
+#: ``share`` is undefined when the probe gains less than this over the embedding (nothing becomes readable).
+SHARE_MIN_GAIN = 0.02
+
+
+def late_share(curve: Sequence[float | None]) -> float:
+    """``(a_L - a_1) / (a_L - a_0)``: the part of a per-residual probe curve's gain over the embedding made after the
+    first block; NaN when the gain is below :data:`SHARE_MIN_GAIN` or a value is missing."""
+    if len(curve) < 2 or any(v is None or not math.isfinite(v) for v in (curve[0], curve[1], curve[-1])):
+        return math.nan
+    gain = curve[-1] - curve[0]
+    return (curve[-1] - curve[1]) / gain if gain >= SHARE_MIN_GAIN else math.nan
+
+
 def run_statistics(result: dict) -> dict[str, float]:
-    """The summary statistics of one run plus the derived differences ``acc_gain`` and ``tok_fade`` (paired within
-    the run, so their interval over seeds is that of the difference)."""
+    """The summary statistics of one run plus the derived differences ``acc_gain``, ``tok_fade`` and
+    ``law_share_late`` (paired within the run, so their interval over seeds is that of the difference)."""
     s = summarise(result)
     s["acc_gain"] = s["acc_test"] - s["acc_demo1"]
     s["tok_fade"] = s["tok_k1"] - s["tok_kmax"]
+    law = result["probes"].get("task_law")
+    state = late_share(result["probes"]["state"]["accuracy"])
+    s["law_share_late"] = late_share(law["r2"]) - state if law is not None else math.nan
     return s
 
 
@@ -123,4 +145,4 @@ def findings_markdown(results: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Finding", "FINDINGS", "VERDICTS", "run_statistics", "finding_interval", "verdict", "findings_markdown"]
+__all__ = ["Finding", "FINDINGS", "VERDICTS", "SHARE_MIN_GAIN", "late_share", "run_statistics", "finding_interval", "verdict", "findings_markdown"]
