@@ -192,7 +192,7 @@ def test_table_cli_findings_and_plot(local_run, tmp_path):
     png, md = tmp_path / "curves.png", tmp_path / "t.md"
     p = cli("experiment", "table", str(out), "--findings", "--plot", str(png), "--markdown", str(md))
     assert p.returncode == 0, p.stderr
-    assert "| demos-help | tokens-fade | peak-deeper | state-early | task-late | law-late | law-share-late | pi-rise |" in p.stdout
+    assert "| demos-help | tokens-fade | peak-deeper | state-early | task-late | law-late | law-share-late | task-after-tokens | pi-rise |" in p.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     assert md.read_text().startswith("### Findings")
     # a plot into a missing folder: one error line, exit 2, nothing written
@@ -345,14 +345,17 @@ def test_findings_table_from_runs():
     md = findings_markdown(runs)
     row = next(line for line in md.splitlines() if line.startswith("| trained"))
     cols = [c.strip() for c in row.strip("|").split("|")]
-    # kind, n, then demos-help, tokens-fade, peak-deeper, state-early, task-late, law-late, law-share-late, pi-rise
+    # kind, n, then demos-help, tokens-fade, peak-deeper, state-early, task-late, law-late, law-share-late,
+    # task-after-tokens, pi-rise
     assert cols[1] == "3"
     assert cols[2] == "yes: 0.25 [0.25, 0.25]" and cols[3] == "yes: 0.30 [0.30, 0.30]"
     assert cols[4] == "yes: 0.50 [0.50, 0.50]"  # lag 4 peaks at residual 3, lag 1 at residual 1
     assert cols[5] == "yes: 0.25 [0.25, 0.25]"  # state within 0.02 of its best at residual 1 of 4
     assert cols[6] == "yes: 0.50 [0.50, 0.50]"  # task at residual 3: later than the state
     assert cols[7] == "-" and cols[8] == "-"  # no task-law probe in these results
-    assert cols[9].startswith("yes: 0.75")
+    # task gains 0.58 over the embedding, 0.48 of it after block 1; lag 1 gains 0.3, -0.3 of it after block 1
+    assert cols[9].startswith("yes: 1.") and float(cols[9].split()[1]) == pytest.approx(0.48 / 0.58 + 1.0, abs=0.02)
+    assert cols[10].startswith("yes: 0.75")
     assert "- **task-late**" in md and "yes 1, no 0, unclear 0" in md
     # a seed whose state probe finds nothing: state-early and task-late rest on the other two seeds, and say so
     runs[2]["probes"]["state"]["accuracy"] = [0.5, 0.5, 0.5, 0.5, 0.5]
@@ -369,6 +372,9 @@ def test_findings_table_from_runs():
     assert run_statistics(r)["law_share_late"] == pytest.approx(0.25 - 0.5, abs=1e-12)
     assert math.isnan(late_share([0.5, 0.5, 0.51]))  # gains less than 0.02: nothing to share
     assert math.isnan(late_share([0.5, None, 0.9]))
+    # a task classifier that gains less than 0.05 (1024 tasks) has no share: task-after-tokens undefined
+    r["probes"]["task"]["accuracy"] = [0.0, 0.02, 0.03, 0.02, 0.04]
+    assert math.isnan(run_statistics(r)["task_share_late"])
     assert cols[2] == "yes: 0.25 [0.25, 0.25]"  # defined in every seed: no count
 
 
