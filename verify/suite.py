@@ -381,6 +381,20 @@ def adapters() -> list[Adapter]:
     return out
 
 
+def stated_limit_lines(selected: Sequence[Adapter], plan: Plan) -> list[str]:
+    """One line per construction and number mode whose stated length limit (``VerifySweep.max_lengths``) cuts the
+    plan: those cases are not planned (never run to crash), and the report says so instead of dropping them
+    silently."""
+    longest = max(plan.lengths, default=0)
+    lines = []
+    for a in selected:
+        entry = getattr(a, "entry", None)
+        for mode, limit in getattr(getattr(entry, "verify", None), "max_lengths", ()):
+            if mode in plan.dtypes and mode in a.dtypes and longest > limit:
+                lines.append(f"{a.name}: {mode} cases longer than T = {limit} not planned (stated length limit)")
+    return lines
+
+
 class _Unavailable:
     """A construction verify cannot sweep (import failure, no case generator): one case that crashes, with why."""
 
@@ -899,6 +913,7 @@ __all__ = [
     "run_suite",
     "select",
     "adapters",
+    "stated_limit_lines",
     "adapter_for",
     "derived_seed",
     "RegistryAdapter",

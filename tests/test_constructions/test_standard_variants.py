@@ -337,6 +337,12 @@ def test_verify_plans_no_float32_case_past_the_stated_length_limit(name):
     # the reported crashing selection (float32, T = 1024) now plans no case of theirs
     plan = dataclasses.replace(FULL, lengths=(1024,), dtypes=("float32",))
     assert adapter_for(entry).cases(plan) == []
+    # ... and the report says so rather than dropping them silently; nothing to say where the plan fits the limit
+    from verify.suite import stated_limit_lines
+    lines = stated_limit_lines([adapter_for(entry), adapter_for(registry.get(name[:-4]))], plan)
+    assert lines == [f"{name}: float32 cases longer than T = 256 not planned (stated length limit)"]
+    assert stated_limit_lines([adapter_for(entry)], dataclasses.replace(plan, lengths=(8, 256))) == []
+    assert stated_limit_lines([adapter_for(entry)], dataclasses.replace(plan, dtypes=("float64",))) == []
 
 
 def test_verify_sweep_refuses_a_malformed_length_limit():

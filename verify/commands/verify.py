@@ -227,6 +227,8 @@ def main(args: argparse.Namespace) -> int:
         out.print(f"{failed} of {n} cases FAILED in {seconds:.1f} s", markup=False)
     else:
         out.print(f"all {n} cases within their bounds (exact mode bit-exact) in {seconds:.1f} s", markup=False)
+    for line in suite.stated_limit_lines(selected, plan):
+        out.print(line, markup=False, soft_wrap=True)
     out.print(f"reproducers (worst case per construction): {repro_dir}/  [{jobs} worker(s)]", markup=False, soft_wrap=True)
     if args.json:
         command = canonical_command(args)
