@@ -4,28 +4,18 @@ and is neither refused nor crashes; the JSON is valid and exact values are writt
 
 from __future__ import annotations
 
-import json
 import math
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from constructions.blocks import positional_targets
 from hmm.io import fraction_full, parse_fraction_full
-from verify.cli import main
+from tests.test_constructions.cli_run import ILL_DATA as DATA
+from tests.test_constructions.cli_run import run_json as _run
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "ill_conditioned"
 
-
-def _run(tmp_path: Path, *args: str) -> dict:
-    out = tmp_path / "out.json"
-    rc = main(["run", *args, "--json", str(out)])
-    data = json.loads(out.read_text())  # strict JSON: no NaN
-    assert rc == 0, data["bound"]["notes"]
-    assert data["within_bound"] and data["max_abs_error"] <= data["claimed_bound"]
-    return data
 
 
 def _tokens(name: str) -> str:

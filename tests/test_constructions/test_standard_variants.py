@@ -21,6 +21,7 @@ from hmm.errors import HmmtxError
 from hmm.mixture import HMMMixture
 from hmm.model import HMM
 from hmm.testing import rational_hmms, rational_mixtures, token_sequences
+from tests.test_constructions.cli_run import ILL_DATA, run_json
 
 
 @st.composite
@@ -251,23 +252,8 @@ def test_sizes_are_reported_against_the_idealised_model():
 
 
 # ---------------------------------------------------------------------------------------------- ill-conditioned cases
-def _cli_case(tmp_path, *args):
-    import json
-
-    from verify.cli import main
-
-    out = tmp_path / "out.json"
-    rc = main(["run", *args, "--json", str(out)])
-    data = json.loads(out.read_text())  # strict JSON: no NaN
-    assert rc == 0, data["bound"]["notes"]
-    assert data["within_bound"] and data["max_abs_error"] <= data["claimed_bound"]
-    return data
-
-
 def _case_args(case):
-    from pathlib import Path
-
-    data = Path(__file__).resolve().parents[1] / "data" / "ill_conditioned"
+    data = ILL_DATA
     tok = lambda name: (data / name).read_text().strip()  # noqa: E731
     return {
         "V1": ("exact-filter-std", "--hmm", str(data / "v1_h1_float64_illcond.json"), "--tokens",
@@ -284,14 +270,14 @@ def _case_args(case):
 def test_ill_conditioned_cases_hold_the_derived_bound_through_the_std_variants(tmp_path, case):
     """V1, V2, V4 (and V4b) of the certified-verdicts issue through the standard-block variants in float64: the
     idealised derived (relative) round-off bound, not a heuristic allowance, and far inside it."""
-    data = _cli_case(tmp_path, *_case_args(case), "--mode", "float64")
+    data = run_json(tmp_path, *_case_args(case), "--mode", "float64")
     assert data["bound"]["roundoff_kind"] == "derived", data["bound"]["notes"]
     assert data["claimed_bound"] <= 1e-12 and data["max_abs_error"] <= 1e-14
 
 
 def test_gelu_variant_states_its_activation_term_as_heuristic(tmp_path):
-    relu = _cli_case(tmp_path, *_case_args("V1"), "--mode", "float64")
-    gelu = _cli_case(tmp_path, *_case_args("V1"), "--mode", "float64", "--act", "gelu")
+    relu = run_json(tmp_path, *_case_args("V1"), "--mode", "float64")
+    gelu = run_json(tmp_path, *_case_args("V1"), "--mode", "float64", "--act", "gelu")
     assert gelu["bound"]["roundoff_kind"] == "heuristic" and "heuristic" in gelu["bound"]["notes"]
     assert relu["claimed_bound"] < gelu["claimed_bound"] <= 1e-12 and gelu["max_abs_error"] <= 1e-14
 
@@ -310,7 +296,7 @@ def test_past_the_float32_length_limit_the_std_variant_says_why(capsys):
 def test_certify_encloses_the_reference_of_a_std_variant_run(tmp_path, case, mode):
     """``--certify`` on a standard variant encloses its idealised construction (exact substitutions; hard attention:
     the exact reference) and judges the variant's float run against the balls."""
-    data = _cli_case(tmp_path, *_case_args(case), "--mode", mode, "--certify")
+    data = run_json(tmp_path, *_case_args(case), "--mode", mode, "--certify")
     c = data["certified"]
     assert c["contains_reference"] is True and c["within"] is True and c["radius"] < 1e-30
 
